@@ -1,0 +1,174 @@
+"""Neuron parameters in canonical units, their validation and their packed kernel layout."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from adex.units import to_canonical
+
+ParamValue = float | torch.Tensor
+
+PARAM_KINDS: dict[str, str] = {
+    "R": "resistance",
+    "tau": "time",
+    "tau_w": "time",
+    "V_th": "voltage",
+    "V_reset": "voltage",
+    "V_rest": "voltage",
+    "V_T": "voltage",
+    "delta_T": "voltage",
+    "a": "conductance",
+    "b": "current",
+}
+"""Every parameter of the AdEx family and its physical kind (see ``adex.units.CANONICAL``)."""
+
+RUNAWAY_CEILING = 1000.0
+"""Stored V never exceeds ``V_th + RUNAWAY_CEILING * (V_th - V_reset)``.
+
+BrainPy's exponential-Euler step overflows (V = +inf, then NaN after a hard reset) or runs
+away to 1e7..1e15 mV when the exponential term is stiff (spec section 11). adex caps the
+integrated V at this ceiling instead: the step still registers a spike, the next step resets
+from a finite value, and the step passes no gradient through V (its derivative is zero, as
+for any clamp). Every trajectory that stays below the ceiling is BrainPy's exactly.
+"""
+
+
+@dataclass(frozen=True)
+class AdExParams:
+    """The ten AdEx parameters in canonical units (mV, ms, mA, ohm, S).
+
+    Each field is a Python float (shared by every neuron) or a tensor broadcastable to the
+    layer's ``in_size`` (per-neuron values). ExpIF and LIF ignore the fields they lack
+    (``tau_w``, ``a``, ``b``; LIF also ``V_T``, ``delta_T``).
+    """
+
+    R: ParamValue = 1.0
+    tau: ParamValue = 10.0
+    tau_w: ParamValue = 30.0
+    V_th: ParamValue = -55.0
+    V_reset: ParamValue = -68.0
+    V_rest: ParamValue = -65.0
+    V_T: ParamValue = -59.9
+    delta_T: ParamValue = 3.48
+    a: ParamValue = 1.0
+    b: ParamValue = 1.0
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], in_size: tuple[int, ...]) -> AdExParams:
+        """Build from user values (quantities, numbers, arrays or tensors), validated.
+
+        Quantities are converted to canonical units; plain numbers are taken as canonical.
+        Arrays/tensors must broadcast to ``in_size``. Raises ``ValueError`` naming the
+        argument on a wrong unit, shape or a non-finite value.
+        """
+        converted: dict[str, ParamValue] = {}
+        for name, value in values.items():
+            if name not in PARAM_KINDS:
+                raise TypeError(f"unknown AdEx parameter {name!r}")
+            magnitude = to_canonical(value, PARAM_KINDS[name], name)
+            converted[name] = _as_param(magnitude, name, in_size)
+        return cls(**converted)
+
+    def items(self) -> list[tuple[str, ParamValue]]:
+        """(name, value) pairs in field order."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+
+    def validate(self, has_w: bool = True, has_exp: bool = True) -> None:
+        """Raise ``ValueError`` where the model would be invalid.
+
+        Requires tau > 0, V_th > V_reset, and (when used) tau_w > 0 and delta_T > 0.
+        """
+        _require(self.tau, lambda v: v > 0, "tau", "> 0 ms")
+        if has_w:
+            _require(self.tau_w, lambda v: v > 0, "tau_w", "> 0 ms")
+        if has_exp:
+            _require(self.delta_T, lambda v: v > 0, "delta_T", "> 0 mV")
+        theta = _minus(self.V_th, self.V_reset)
+        _require(theta, lambda v: v > 0, "V_th", "> V_reset (V_th - V_reset > 0 mV)")
+
+    def packed(self, n_neurons: int, device: torch.device) -> torch.Tensor:
+        """All ten parameters as one contiguous float32 tensor ``[10, n_neurons]``.
+
+        The fused kernels index it with ``neuron = flat_state_index % n_neurons``.
+        """
+        rows = []
+        for name, value in self.items():
+            if isinstance(value, torch.Tensor):
+                row = value.detach().to(device=device, dtype=torch.float32).reshape(-1)
+                if row.numel() != n_neurons:
+                    row = row.expand(n_neurons) if row.numel() == 1 else None
+                if row is None:
+                    raise ValueError(f"{name}: {tuple(value.shape)} is not per-neuron")
+                rows.append(row)
+            else:
+                rows.append(torch.full((n_neurons,), float(value), device=device))
+        return torch.stack(rows).contiguous()
+
+    def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, ParamValue]:
+        """The parameters as a dict, tensors moved to ``dtype``/``device``, floats kept."""
+        out: dict[str, ParamValue] = {}
+        for name, value in self.items():
+            if isinstance(value, torch.Tensor):
+                out[name] = value.to(device=device, dtype=dtype)
+            else:
+                out[name] = value
+        return out
+
+
+def _as_param(value: Any, name: str, in_size: tuple[int, ...]) -> ParamValue:
+    """A float, or a float64 tensor broadcast to ``in_size``; checks finiteness and shape."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or an array, got a bool")
+    if isinstance(value, int | float | np.floating | np.integer):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+        return value
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.asarray(value, dtype=np.float64))
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a number, array, tensor or quantity, got {type(value)}")
+    if value.is_complex() or not (value.is_floating_point() or value.dtype in _INT_DTYPES):
+        raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+    tensor = value.detach().to(torch.float64)
+    if tensor.numel() == 1:
+        scalar = float(tensor.reshape(()))
+        return _as_param(scalar, name, in_size)
+    try:
+        shape = torch.broadcast_shapes(tuple(tensor.shape), in_size)
+    except RuntimeError:
+        shape = None
+    if shape != tuple(in_size):
+        raise ValueError(
+            f"{name} has shape {tuple(tensor.shape)}, which does not broadcast to "
+            f"in_size {tuple(in_size)}"
+        )
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} must be finite everywhere")
+    return tensor.expand(in_size).contiguous()
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _minus(a: ParamValue, b: ParamValue) -> ParamValue:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)
+    return a - b
+
+
+def _require(value: ParamValue, ok, name: str, expected: str) -> None:
+    if isinstance(value, torch.Tensor):
+        good = bool(ok(value).all())
+        shown = f"min {value.min().item():g}"
+    else:
+        good = bool(ok(value))
+        shown = f"{value:g}"
+    if not good:
+        raise ValueError(f"{name} must be {expected}, got {shown}")

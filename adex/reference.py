@@ -1,0 +1,124 @@
+"""Pure-PyTorch per-step reference of the AdEx family: the test oracle and the CPU fallback.
+
+It follows BrainPy's ``update`` step by step (``shared/spec/adex-semantics.md`` section 6):
+reset at the start of the step from the stored V, ``w += b`` before integration, exponential
+Euler for V (with the Jacobian J computed from V itself, so autograd differentiates through
+J: the second-order term of section 5), w integrated with the new V, the stored V pre-reset.
+Autograd through it gives BrainPy's BPTT gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adex.exprel import exprel
+from adex.params import RUNAWAY_CEILING, AdExParams
+from adex.surrogate import Surrogate
+
+EXP_CLAMP = 20.0
+"""The exponent of the AdEx exponential term is clamped at this value (as BrainPy does)."""
+
+
+def adex_step_reference(
+    x: torch.Tensor,
+    V: torch.Tensor,
+    w: torch.Tensor | None,
+    params: AdExParams,
+    *,
+    dt: float,
+    surrogate: Surrogate,
+    hard_reset: bool = False,
+    has_exp: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One BrainPy ``update(x)`` step.
+
+    Args:
+        x: input current (mA), broadcastable to V's shape.
+        V: stored membrane potential of the previous step (mV, pre-reset).
+        w: adaptation current (mA), or None for models without w (ExpIF, LIF).
+        params: canonical-unit parameters; tensors must already be on V's device and dtype.
+        dt: time step (ms).
+        surrogate: spike function (forward Heaviside, backward surrogate).
+        hard_reset: hard (V -> V_reset) instead of soft (V -> V - (V_th - V_reset)) reset.
+        has_exp: include the exponential term (AdEx, ExpIF); False gives LIF.
+
+    Returns:
+        ``(spike, V_new, w_new)``: spike of the new V (V's dtype, values 0/1), new V (mV,
+        pre-reset), new w (mA) or None.
+    """
+    p = params
+    theta = p.V_th - p.V_reset
+    spike_prev = surrogate((V - p.V_th) / theta)
+    if hard_reset:
+        V_reset_step = V - (V.detach() - p.V_reset) * spike_prev
+    else:
+        V_reset_step = V - theta * spike_prev
+    drift = -(V_reset_step - p.V_rest)
+    if has_exp:
+        z = (V_reset_step - p.V_T) / p.delta_T
+        expo = torch.exp(torch.clamp(z, max=EXP_CLAMP))
+        # d min(z, 20)/dz as JAX defines it: 1 below, 1/2 at, 0 above the clamp.
+        slope = torch.where(z < EXP_CLAMP, 1.0, torch.where(z == EXP_CLAMP, 0.5, 0.0)).to(z.dtype)
+        drift = drift + p.delta_T * expo
+        jacobian = (-1.0 + expo * slope) / p.tau
+    else:
+        jacobian = torch.full_like(V, -1.0) / p.tau
+    if w is not None:
+        w_reset_step = w + p.b * spike_prev
+        drift = drift - p.R * w_reset_step
+    drift = (drift + p.R * x) / p.tau
+    V_raw = V_reset_step + dt * exprel(dt * jacobian) * drift
+    ceiling = p.V_th + RUNAWAY_CEILING * theta
+    V_new = torch.where(V_raw < ceiling, V_raw, ceiling)
+    w_new = None
+    if w is not None:
+        c_w = dt * exprel(torch.as_tensor(-dt / p.tau_w, dtype=V.dtype, device=V.device)) / p.tau_w
+        w_new = w_reset_step + c_w * (p.a * (V_new - p.V_rest) - w_reset_step)
+    spike = surrogate((V_new - p.V_th) / theta)
+    return spike, V_new, w_new
+
+
+def adex_scan_reference(
+    x: torch.Tensor,
+    V0: torch.Tensor,
+    w0: torch.Tensor | None,
+    params: AdExParams,
+    *,
+    dt: float,
+    surrogate: Surrogate,
+    hard_reset: bool = False,
+    has_exp: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run :func:`adex_step_reference` over ``x[0..T-1]``.
+
+    Args:
+        x: ``[T, *S]`` input currents (mA); any float dtype (computed in float32, or float64
+            when ``x`` or ``V0`` is float64).
+        V0, w0: ``[*S]`` initial states (mV, mA); ``w0`` None for models without w.
+        params, dt, surrogate, hard_reset, has_exp: as in :func:`adex_step_reference`.
+
+    Returns:
+        ``(spikes [T, *S] in x's dtype, V [T, *S], w [T, *S] or None)``, the per-step V
+        pre-reset, in the compute dtype.
+    """
+    compute = torch.float64 if torch.float64 in (x.dtype, V0.dtype) else torch.float32
+    p = AdExParams(**params.cast(compute, x.device))
+    V = V0.to(compute)
+    w = None if w0 is None else w0.to(compute)
+    spikes, Vs, ws = [], [], []
+    for t in range(x.shape[0]):
+        s, V, w = adex_step_reference(
+            x[t].to(compute),
+            V,
+            w,
+            p,
+            dt=dt,
+            surrogate=surrogate,
+            hard_reset=hard_reset,
+            has_exp=has_exp,
+        )
+        spikes.append(s.to(x.dtype))
+        Vs.append(V)
+        ws.append(w)
+    w_seq = None if w0 is None else torch.stack(ws)
+    return torch.stack(spikes), torch.stack(Vs), w_seq
