@@ -1,0 +1,25 @@
+"""Launch configuration shared by the forward and backward scans."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+"""True when the kernels were decorated under ``TRITON_INTERPRET=1`` (they then run on CPU
+tensors through Triton's interpreter). Triton reads the variable at decoration time, so it
+must be set before ``adex`` is imported."""
+
+
+def block_config(n_elements: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK, num_warps) for a 1-D scan over ``n_elements`` independent neurons.
+
+    On a GPU each program carries 256 neurons with 4 warps (2 per thread), enough programs to
+    fill the card for the target workloads. Under the interpreter every program costs a Python
+    loop over T, so blocks are as wide as possible (up to 1024).
+    """
+    if device.type != "cuda":
+        return min(1024, triton.next_power_of_2(max(n_elements, 16))), 4
+    return 256, 4

@@ -1,0 +1,205 @@
+"""Backward time scan: the BPTT adjoint recursion of the AdEx family in one kernel."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from adex.kernels.device_math import exprel, exprel_derivative, surrogate_grad
+from adex.kernels.launch import block_config
+
+# Bytes per neuron-step (fp32 I/O): read V (4; the next step's V is carried in registers),
+# read grad spikes (4), write grad x (4): 12 B; 8 B with bf16/fp16 spikes and x.
+# F_V is recovered from consecutive V as (V_new - V')/(dt*exprel(dt*J)) instead of being
+# saved: it changes gradients by <= 7e-7 relative (spec section 14).
+
+
+@triton.jit(do_not_specialize=["T"])
+def _adex_scan_bwd_kernel(
+    vseq_ptr,  # [T, M] fp32 stored V of every step (forward output)
+    v0_ptr,  # [M] fp32 initial V
+    par_ptr,  # [10, N] fp32 packed parameters
+    gspk_ptr,  # [T, M] grad of spikes (HAS_GSPK)
+    gvseq_ptr,  # [T, M] grad of the V sequence (HAS_GVSEQ)
+    gwseq_ptr,  # [T, M] grad of the w sequence (HAS_GWSEQ)
+    gvlast_ptr,  # [M] grad of the final V (HAS_GVLAST)
+    gwlast_ptr,  # [M] grad of the final w (HAS_GWLAST)
+    gx_ptr,  # [T, M] out: grad of x, x's dtype
+    gv0_ptr,  # [M] out: fp32 grad of V0
+    gw0_ptr,  # [M] out: fp32 grad of w0 (HAS_W)
+    T,  # number of steps (runtime)
+    M,  # flattened state size
+    N,  # neurons per sample
+    dt,  # ms
+    ceiling,  # adex.params.RUNAWAY_CEILING
+    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
+    SURROGATE: tl.constexpr,
+    HARD_RESET: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_EXP: tl.constexpr,
+    HAS_GSPK: tl.constexpr,
+    HAS_GVSEQ: tl.constexpr,
+    HAS_GWSEQ: tl.constexpr,
+    HAS_GVLAST: tl.constexpr,
+    HAS_GWLAST: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m_m = o_m < M
+    o_n = o_m % N
+    dt = tl.cast(dt, tl.float32)
+    sg0 = tl.cast(sg0, tl.float32)
+    sg1 = tl.cast(sg1, tl.float32)
+    sg2 = tl.cast(sg2, tl.float32)
+    sg3 = tl.cast(sg3, tl.float32)
+    b_R = tl.load(par_ptr + 0 * N + o_n, mask=m_m, other=1.0)
+    b_tau = tl.load(par_ptr + 1 * N + o_n, mask=m_m, other=1.0)
+    b_tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)
+    b_vth = tl.load(par_ptr + 3 * N + o_n, mask=m_m, other=1.0)
+    b_vreset = tl.load(par_ptr + 4 * N + o_n, mask=m_m, other=0.0)
+    b_vrest = tl.load(par_ptr + 5 * N + o_n, mask=m_m, other=0.0)
+    b_vT = tl.load(par_ptr + 6 * N + o_n, mask=m_m, other=0.0)
+    b_dT = tl.load(par_ptr + 7 * N + o_n, mask=m_m, other=1.0)
+    b_a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
+    b_b = tl.load(par_ptr + 9 * N + o_n, mask=m_m, other=0.0)
+    b_theta = b_vth - b_vreset
+    b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
+    b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
+
+    b_lv = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the stored V
+    b_lw = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the stored w
+    if HAS_GVLAST:
+        b_lv += tl.load(gvlast_ptr + o_m, mask=m_m, other=0.0).to(tl.float32)
+    if HAS_GWLAST:
+        b_lw += tl.load(gwlast_ptr + o_m, mask=m_m, other=0.0).to(tl.float32)
+    b_v0 = tl.load(v0_ptr + o_m, mask=m_m, other=0.0)
+
+    last = (T - 1).to(tl.int64) * M
+    b_vnew = tl.load(vseq_ptr + last + o_m, mask=m_m, other=0.0)
+    p_vprev = vseq_ptr + last - M + o_m
+    p_gs = gspk_ptr + last + o_m
+    p_gv = gvseq_ptr + last + o_m
+    p_gw = gwseq_ptr + last + o_m
+    p_gx = gx_ptr + last + o_m
+    for i in range(0, T):
+        # V before step t (stored V of step t-1, or V0 at t = 0)
+        m_prev = m_m & (o_m * 0 + i < T - 1)
+        b_vprev = tl.load(p_vprev, mask=m_prev, other=0.0)
+        b_vprev = tl.where(m_prev, b_vprev, b_v0)
+        # the returned spike of step t and the per-step state outputs
+        if HAS_GSPK:
+            b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
+            b_u = (b_vnew - b_vth) / b_theta
+            b_lv += b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+        if HAS_GVSEQ:
+            b_lv += tl.load(p_gv, mask=m_m, other=0.0).to(tl.float32)
+        if HAS_GWSEQ:
+            b_lw += tl.load(p_gw, mask=m_m, other=0.0).to(tl.float32)
+        # recompute the reset and the exp-Euler factors of step t from V_{t-1}
+        b_uprev = (b_vprev - b_vth) / b_theta
+        b_sprev = tl.where(b_uprev >= 0.0, 1.0, 0.0)
+        if HARD_RESET:
+            b_vr = b_vprev - (b_vprev - b_vreset) * b_sprev
+        else:
+            b_vr = b_vprev - b_theta * b_sprev
+        if HAS_EXP:
+            b_z = (b_vr - b_vT) / b_dT
+            b_e = tl.exp(tl.minimum(b_z, 20.0))
+            b_slope = tl.where(b_z < 20.0, 1.0, tl.where(b_z == 20.0, 0.5, 0.0))
+            b_jac = (-1.0 + b_e * b_slope) / b_tau
+            b_djac = b_e * b_slope / (b_tau * b_dT)  # dJ/dV'
+        else:
+            b_jac = -1.0 / b_tau
+            b_djac = 0.0
+        b_zj = dt * b_jac
+        b_phi = exprel(b_zj)
+        b_p = dt * b_phi
+        b_f = (b_vnew - b_vr) / b_p  # F_V(V'), recovered from consecutive V
+        # total adjoint of V_new (w_new = w' + c_w (a (V_new - V_rest) - w') also reads it);
+        # zero on a step capped at the runaway ceiling, whose V has no derivative
+        b_big = b_lv
+        if HAS_W:
+            b_big += b_lw * b_a * b_cw
+        b_big = tl.where(b_vnew < b_vcap, b_big, 0.0)
+        b_gx = b_big * b_p * b_R / b_tau
+        tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
+        b_dvdv = 1.0 + b_p * b_jac + dt * dt * exprel_derivative(b_zj, b_phi) * b_djac * b_f
+        b_lvr = b_big * b_dvdv
+        # through the reset at the start of step t (spike of V_{t-1}, with its surrogate)
+        b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+        if HARD_RESET:
+            b_lv = b_lvr - b_lvr * (b_vprev - b_vreset) * b_sig
+        else:
+            b_lv = b_lvr - b_lvr * b_theta * b_sig
+        if HAS_W:
+            b_lwr = b_lw - b_lw * b_cw - b_big * b_p * b_R / b_tau
+            b_lv += b_lwr * b_b * b_sig
+            b_lw = b_lwr
+        b_vnew = b_vprev
+        p_vprev -= M
+        p_gs -= M
+        p_gv -= M
+        p_gw -= M
+        p_gx -= M
+    tl.store(gv0_ptr + o_m, b_lv, mask=m_m)
+    if HAS_W:
+        tl.store(gw0_ptr + o_m, b_lw, mask=m_m)
+
+
+def adex_scan_bwd(
+    v_seq: torch.Tensor,
+    V0: torch.Tensor,
+    packed_params: torch.Tensor,
+    grad_spikes: torch.Tensor | None,
+    grad_v_seq: torch.Tensor | None,
+    grad_w_seq: torch.Tensor | None,
+    grad_v_last: torch.Tensor | None,
+    grad_w_last: torch.Tensor | None,
+    x_dtype: torch.dtype,
+    dt: float,
+    ceiling: float,
+    surrogate_kind: int,
+    surrogate_params: tuple[float, float, float, float],
+    hard_reset: bool,
+    has_w: bool,
+    has_exp: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the backward scan.
+
+    Args:
+        v_seq: ``[T, *S]`` fp32 stored V (the forward's ``V_seq``). V0: ``[*S]`` fp32.
+        packed_params: ``[10, N]`` fp32.
+        grad_*: contiguous incoming gradients of the forward outputs, or None where zero.
+        x_dtype: dtype of the returned ``grad_x``.
+        dt, ceiling, hard_reset, has_w, has_exp: as in the forward.
+        surrogate_kind, surrogate_params: ``Surrogate.kind`` and ``Surrogate.params``.
+
+    Returns:
+        ``(grad_x [T, *S] x_dtype, grad_V0 [*S] fp32, grad_w0 [*S] fp32 or [0])``.
+    """
+    T = v_seq.shape[0]
+    S = v_seq.shape[1:]
+    M = V0.numel()
+    N = packed_params.shape[1]
+    grad_x = torch.empty(v_seq.shape, dtype=x_dtype, device=v_seq.device)
+    grad_v0 = torch.empty(S, dtype=torch.float32, device=v_seq.device)
+    grad_w0 = torch.empty(S if has_w else (0,), dtype=torch.float32, device=v_seq.device)
+    dummy = v_seq  # placeholder pointer for absent (constexpr-disabled) inputs
+    block, num_warps = block_config(M, v_seq.device)
+    grid = (triton.cdiv(M, block),)
+    _adex_scan_bwd_kernel[grid](
+        v_seq, V0, packed_params,
+        dummy if grad_spikes is None else grad_spikes,
+        dummy if grad_v_seq is None else grad_v_seq,
+        dummy if grad_w_seq is None else grad_w_seq,
+        dummy if grad_v_last is None else grad_v_last,
+        dummy if grad_w_last is None else grad_w_last,
+        grad_x, grad_v0, grad_w0,
+        T, M, N, dt, ceiling, *surrogate_params,
+        SURROGATE=surrogate_kind, HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp,
+        HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
+        HAS_GWSEQ=grad_w_seq is not None, HAS_GVLAST=grad_v_last is not None,
+        HAS_GWLAST=grad_w_last is not None, BLOCK=block, num_warps=num_warps,
+    )  # fmt: skip
+    return grad_x, grad_v0, grad_w0

@@ -1,0 +1,150 @@
+"""Forward time scan: one kernel runs all T steps of the AdEx family for a block of neurons."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from adex.kernels.device_math import exprel
+from adex.kernels.launch import block_config
+
+# Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
+# gradient is needed: 12 B; 8 B with bf16/fp16 I/O. V is the only per-step tensor saved for
+# backward: every quantity of the adjoint recursion follows from consecutive V (spec 10, 14).
+
+
+@triton.jit(do_not_specialize=["T"])
+def _adex_scan_fwd_kernel(
+    x_ptr,  # [T, M] input current (mA), fp32/bf16/fp16
+    v0_ptr,  # [M] fp32 initial V (mV)
+    w0_ptr,  # [M] fp32 initial w (mA); unused without HAS_W
+    par_ptr,  # [10, N] fp32 packed parameters (adex.params.AdExParams.packed)
+    spk_ptr,  # [T, M] out: spikes, x's dtype
+    vseq_ptr,  # [T, M] out: fp32 V after each step (STORE_V)
+    wseq_ptr,  # [T, M] out: fp32 w after each step (STORE_W)
+    vlast_ptr,  # [M] out: fp32 final V
+    wlast_ptr,  # [M] out: fp32 final w (HAS_W)
+    T,  # number of steps (runtime: no recompile per T)
+    M,  # neurons x batch (flattened state size)
+    N,  # neurons per sample (parameter row length)
+    dt,  # ms
+    ceiling,  # adex.params.RUNAWAY_CEILING
+    HARD_RESET: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_EXP: tl.constexpr,
+    STORE_V: tl.constexpr,
+    STORE_W: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m_m = o_m < M
+    o_n = o_m % N
+    dt = tl.cast(dt, tl.float32)
+    b_R = tl.load(par_ptr + 0 * N + o_n, mask=m_m, other=1.0)
+    b_tau = tl.load(par_ptr + 1 * N + o_n, mask=m_m, other=1.0)
+    b_tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)
+    b_vth = tl.load(par_ptr + 3 * N + o_n, mask=m_m, other=1.0)
+    b_vreset = tl.load(par_ptr + 4 * N + o_n, mask=m_m, other=0.0)
+    b_vrest = tl.load(par_ptr + 5 * N + o_n, mask=m_m, other=0.0)
+    b_vT = tl.load(par_ptr + 6 * N + o_n, mask=m_m, other=0.0)
+    b_dT = tl.load(par_ptr + 7 * N + o_n, mask=m_m, other=1.0)
+    b_a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
+    b_b = tl.load(par_ptr + 9 * N + o_n, mask=m_m, other=0.0)
+    b_theta = b_vth - b_vreset
+    b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
+    b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w  # = 1 - exp(-dt/tau_w)
+
+    b_v = tl.load(v0_ptr + o_m, mask=m_m, other=0.0)
+    b_w = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_W:
+        b_w = tl.load(w0_ptr + o_m, mask=m_m, other=0.0)
+    p_x = x_ptr + o_m
+    p_s = spk_ptr + o_m
+    p_v = vseq_ptr + o_m
+    p_w = wseq_ptr + o_m
+    for _ in range(0, T):
+        b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
+        # reset from the stored (pre-reset) V of the previous step
+        b_sprev = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
+        if HARD_RESET:
+            b_vr = b_v - (b_v - b_vreset) * b_sprev
+        else:
+            b_vr = b_v - b_theta * b_sprev
+        b_drift = -(b_vr - b_vrest)
+        if HAS_EXP:
+            b_z = (b_vr - b_vT) / b_dT
+            b_e = tl.exp(tl.minimum(b_z, 20.0))
+            b_slope = tl.where(b_z < 20.0, 1.0, tl.where(b_z == 20.0, 0.5, 0.0))
+            b_drift += b_dT * b_e
+            b_jac = (-1.0 + b_e * b_slope) / b_tau
+        else:
+            b_jac = -1.0 / b_tau
+        if HAS_W:
+            b_wr = b_w + b_b * b_sprev
+            b_drift -= b_R * b_wr
+        b_drift = (b_drift + b_R * b_x) / b_tau
+        b_raw = b_vr + dt * exprel(dt * b_jac) * b_drift
+        b_v = tl.where(b_raw < b_vcap, b_raw, b_vcap)
+        if HAS_W:
+            b_w = b_wr + b_cw * (b_a * (b_v - b_vrest) - b_wr)
+        b_s = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
+        tl.store(p_s, b_s.to(spk_ptr.dtype.element_ty), mask=m_m)
+        if STORE_V:
+            tl.store(p_v, b_v, mask=m_m)
+            p_v += M
+        if STORE_W:
+            tl.store(p_w, b_w, mask=m_m)
+            p_w += M
+        p_x += M
+        p_s += M
+    tl.store(vlast_ptr + o_m, b_v, mask=m_m)
+    if HAS_W:
+        tl.store(wlast_ptr + o_m, b_w, mask=m_m)
+
+
+def adex_scan_fwd(
+    x: torch.Tensor,
+    V0: torch.Tensor,
+    w0: torch.Tensor,
+    packed_params: torch.Tensor,
+    dt: float,
+    ceiling: float,
+    hard_reset: bool,
+    has_w: bool,
+    has_exp: bool,
+    store_v: bool,
+    store_w: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward scan.
+
+    Args:
+        x: ``[T, *S]`` contiguous input current (mA), fp32/bf16/fp16.
+        V0, w0: ``[*S]`` contiguous fp32 initial states (w0 ignored unless ``has_w``).
+        packed_params: ``[10, N]`` fp32 with ``N`` dividing ``prod(S)``.
+        dt: time step (ms). ceiling: the runaway ceiling in units of ``V_th - V_reset``.
+        hard_reset, has_w, has_exp: model flags. store_v, store_w: write the per-step sequences.
+
+    Returns:
+        ``(spikes [T, *S] x.dtype, V_seq [T, *S] fp32 or [0], w_seq [T, *S] fp32 or [0],
+        V_last [*S] fp32, w_last [*S] fp32 or [0])``.
+    """
+    T = x.shape[0]
+    S = x.shape[1:]
+    M = V0.numel()
+    N = packed_params.shape[1]
+    empty = x.new_empty(0, dtype=torch.float32)
+    spikes = torch.empty_like(x)
+    v_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_v else empty
+    w_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_w else empty
+    v_last = torch.empty(S, dtype=torch.float32, device=x.device)
+    w_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_w else empty
+    block, num_warps = block_config(M, x.device)
+    grid = (triton.cdiv(M, block),)
+    _adex_scan_fwd_kernel[grid](
+        x, V0, w0, packed_params, spikes, v_seq, w_seq, v_last, w_last,
+        T, M, N, dt, ceiling,
+        HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp,
+        STORE_V=store_v, STORE_W=store_w, BLOCK=block, num_warps=num_warps,
+    )  # fmt: skip
+    return spikes, v_seq, w_seq, v_last, w_last
