@@ -1,0 +1,37 @@
+"""adex: AdExIF spiking neurons for PyTorch with fused Triton forward/backward scans.
+
+Public API: the :class:`AdExIF` module, the functional :func:`adex_scan`, its per-step
+PyTorch reference :func:`adex_scan_reference`, parameters :class:`AdExParams`, the unit
+registry ``u``, surrogate spike functions (``adex.surrogate``) and state initializers
+(``adex.init``).
+"""
+
+from adex import init, surrogate
+from adex.functional import ScanResult, adex_scan
+from adex.module import AdExIF, StateSequence
+from adex.params import RUNAWAY_CEILING, AdExParams
+from adex.reference import adex_scan_reference, adex_step_reference
+from adex.units import u
+
+try:  # registers the adex::scan_fwd / adex::scan_bwd custom ops
+    from adex import ops as _ops  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # no Triton on this platform: the reference backend still works
+    HAS_TRITON = False
+
+__all__ = [
+    "HAS_TRITON",
+    "RUNAWAY_CEILING",
+    "AdExIF",
+    "AdExParams",
+    "ScanResult",
+    "StateSequence",
+    "adex_scan",
+    "adex_scan_reference",
+    "adex_step_reference",
+    "init",
+    "surrogate",
+    "u",
+]
+__version__ = "0.1.0"

@@ -59,6 +59,9 @@ class AdExParams:
     a: ParamValue = 1.0
     b: ParamValue = 1.0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     @classmethod
     def from_values(cls, values: Mapping[str, Any], in_size: tuple[int, ...]) -> AdExParams:
         """Build from user values (quantities, numbers, arrays or tensors), validated.

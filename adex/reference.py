@@ -9,6 +9,8 @@ Autograd through it gives BrainPy's BPTT gradients.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from adex.exprel import exprel
@@ -36,7 +38,8 @@ def adex_step_reference(
         x: input current (mA), broadcastable to V's shape.
         V: stored membrane potential of the previous step (mV, pre-reset).
         w: adaptation current (mA), or None for models without w (ExpIF, LIF).
-        params: canonical-unit parameters; tensors must already be on V's device and dtype.
+        params: canonical-unit parameters (an ``AdExParams`` or any object with its fields);
+            tensors must already be on V's device and in V's dtype.
         dt: time step (ms).
         surrogate: spike function (forward Heaviside, backward surrogate).
         hard_reset: hard (V -> V_reset) instead of soft (V -> V - (V_th - V_reset)) reset.
@@ -102,7 +105,7 @@ def adex_scan_reference(
         pre-reset, in the compute dtype.
     """
     compute = torch.float64 if torch.float64 in (x.dtype, V0.dtype) else torch.float32
-    p = AdExParams(**params.cast(compute, x.device))
+    p = SimpleNamespace(**params.cast(compute, x.device))
     V = V0.to(compute)
     w = None if w0 is None else w0.to(compute)
     spikes, Vs, ws = [], [], []

@@ -1,0 +1,187 @@
+"""``adex_scan``: the validated functional entry point of the multi-step AdEx scan."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from adex.params import RUNAWAY_CEILING, AdExParams
+from adex.reference import adex_scan_reference
+from adex.surrogate import ReluGrad, Surrogate
+
+BACKENDS = ("auto", "triton", "reference")
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FLOAT_DTYPES = (*KERNEL_DTYPES, torch.float64)
+
+
+class ScanResult(NamedTuple):
+    """Output of :func:`adex_scan`.
+
+    Attributes:
+        spikes: ``[T, *S]`` 0/1 spikes in ``x``'s dtype, with surrogate gradients.
+        V: ``[T, *S]`` per-step V (mV, pre-reset) with ``return_states=True``, else the
+            final V ``[*S]``. float32 (float64 on the float64 reference path).
+        w: like ``V`` for the adaptation current (mA); None for models without w.
+    """
+
+    spikes: Tensor
+    V: Tensor
+    w: Tensor | None
+
+
+def resolve_backend(backend: str, x: Tensor) -> str:
+    """'triton' or 'reference' for ``backend`` on ``x``; raises where it cannot run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.is_cuda and x.dtype in KERNEL_DTYPES else "reference"
+    if backend == "triton":
+        import adex
+
+        if not adex.HAS_TRITON:
+            raise RuntimeError("backend='triton' needs the triton package, which is missing")
+        if x.dtype not in KERNEL_DTYPES:
+            raise TypeError(
+                f"the fused kernels take float32/bfloat16/float16 input, got {x.dtype}; "
+                "use backend='reference' for float64"
+            )
+        if not x.is_cuda:
+            from adex.kernels.launch import INTERPRETED
+
+            if not INTERPRETED:
+                raise RuntimeError(
+                    "backend='triton' on CPU tensors needs the Triton interpreter: set "
+                    "TRITON_INTERPRET=1 before importing adex (or use a CUDA device)"
+                )
+    return backend
+
+
+def _check_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} (x.shape[1:]), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but x is on {device}")
+    return t
+
+
+def _in_size(params: AdExParams) -> tuple[int, ...] | None:
+    shapes = {tuple(v.shape) for _, v in params.items() if isinstance(v, Tensor)}
+    if len(shapes) > 1:
+        raise ValueError(f"per-neuron parameters disagree in shape: {sorted(shapes)}")
+    return shapes.pop() if shapes else None
+
+
+def adex_scan(
+    x: Tensor,
+    V0: Tensor,
+    w0: Tensor | None,
+    params: AdExParams | None = None,
+    *,
+    dt: float = 0.1,
+    surrogate: Surrogate | None = None,
+    spk_reset: str = "soft",
+    has_exp: bool = True,
+    return_states: bool = False,
+    backend: str = "auto",
+    check_finite: bool = True,
+    packed_params: Tensor | None = None,
+) -> ScanResult:
+    """Simulate T steps of AdExIF (or ExpIF / LIF) neurons with BrainPy's semantics.
+
+    The whole forward scan runs as one fused Triton kernel (``backend='triton'``) and so does
+    its surrogate-gradient BPTT backward; ``backend='reference'`` runs the per-step PyTorch
+    reference, which autograd differentiates.
+
+    Args:
+        x: ``[T, *S]`` input current (mA), float32/bfloat16/float16 (float64 on the
+            reference). ``S`` is ``(batch, *in_size)`` or ``in_size``.
+        V0: ``[*S]`` membrane potential before the first step (mV, pre-reset as BrainPy
+            stores it: a neuron with ``V0 >= V_th`` is reset by the first step).
+        w0: ``[*S]`` adaptation current (mA), or None for models without w (ExpIF, LIF).
+        params: canonical-unit parameters (default: BrainPy's AdExIF defaults). Per-neuron
+            tensors are shaped like the trailing dims of ``S``.
+        dt: time step (ms), > 0.
+        surrogate: spike function (default ``ReluGrad()``).
+        spk_reset: 'soft' (V -= V_th - V_reset) or 'hard' (V = V_reset).
+        has_exp: False drops the exponential term (LIF).
+        return_states: return per-step V and w sequences instead of the final states.
+        backend: 'auto' (fused kernels on CUDA, reference otherwise), 'triton' or 'reference'.
+        check_finite: raise ``ValueError`` if ``x``, ``V0`` or ``w0`` holds NaN/inf (one
+            reduction and a host sync; skipped while ``torch.compile`` traces).
+        packed_params: ``params.packed(...)`` precomputed on ``x``'s device (modules cache it).
+
+    Returns:
+        :class:`ScanResult` ``(spikes, V, w)``.
+
+    Example:
+        >>> import torch, adex
+        >>> x = torch.full((100, 4), 20.0)  # 100 steps of 20 mA into 4 neurons
+        >>> out = adex.adex_scan(x, torch.full((4,), -65.0), torch.zeros(4))
+        >>> out.spikes.shape, out.V.shape
+        (torch.Size([100, 4]), torch.Size([4]))
+    """
+    params = AdExParams() if params is None else params
+    surrogate = ReluGrad() if surrogate is None else surrogate
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must be [T, *state_shape] with T >= 1, got shape {tuple(x.shape)}")
+    if not isinstance(params, AdExParams):
+        raise TypeError(f"params must be an AdExParams, got {type(params).__name__}")
+    if not isinstance(surrogate, Surrogate):
+        raise TypeError(f"surrogate must be an adex.surrogate.Surrogate, got {surrogate!r}")
+    if spk_reset not in ("soft", "hard"):
+        raise ValueError(f"spk_reset must be 'soft' or 'hard', got {spk_reset!r}")
+    if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"dt must be a finite number of ms > 0, got {dt!r}")
+    state_shape = tuple(x.shape[1:])
+    V0 = _check_tensor("V0", V0, state_shape, x.device)
+    if w0 is not None:
+        w0 = _check_tensor("w0", w0, state_shape, x.device)
+    in_size = _in_size(params)
+    if in_size is not None and state_shape[len(state_shape) - len(in_size) :] != in_size:
+        raise ValueError(
+            f"per-neuron parameters have shape {in_size}, which must be the trailing "
+            f"dims of the state shape {state_shape}"
+        )
+    if check_finite and not torch.compiler.is_compiling():
+        for name, t in (("x", x), ("V0", V0), ("w0", w0)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains NaN or inf")
+
+    hard = spk_reset == "hard"
+    if resolve_backend(backend, x) == "reference":
+        spikes, V, w = adex_scan_reference(
+            x, V0, w0, params, dt=float(dt), surrogate=surrogate, hard_reset=hard,
+            has_exp=has_exp,
+        )  # fmt: skip
+        if return_states:
+            return ScanResult(spikes, V, w)
+        return ScanResult(spikes, V[-1], None if w is None else w[-1])
+
+    has_w = w0 is not None
+    n_neurons = math.prod(in_size) if in_size is not None else 1
+    if packed_params is None:
+        packed_params = params.packed(n_neurons, x.device)
+    V0f = V0.to(torch.float32).contiguous()
+    w0f = w0.to(torch.float32).contiguous() if has_w else V0f
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or V0.requires_grad or (has_w and w0.requires_grad)
+    )
+    spikes, v_seq, w_seq, v_last, w_last = torch.ops.adex.scan_fwd(
+        x.contiguous(), V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING,
+        surrogate.kind, list(surrogate.params), hard, has_w, has_exp,
+        needs_grad or return_states, return_states and has_w,
+    )  # fmt: skip
+    if return_states:
+        return ScanResult(spikes, v_seq, w_seq if has_w else None)
+    return ScanResult(spikes, v_last, w_last if has_w else None)

@@ -1,0 +1,323 @@
+"""``AdExIF``: the PyTorch module, with BrainPy's parameters, defaults, units and state API."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from adex.functional import FLOAT_DTYPES, BACKENDS, adex_scan
+from adex.init import Constant, make_state
+from adex.params import PARAM_KINDS, AdExParams
+from adex.surrogate import ReluGrad, Surrogate
+from adex.units import CANONICAL, to_canonical, u
+
+
+class StateSequence(NamedTuple):
+    """``layer(x_seq, return_states=True)``: per-step ``spikes``, ``V`` (mV, pre-reset, as
+    BrainPy stores it) and ``w`` (mA), each ``[T, *state_shape]``."""
+
+    spikes: Tensor
+    V: Tensor
+    w: Tensor
+
+
+def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
+    size = (in_size,) if isinstance(in_size, int) else tuple(in_size)
+    if not size or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                            for n in size):  # fmt: skip
+        raise ValueError(f"in_size must be a positive int or a tuple of them, got {in_size!r}")
+    return size
+
+
+class AdExIF(nn.Module):
+    """Adaptive exponential integrate-and-fire neurons, BrainPy's ``brainpy.state.AdExIF``.
+
+    Per step (exponential Euler, dt): reset from the previous step's spike, ``w += b`` on a
+    spike, ``tau dV/dt = -(V - V_rest) + delta_T exp((V - V_T)/delta_T) - R w + R x``, then
+    ``tau_w dw/dt = a (V - V_rest) - w`` with the new V; the spike is ``V >= V_th``. The
+    multi-step call runs the whole sequence in one fused Triton kernel forward and one
+    backward (surrogate-gradient BPTT).
+
+    Every physical argument takes a pint quantity (``adex.u``) or a number in the canonical
+    unit (mV, ms, mA, ohm, S); scalars, or per-neuron arrays/tensors broadcastable to
+    ``in_size``. They are converted once, here.
+
+    Args:
+        in_size: neurons per sample (int or shape).
+        R: membrane resistance (ohm). tau: membrane time constant (ms, > 0).
+        tau_w: adaptation time constant (ms, > 0). V_th: spike threshold (mV, > V_reset).
+        V_reset: reset potential (mV). V_rest: resting potential (mV).
+        V_T: exponential threshold (mV). delta_T: slope factor (mV, > 0).
+        a: subthreshold adaptation (S). b: spike-triggered adaptation (mA).
+        V_initializer, w_initializer: state initializers (``adex.init``), quantities,
+            numbers or callables ``shape -> tensor``.
+        spk_fun: surrogate spike function (``adex.surrogate``); default ``ReluGrad()``.
+        spk_reset: 'soft' or 'hard'.
+        dt: time step (ms, > 0); BrainPy has no default, adex uses 0.1 ms.
+        backend: 'auto' (fused kernels on CUDA, reference on CPU), 'triton', 'reference'.
+        name: optional name.
+        check_finite: reject NaN/inf inputs and states with a ``ValueError`` (one reduction
+            and a host sync per call; set False in tight GPU loops).
+
+    Example:
+        >>> import torch, adex
+        >>> layer = adex.AdExIF(128, tau=20 * adex.u.ms, V_th=-50 * adex.u.mV)
+        >>> layer.init_state(batch_size=8)
+        >>> spikes = layer(torch.rand(100, 8, 128) * 30)  # [T, batch, neurons] in mA
+    """
+
+    has_w = True
+    has_exp = True
+    _defaults: dict[str, Any] = dict(
+        R=1 * u.ohm, tau=10 * u.ms, tau_w=30 * u.ms, V_th=-55 * u.mV, V_reset=-68 * u.mV,
+        V_rest=-65 * u.mV, V_T=-59.9 * u.mV, delta_T=3.48 * u.mV, a=1 * u.siemens,
+        b=1 * u.mA,
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = _defaults["R"],
+        tau: Any = _defaults["tau"],
+        tau_w: Any = _defaults["tau_w"],
+        V_th: Any = _defaults["V_th"],
+        V_reset: Any = _defaults["V_reset"],
+        V_rest: Any = _defaults["V_rest"],
+        V_T: Any = _defaults["V_T"],
+        delta_T: Any = _defaults["delta_T"],
+        a: Any = _defaults["a"],
+        b: Any = _defaults["b"],
+        V_initializer: Any = Constant(-65 * u.mV),
+        w_initializer: Any = Constant(0 * u.mA),
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        self.in_size = _in_size_tuple(in_size)
+        values = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
+                      V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
+        params = AdExParams.from_values(values, self.in_size)
+        self.spk_fun = ReluGrad() if spk_fun is None else spk_fun
+        if not isinstance(self.spk_fun, Surrogate):
+            raise TypeError(f"spk_fun must be an adex.surrogate.Surrogate, got {spk_fun!r}")
+        if spk_reset not in ("soft", "hard"):
+            raise ValueError(f"spk_reset must be 'soft' or 'hard', got {spk_reset!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        dt = to_canonical(dt, "time", "dt")
+        if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be a finite time > 0 ms, got {dt!r}")
+        self.spk_reset = spk_reset
+        self.dt = float(dt)
+        self.backend = backend
+        self.name = name
+        self.check_finite = check_finite
+        self.V_initializer = V_initializer
+        self.w_initializer = w_initializer
+        # per-neuron parameters are float64 buffers (saved in state_dict, follow .to(device),
+        # keep float64 under .to(dtype)); scalars stay Python floats
+        self._scalar_params: dict[str, float] = {}
+        for key, value in params.items():
+            if isinstance(value, Tensor):
+                self.register_buffer(key, value)
+            else:
+                self._scalar_params[key] = value
+        self.register_buffer("_packed", torch.empty(0), persistent=False)
+        self._repack()
+        self._V: Tensor | None = None
+        self._w: Tensor | None = None
+
+    # -- parameters --------------------------------------------------------------------------
+
+    @property
+    def params(self) -> AdExParams:
+        """The parameters in canonical units (tensors for per-neuron values)."""
+        values = dict(self._scalar_params)
+        for key in PARAM_KINDS:
+            if key not in values:
+                values[key] = getattr(self, key)
+        return AdExParams(**values)
+
+    def _repack(self) -> None:
+        self._params_cache = self.params
+        n = math.prod(self.in_size)
+        has_tensor = any(isinstance(v, Tensor) for _, v in self._params_cache.items())
+        self._packed = self._params_cache.packed(n if has_tensor else 1, self._packed.device)
+
+    def _apply(self, fn, recurse=True):
+        kept = {k: getattr(self, k) for k in PARAM_KINDS if k not in self._scalar_params}
+        super()._apply(fn, recurse)
+        device = self._packed.device
+        for key, value in kept.items():
+            setattr(self, key, value.to(device))
+        self._repack()
+        if self._V is not None:
+            self._V = self._V.to(device)
+        if self._w is not None:
+            self._w = self._w.to(device)
+        return self
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _state_shape(self, batch_size: int | None) -> tuple[int, ...]:
+        if batch_size is None:
+            return self.in_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be None or a positive int, got {batch_size!r}")
+        return (batch_size, *self.in_size)
+
+    def init_state(
+        self,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """Create V (mV) and w (mA) shaped ``(batch_size, *in_size)`` (or ``in_size``) from
+        the initializers, on ``device`` (default: the module's device) in ``dtype``."""
+        shape = self._state_shape(batch_size)
+        device = self._packed.device if device is None else torch.device(device)
+        self._V = make_state(self.V_initializer, shape, "voltage", "V_initializer", dtype, device)
+        self._w = make_state(self.w_initializer, shape, "current", "w_initializer", dtype, device)
+
+    def reset_state(
+        self,
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """Refill the states from the initializers (same as :meth:`init_state`)."""
+        self.init_state(batch_size, device=device, dtype=dtype)
+
+    def _checked_state(self, value: Any, kind: str, name: str) -> Tensor:
+        value = to_canonical(value, kind, name)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a tensor (or a {kind} quantity of one)")
+        if value.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        n = len(self.in_size)
+        if tuple(value.shape[value.dim() - n :]) != self.in_size or value.dim() > n + 1:
+            raise ValueError(
+                f"{name} must be shaped in_size {self.in_size} or (batch, *in_size), "
+                f"got {tuple(value.shape)}"
+            )
+        return value
+
+    @property
+    def V(self) -> Tensor | None:
+        """Membrane potential (mV) after the last step, pre-reset; assignable."""
+        return self._V
+
+    @V.setter
+    def V(self, value: Any) -> None:
+        self._V = self._checked_state(value, "voltage", "V")
+
+    @property
+    def w(self) -> Tensor | None:
+        """Adaptation current (mA) after the last step; assignable."""
+        return self._w
+
+    @w.setter
+    def w(self, value: Any) -> None:
+        self._w = self._checked_state(value, "current", "w")
+
+    def _require_state(self) -> tuple[Tensor, Tensor]:
+        if self._V is None or self._w is None:
+            raise RuntimeError(f"{type(self).__name__}: call init_state(batch_size) first")
+        if self._V.shape != self._w.shape:
+            raise ValueError(f"V {tuple(self._V.shape)} and w {tuple(self._w.shape)} differ")
+        return self._V, self._w
+
+    # -- dynamics ----------------------------------------------------------------------------
+
+    def _input(self, x: Any, state: Tensor, leading: tuple[int, ...]) -> Tensor:
+        """``x`` in mA, checked and expanded to ``(*leading, *state.shape)``."""
+        state_shape = tuple(state.shape)
+        x = to_canonical(x, "current", "x")
+        if isinstance(x, int | float | np.ndarray) and not isinstance(x, bool):
+            x = torch.as_tensor(x, device=state.device)
+            x = x.to(torch.float32) if x.dtype == torch.float64 else x
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor (mA) or a current quantity, got {type(x)}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        target = (*leading, *state_shape)
+        body = tuple(x.shape[len(leading) :])
+        try:
+            ok = torch.broadcast_shapes(body, state_shape) == state_shape
+        except RuntimeError:
+            ok = False
+        if x.dim() < len(leading) or tuple(x.shape[: len(leading)]) != leading or not ok:
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; expected {target} (state shape "
+                f"{state_shape}, from init_state) or a shape that broadcasts to it"
+            )
+        return x.expand(target)
+
+    def _run(self, x: Tensor, V: Tensor, w: Tensor, return_states: bool):
+        if V.device != x.device:
+            raise ValueError(
+                f"x is on {x.device} but the state is on {V.device}; call .to() on the "
+                "layer or init_state(device=...)"
+            )
+        return adex_scan(
+            x, V, w, self._params_cache, dt=self.dt, surrogate=self.spk_fun,
+            spk_reset=self.spk_reset, has_exp=self.has_exp, return_states=return_states,
+            backend=self.backend, check_finite=self.check_finite,
+            packed_params=self._packed if self._packed.device == x.device else None,
+        )  # fmt: skip
+
+    def update(self, x: Any = 0.0) -> Tensor:
+        """One step (BrainPy's ``update``): returns the spikes of the new V, shaped like the
+        state, in ``x``'s dtype; advances ``V`` and ``w``. ``x`` (mA) broadcasts to the
+        state shape."""
+        V, w = self._require_state()
+        x = self._input(x, V, ())
+        out = self._run(x.unsqueeze(0), V, w, return_states=False)
+        self._V, self._w = out.V, out.w
+        return out.spikes[0]
+
+    def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
+        """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA) in one fused scan.
+
+        Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype), or with
+        ``return_states=True`` a :class:`StateSequence` of per-step spikes, V and w, all
+        differentiable. The final state is left in ``V`` and ``w`` (differentiable too:
+        consecutive calls give truncated BPTT).
+        """
+        V, w = self._require_state()
+        x_seq = to_canonical(x_seq, "current", "x_seq")
+        if not isinstance(x_seq, Tensor) or x_seq.dim() < 1:
+            raise ValueError("x_seq must be a tensor (or current quantity) shaped [T, *state]")
+        x_seq = self._input(x_seq, V, (x_seq.shape[0],))
+        out = self._run(x_seq, V, w, return_states)
+        if return_states:
+            self._V, self._w = out.V[-1], out.w[-1]
+            return StateSequence(out.spikes, out.V, out.w)
+        self._V, self._w = out.V, out.w
+        return out.spikes
+
+    def get_spike(self, V: Tensor | None = None) -> Tensor:
+        """``H((V - V_th)/(V_th - V_reset))`` with the surrogate gradient (default: the stored
+        V)."""
+        if V is None:
+            V, _ = self._require_state()
+        p = self._params_cache.cast(V.dtype, V.device)
+        return self.spk_fun((V - p["V_th"]) / (p["V_th"] - p["V_reset"]))
+
+    def extra_repr(self) -> str:
+        parts = [f"in_size={self.in_size}"]
+        for key, value in self._params_cache.items():
+            unit = CANONICAL[PARAM_KINDS[key]][0]
+            shown = f"{value:g} {unit}" if isinstance(value, float) else f"per-neuron [{unit}]"
+            parts.append(f"{key}={shown}")
+        parts += [f"spk_fun={self.spk_fun!r}", f"spk_reset={self.spk_reset!r}",
+                  f"dt={self.dt:g} ms", f"backend={self.backend!r}"]  # fmt: skip
+        return ", ".join(parts)

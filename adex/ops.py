@@ -1,0 +1,131 @@
+"""The fused kernels as opaque ``torch.library`` custom ops, with autograd on top.
+
+``adex::scan_fwd`` and ``adex::scan_bwd`` wrap the Triton launchers; both have fake
+(meta) implementations so ``torch.compile`` traces through them without a graph break, and
+``scan_fwd`` differentiates through ``scan_bwd``. Only ``ctx`` bookkeeping lives here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from adex.kernels import adex_scan_bwd, adex_scan_fwd
+
+_FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.library.custom_op("adex::scan_fwd", mutates_args=())
+def scan_fwd(
+    x: Tensor,
+    V0: Tensor,
+    w0: Tensor,
+    packed_params: Tensor,
+    dt: float,
+    ceiling: float,
+    surrogate_kind: int,
+    surrogate_params: list[float],
+    hard_reset: bool,
+    has_w: bool,
+    has_exp: bool,
+    store_v: bool,
+    store_w: bool,
+) -> _FwdOut:
+    """Fused forward scan; see ``adex.kernels.adex_scan_fwd``. ``surrogate_*`` are only
+    read by the backward."""
+    return adex_scan_fwd(
+        x, V0, w0, packed_params, dt, ceiling, hard_reset, has_w, has_exp, store_v, store_w
+    )
+
+
+@scan_fwd.register_fake
+def _(x, V0, w0, packed_params, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
+      has_w, has_exp, store_v, store_w):  # fmt: skip
+    empty = x.new_empty(0, dtype=torch.float32)
+    seq = x.new_empty(x.shape, dtype=torch.float32)
+    state = x.new_empty(x.shape[1:], dtype=torch.float32)
+    return (
+        torch.empty_like(x),
+        seq if store_v else empty,
+        x.new_empty(x.shape, dtype=torch.float32) if store_w else empty,
+        state,
+        x.new_empty(x.shape[1:], dtype=torch.float32) if has_w else empty,
+    )
+
+
+@torch.library.custom_op("adex::scan_bwd", mutates_args=())
+def scan_bwd(
+    v_seq: Tensor,
+    V0: Tensor,
+    packed_params: Tensor,
+    grad_spikes: Tensor | None,
+    grad_v_seq: Tensor | None,
+    grad_w_seq: Tensor | None,
+    grad_v_last: Tensor | None,
+    grad_w_last: Tensor | None,
+    x_dtype: torch.dtype,
+    dt: float,
+    ceiling: float,
+    surrogate_kind: int,
+    surrogate_params: list[float],
+    hard_reset: bool,
+    has_w: bool,
+    has_exp: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused backward scan; see ``adex.kernels.adex_scan_bwd``."""
+    return adex_scan_bwd(
+        v_seq, V0, packed_params,
+        grad_spikes, grad_v_seq, grad_w_seq, grad_v_last, grad_w_last,
+        x_dtype, dt, ceiling, surrogate_kind, tuple(surrogate_params),
+        hard_reset, has_w, has_exp,
+    )  # fmt: skip
+
+
+@scan_bwd.register_fake
+def _(v_seq, V0, packed_params, grad_spikes, grad_v_seq, grad_w_seq, grad_v_last, grad_w_last,
+      x_dtype, dt, ceiling, surrogate_kind, surrogate_params, hard_reset, has_w, has_exp):  # fmt: skip
+    state = V0.new_empty(V0.shape, dtype=torch.float32)
+    w_grad = V0.new_empty(V0.shape if has_w else (0,), dtype=torch.float32)
+    return v_seq.new_empty(v_seq.shape, dtype=x_dtype), state, w_grad
+
+
+def _setup_context(ctx, inputs, output):
+    (x, V0, _w0, packed, dt, ceiling, kind, sg_params, hard, has_w, has_exp, store_v, _) = inputs
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(output[1], V0, packed)
+    ctx.store_v = store_v
+    ctx.config = dict(
+        x_dtype=x.dtype, dt=dt, ceiling=ceiling, surrogate_kind=kind,
+        surrogate_params=list(sg_params), hard_reset=hard, has_w=has_w, has_exp=has_exp,
+    )  # fmt: skip
+
+
+def _present(grad: Tensor | None) -> Tensor | None:
+    """An incoming gradient, contiguous, or None where it is absent or empty."""
+    if grad is None or grad.numel() == 0:
+        return None
+    return grad.contiguous()
+
+
+def _backward(ctx, g_spikes, g_v_seq, g_w_seq, g_v_last, g_w_last):
+    if not ctx.store_v:
+        raise RuntimeError(
+            "adex::scan_fwd ran without saving V (no input required grad at call time); "
+            "cannot backpropagate through it"
+        )
+    v_seq, V0, packed = ctx.saved_tensors
+    grad_x, grad_v0, grad_w0 = scan_bwd(
+        v_seq, V0, packed,
+        _present(g_spikes), _present(g_v_seq), _present(g_w_seq),
+        _present(g_v_last), _present(g_w_last),
+        **ctx.config,
+    )  # fmt: skip
+    need = ctx.needs_input_grad
+    return (
+        grad_x if need[0] else None,
+        grad_v0 if need[1] else None,
+        grad_w0 if need[2] and ctx.config["has_w"] else None,
+    ) + (None,) * 10
+
+
+scan_fwd.register_autograd(_backward, setup_context=_setup_context)
