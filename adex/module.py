@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adex.functional import FLOAT_DTYPES, BACKENDS, adex_scan
+from adex.functional import BACKENDS, FLOAT_DTYPES, adex_scan
 from adex.init import Constant, make_state
 from adex.params import PARAM_KINDS, AdExParams
 from adex.surrogate import ReluGrad, Surrogate
@@ -23,6 +23,10 @@ class StateSequence(NamedTuple):
     spikes: Tensor
     V: Tensor
     w: Tensor
+
+
+_V_INIT = Constant(-65 * u.mV)
+_W_INIT = Constant(0 * u.mA)
 
 
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
@@ -72,7 +76,7 @@ class AdExIF(nn.Module):
 
     has_w = True
     has_exp = True
-    _defaults: dict[str, Any] = dict(
+    _defaults: ClassVar[dict[str, Any]] = dict(
         R=1 * u.ohm, tau=10 * u.ms, tau_w=30 * u.ms, V_th=-55 * u.mV, V_reset=-68 * u.mV,
         V_rest=-65 * u.mV, V_T=-59.9 * u.mV, delta_T=3.48 * u.mV, a=1 * u.siemens,
         b=1 * u.mA,
@@ -91,8 +95,8 @@ class AdExIF(nn.Module):
         delta_T: Any = _defaults["delta_T"],
         a: Any = _defaults["a"],
         b: Any = _defaults["b"],
-        V_initializer: Any = Constant(-65 * u.mV),
-        w_initializer: Any = Constant(0 * u.mA),
+        V_initializer: Any = _V_INIT,
+        w_initializer: Any = _W_INIT,
         spk_fun: Surrogate | None = None,
         spk_reset: str = "soft",
         dt: Any = 0.1 * u.ms,

@@ -82,8 +82,9 @@ def scan_bwd(
 
 
 @scan_bwd.register_fake
-def _(v_seq, V0, packed_params, grad_spikes, grad_v_seq, grad_w_seq, grad_v_last, grad_w_last,
-      x_dtype, dt, ceiling, surrogate_kind, surrogate_params, hard_reset, has_w, has_exp):  # fmt: skip
+def _(v_seq, V0, packed_params, grad_spikes, grad_v_seq, grad_w_seq, grad_v_last,
+      grad_w_last, x_dtype, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
+      has_w, has_exp):  # fmt: skip
     state = V0.new_empty(V0.shape, dtype=torch.float32)
     w_grad = V0.new_empty(V0.shape if has_w else (0,), dtype=torch.float32)
     return v_seq.new_empty(v_seq.shape, dtype=x_dtype), state, w_grad

@@ -33,7 +33,10 @@ def _adex_scan_bwd_kernel(
     N,  # neurons per sample
     dt,  # ms
     ceiling,  # adex.params.RUNAWAY_CEILING
-    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
+    sg0,
+    sg1,
+    sg2,
+    sg3,  # surrogate hyper-parameters
     SURROGATE: tl.constexpr,
     HARD_RESET: tl.constexpr,
     HAS_W: tl.constexpr,
@@ -58,7 +61,6 @@ def _adex_scan_bwd_kernel(
     b_tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)
     b_vth = tl.load(par_ptr + 3 * N + o_n, mask=m_m, other=1.0)
     b_vreset = tl.load(par_ptr + 4 * N + o_n, mask=m_m, other=0.0)
-    b_vrest = tl.load(par_ptr + 5 * N + o_n, mask=m_m, other=0.0)
     b_vT = tl.load(par_ptr + 6 * N + o_n, mask=m_m, other=0.0)
     b_dT = tl.load(par_ptr + 7 * N + o_n, mask=m_m, other=1.0)
     b_a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
