@@ -28,14 +28,23 @@ PARAM_KINDS: dict[str, str] = {
 }
 """Every parameter of the AdEx family and its physical kind (see ``adex.units.CANONICAL``)."""
 
-RUNAWAY_CEILING = 1000.0
-"""Stored V never exceeds ``V_th + RUNAWAY_CEILING * (V_th - V_reset)``.
+RUNAWAY_CEILING = 10.0
+"""A step whose integrated V would exceed ``V_th + RUNAWAY_CEILING * (V_th - V_reset)`` (or
+is not a number) stores ``V = V_th`` instead: the neuron reached its spike peak within the
+step.
 
-BrainPy's exponential-Euler step overflows (V = +inf, then NaN after a hard reset) or runs
-away to 1e7..1e15 mV when the exponential term is stiff (spec section 11). adex caps the
-integrated V at this ceiling instead: the step still registers a spike, the next step resets
-from a finite value, and the step passes no gradient through V (its derivative is zero, as
-for any clamp). Every trajectory that stays below the ceiling is BrainPy's exactly.
+BrainPy's exponential-Euler step overflows when the exponential term is stiff (spec sections
+11 and 13): V jumps to 1e7..1e38 mV or +inf, a hard reset then gives 0 or NaN, a soft reset
+runs away, and w integrates the absurd V. adex instead registers the spike at V_th, resets
+normally on the next step, integrates w with V = V_th, and passes no gradient through V on
+that step (it is a constant there). Every trajectory that stays at or below the ceiling is
+BrainPy's exactly.
+
+Why 10: in non-stiff use the overshoot past V_th stays within a few (V_th - V_reset) (the
+BrainPy ExpIF V_th = -40 mV case reaches 2.3); stiff steps overshoot by 20 to 1e30 widths.
+With V_th at the spike peak of Naud et al. (2008) a ceiling of 1000 widths let such steps
+through and their w kick (a * (V - V_rest)) destroyed the published firing patterns; 10
+reproduces them (tonic, adapting, bursting, delayed accelerating, irregular).
 """
 
 

@@ -21,6 +21,24 @@ EXP_CLAMP = 20.0
 """The exponent of the AdEx exponential term is clamped at this value (as BrainPy does)."""
 
 
+def _exp_euler_V(V_start, w_start, x, p, dt: float, has_exp: bool) -> torch.Tensor:
+    """One exponential-Euler step of V from ``V_start`` with J computed from V itself."""
+    drift = -(V_start - p.V_rest)
+    if has_exp:
+        z = (V_start - p.V_T) / p.delta_T
+        expo = torch.exp(torch.clamp(z, max=EXP_CLAMP))
+        # d min(z, 20)/dz as JAX defines it: 1 below, 1/2 at, 0 above the clamp.
+        slope = torch.where(z < EXP_CLAMP, 1.0, torch.where(z == EXP_CLAMP, 0.5, 0.0)).to(z.dtype)
+        drift = drift + p.delta_T * expo
+        jacobian = (-1.0 + expo * slope) / p.tau
+    else:
+        jacobian = torch.full_like(V_start, -1.0) / p.tau
+    if w_start is not None:
+        drift = drift - p.R * w_start
+    drift = (drift + p.R * x) / p.tau
+    return V_start + dt * exprel(dt * jacobian) * drift
+
+
 def adex_step_reference(
     x: torch.Tensor,
     V: torch.Tensor,
@@ -56,23 +74,15 @@ def adex_step_reference(
         V_reset_step = V - (V.detach() - p.V_reset) * spike_prev
     else:
         V_reset_step = V - theta * spike_prev
-    drift = -(V_reset_step - p.V_rest)
-    if has_exp:
-        z = (V_reset_step - p.V_T) / p.delta_T
-        expo = torch.exp(torch.clamp(z, max=EXP_CLAMP))
-        # d min(z, 20)/dz as JAX defines it: 1 below, 1/2 at, 0 above the clamp.
-        slope = torch.where(z < EXP_CLAMP, 1.0, torch.where(z == EXP_CLAMP, 0.5, 0.0)).to(z.dtype)
-        drift = drift + p.delta_T * expo
-        jacobian = (-1.0 + expo * slope) / p.tau
-    else:
-        jacobian = torch.full_like(V, -1.0) / p.tau
-    if w is not None:
-        w_reset_step = w + p.b * spike_prev
-        drift = drift - p.R * w_reset_step
-    drift = (drift + p.R * x) / p.tau
-    V_raw = V_reset_step + dt * exprel(dt * jacobian) * drift
+    w_reset_step = None if w is None else w + p.b * spike_prev
     ceiling = p.V_th + RUNAWAY_CEILING * theta
-    V_new = torch.where(V_raw < ceiling, V_raw, ceiling)
+    with torch.no_grad():
+        runaway = ~(_exp_euler_V(V_reset_step, w_reset_step, x, p, dt, has_exp) <= ceiling)
+    # runaway steps store V_th; they integrate from V_rest only so that the discarded branch
+    # stays finite and its zero cotangent cannot turn into NaN (0 * inf) in backward
+    safe_start = torch.where(runaway, torch.zeros_like(V) + p.V_rest, V_reset_step)
+    V_raw = _exp_euler_V(safe_start, w_reset_step, x, p, dt, has_exp)
+    V_new = torch.where(runaway, torch.zeros_like(V) + p.V_th, V_raw)
     w_new = None
     if w is not None:
         c_w = dt * exprel(torch.as_tensor(-dt / p.tau_w, dtype=V.dtype, device=V.device)) / p.tau_w

@@ -66,7 +66,6 @@ def _adex_scan_bwd_kernel(
     b_a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
     b_b = tl.load(par_ptr + 9 * N + o_n, mask=m_m, other=0.0)
     b_theta = b_vth - b_vreset
-    b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
 
     b_lv = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the stored V
@@ -119,11 +118,11 @@ def _adex_scan_bwd_kernel(
         b_p = dt * b_phi
         b_f = (b_vnew - b_vr) / b_p  # F_V(V'), recovered from consecutive V
         # total adjoint of V_new (w_new = w' + c_w (a (V_new - V_rest) - w') also reads it);
-        # zero on a step capped at the runaway ceiling, whose V has no derivative
+        # zero on a step that hit the runaway ceiling and stored V = V_th, a constant
         b_big = b_lv
         if HAS_W:
             b_big += b_lw * b_a * b_cw
-        b_big = tl.where(b_vnew < b_vcap, b_big, 0.0)
+        b_big = tl.where(b_vnew == b_vth, 0.0, b_big)
         b_gx = b_big * b_p * b_R / b_tau
         tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
         b_dvdv = 1.0 + b_p * b_jac + dt * dt * exprel_derivative(b_zj, b_phi) * b_djac * b_f
