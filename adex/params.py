@@ -29,22 +29,28 @@ PARAM_KINDS: dict[str, str] = {
 """Every parameter of the AdEx family and its physical kind (see ``adex.units.CANONICAL``)."""
 
 RUNAWAY_CEILING = 10.0
-"""A step whose integrated V would exceed ``V_th + RUNAWAY_CEILING * (V_th - V_reset)`` (or
-is not a number) stores ``V = V_th`` instead: the neuron reached its spike peak within the
-step.
+"""A runaway step stores ``V = V_th``: the neuron reached its spike peak within the step.
 
-BrainPy's exponential-Euler step overflows when the exponential term is stiff (spec sections
-11 and 13): V jumps to 1e7..1e38 mV or +inf, a hard reset then gives 0 or NaN, a soft reset
-runs away, and w integrates the absurd V. adex instead registers the spike at V_th, resets
-normally on the next step, integrates w with V = V_th, and passes no gradient through V on
-that step (it is a constant there). Every trajectory that stays at or below the ceiling is
-BrainPy's exactly.
+A step is a runaway when it starts above V_T (after the reset), where the exponential term
+outruns the leak (the exponential-Euler factor grows like exp(dt*J), and past the exponent
+clamp F alone is ~delta_T*e^20/tau), and would land above
+``V_th + RUNAWAY_CEILING * (V_th - V_reset)`` or on NaN. That is where BrainPy's arithmetic
+blows up (spec sections 11 and 13): V jumps to 1e7..1e38 mV or +inf, a hard reset then gives
+0 or NaN, a soft reset runs away, and w integrates the absurd V. adex instead registers the
+spike at V_th, resets normally on the next step, integrates w with V = V_th, and passes no
+gradient through V on that step (V is a constant there). Everything else is BrainPy's
+arithmetic unchanged: every step that lands at or below the ceiling, every step that starts
+below V_T (a large input alone never triggers it), and LIF, which has no exponential term.
 
 Why 10: in non-stiff use the overshoot past V_th stays within a few (V_th - V_reset) (the
 BrainPy ExpIF V_th = -40 mV case reaches 2.3); stiff steps overshoot by 20 to 1e30 widths.
 With V_th at the spike peak of Naud et al. (2008) a ceiling of 1000 widths let such steps
 through and their w kick (a * (V - V_rest)) destroyed the published firing patterns; 10
 reproduces them (tonic, adapting, bursting, delayed accelerating, irregular).
+
+The backward kernel recognises a runaway step as "stored V == V_th and V' > V_T"; a
+non-runaway step that lands exactly on V_th from above V_T is treated the same (a
+measure-zero coincidence; no resting state lies above V_T with V_th above it).
 """
 
 

@@ -21,8 +21,10 @@ EXP_CLAMP = 20.0
 """The exponent of the AdEx exponential term is clamped at this value (as BrainPy does)."""
 
 
-def _exp_euler_V(V_start, w_start, x, p, dt: float, has_exp: bool) -> torch.Tensor:
-    """One exponential-Euler step of V from ``V_start`` with J computed from V itself."""
+def _exp_euler_V(V_start, w_start, x, p, dt: float, has_exp: bool):
+    """One exponential-Euler step of V from ``V_start`` with J computed from V itself.
+
+    Returns ``(V_raw, J)``: the integrated V and the Jacobian dF/dV at ``V_start``."""
     drift = -(V_start - p.V_rest)
     if has_exp:
         z = (V_start - p.V_T) / p.delta_T
@@ -36,7 +38,7 @@ def _exp_euler_V(V_start, w_start, x, p, dt: float, has_exp: bool) -> torch.Tens
     if w_start is not None:
         drift = drift - p.R * w_start
     drift = (drift + p.R * x) / p.tau
-    return V_start + dt * exprel(dt * jacobian) * drift
+    return V_start + dt * exprel(dt * jacobian) * drift, jacobian
 
 
 def adex_step_reference(
@@ -76,13 +78,18 @@ def adex_step_reference(
         V_reset_step = V - theta * spike_prev
     w_reset_step = None if w is None else w + p.b * spike_prev
     ceiling = p.V_th + RUNAWAY_CEILING * theta
-    with torch.no_grad():
-        runaway = ~(_exp_euler_V(V_reset_step, w_reset_step, x, p, dt, has_exp) <= ceiling)
-    # runaway steps store V_th; they integrate from V_rest only so that the discarded branch
-    # stays finite and its zero cotangent cannot turn into NaN (0 * inf) in backward
-    safe_start = torch.where(runaway, torch.zeros_like(V) + p.V_rest, V_reset_step)
-    V_raw = _exp_euler_V(safe_start, w_reset_step, x, p, dt, has_exp)
-    V_new = torch.where(runaway, torch.zeros_like(V) + p.V_th, V_raw)
+    if not has_exp:
+        V_new, _ = _exp_euler_V(V_reset_step, w_reset_step, x, p, dt, has_exp)
+    else:
+        # a runaway step (see adex.params.RUNAWAY_CEILING) stores V_th; it integrates from
+        # V_rest only so that the discarded branch stays finite and its zero cotangent cannot
+        # turn into NaN (0 * inf) in backward
+        with torch.no_grad():
+            V_try, _ = _exp_euler_V(V_reset_step, w_reset_step, x, p, dt, has_exp)
+            runaway = (V_reset_step > p.V_T) & ~(V_try <= ceiling)
+        safe_start = torch.where(runaway, torch.zeros_like(V) + p.V_rest, V_reset_step)
+        V_raw, _ = _exp_euler_V(safe_start, w_reset_step, x, p, dt, has_exp)
+        V_new = torch.where(runaway, torch.zeros_like(V) + p.V_th, V_raw)
     w_new = None
     if w is not None:
         c_w = dt * exprel(torch.as_tensor(-dt / p.tau_w, dtype=V.dtype, device=V.device)) / p.tau_w

@@ -52,6 +52,8 @@ def to_canonical(value: Any, kind: str, name: str) -> Any:
         ValueError: if ``value`` is a quantity of the wrong dimension.
     """
     unit, dim = CANONICAL[kind]
+    if isinstance(value, pint.Unit):  # a bare unit, e.g. ``adex.u.ms``, means one of it
+        value = 1 * value
     if not is_quantity(value):
         return value
     if not value.check(dim):

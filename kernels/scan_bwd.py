@@ -117,15 +117,19 @@ def _adex_scan_bwd_kernel(
         b_phi = exprel(b_zj)
         b_p = dt * b_phi
         b_f = (b_vnew - b_vr) / b_p  # F_V(V'), recovered from consecutive V
-        # total adjoint of V_new (w_new = w' + c_w (a (V_new - V_rest) - w') also reads it);
-        # zero on a step that hit the runaway ceiling and stored V = V_th, a constant
+        b_dvdv = 1.0 + b_p * b_jac + dt * dt * exprel_derivative(b_zj, b_phi) * b_djac * b_f
+        if HAS_EXP:
+            # a runaway step stored the constant V_th (adex.params.RUNAWAY_CEILING): nothing
+            # flows through its V; zero the factors too, which may be inf there
+            b_run = (b_vnew == b_vth) & (b_z > 0.0)
+            b_p = tl.where(b_run, 0.0, b_p)
+            b_dvdv = tl.where(b_run, 0.0, b_dvdv)
+        # total adjoint of V_new (w_new = w' + c_w (a (V_new - V_rest) - w') also reads it)
         b_big = b_lv
         if HAS_W:
             b_big += b_lw * b_a * b_cw
-        b_big = tl.where(b_vnew == b_vth, 0.0, b_big)
         b_gx = b_big * b_p * b_R / b_tau
         tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
-        b_dvdv = 1.0 + b_p * b_jac + dt * dt * exprel_derivative(b_zj, b_phi) * b_djac * b_f
         b_lvr = b_big * b_dvdv
         # through the reset at the start of step t (spike of V_{t-1}, with its surrogate)
         b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) / b_theta

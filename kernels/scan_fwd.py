@@ -85,7 +85,10 @@ def _adex_scan_fwd_kernel(
             b_drift -= b_R * b_wr
         b_drift = (b_drift + b_R * b_x) / b_tau
         b_raw = b_vr + dt * exprel(dt * b_jac) * b_drift
-        b_v = tl.where(b_raw <= b_vcap, b_raw, b_vth)  # runaway or NaN: the spike peak V_th
+        if HAS_EXP:  # runaway (adex.params.RUNAWAY_CEILING) or NaN: store the peak V_th
+            b_v = tl.where((b_raw <= b_vcap) | (b_z <= 0.0), b_raw, b_vth)
+        else:
+            b_v = b_raw
         if HAS_W:
             b_w = b_wr + b_cw * (b_a * (b_v - b_vrest) - b_wr)
         b_s = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
