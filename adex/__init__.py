@@ -8,7 +8,8 @@ registry ``u``, surrogate spike functions (``adex.surrogate``) and state initial
 
 from adex import init, surrogate
 from adex.functional import ScanResult, adex_scan
-from adex.module import AdExIF, StateSequence
+from adex.models import LIF, AdExIF, ExpIF
+from adex.module import SpikingNeuron, StateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.reference import adex_scan_reference, adex_step_reference
 from adex.units import u
@@ -22,10 +23,13 @@ except ImportError:  # no Triton on this platform: the reference backend still w
 
 __all__ = [
     "HAS_TRITON",
+    "LIF",
     "RUNAWAY_CEILING",
     "AdExIF",
     "AdExParams",
+    "ExpIF",
     "ScanResult",
+    "SpikingNeuron",
     "StateSequence",
     "adex_scan",
     "adex_scan_reference",

@@ -1,4 +1,4 @@
-"""``AdExIF``: the PyTorch module, with BrainPy's parameters, defaults, units and state API."""
+"""``SpikingNeuron``: the module base of the AdEx family (parameters, state API, dynamics)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,20 @@ import torch
 from torch import Tensor, nn
 
 from adex.functional import BACKENDS, FLOAT_DTYPES, adex_scan
-from adex.init import Constant, make_state
+from adex.init import make_state
 from adex.params import PARAM_KINDS, AdExParams
 from adex.surrogate import ReluGrad, Surrogate
-from adex.units import CANONICAL, to_canonical, u
+from adex.units import CANONICAL, to_canonical
 
 
 class StateSequence(NamedTuple):
     """``layer(x_seq, return_states=True)``: per-step ``spikes``, ``V`` (mV, pre-reset, as
-    BrainPy stores it) and ``w`` (mA), each ``[T, *state_shape]``."""
+    BrainPy stores it) and ``w`` (mA; None for models without w), each ``[T, *state_shape]``.
+    """
 
     spikes: Tensor
     V: Tensor
-    w: Tensor
-
-
-_V_INIT = Constant(-65 * u.mV)
-_W_INIT = Constant(0 * u.mA)
+    w: Tensor | None
 
 
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
@@ -37,78 +34,37 @@ def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
     return size
 
 
-class AdExIF(nn.Module):
-    """Adaptive exponential integrate-and-fire neurons, BrainPy's ``brainpy.state.AdExIF``.
+class SpikingNeuron(nn.Module):
+    """Base of the AdEx family: parameters in canonical units, state, single- and multi-step
+    dynamics through :func:`adex.adex_scan`. Subclasses (``adex.AdExIF``, ``adex.ExpIF``,
+    ``adex.LIF``) fix the model flags and BrainPy's signature and defaults.
 
-    Per step (exponential Euler, dt): reset from the previous step's spike, ``w += b`` on a
-    spike, ``tau dV/dt = -(V - V_rest) + delta_T exp((V - V_T)/delta_T) - R w + R x``, then
-    ``tau_w dw/dt = a (V - V_rest) - w`` with the new V; the spike is ``V >= V_th``. The
-    multi-step call runs the whole sequence in one fused Triton kernel forward and one
-    backward (surrogate-gradient BPTT).
-
-    Every physical argument takes a pint quantity (``adex.u``) or a number in the canonical
-    unit (mV, ms, mA, ohm, S); scalars, or per-neuron arrays/tensors broadcastable to
-    ``in_size``. They are converted once, here.
-
-    Args:
-        in_size: neurons per sample (int or shape).
-        R: membrane resistance (ohm). tau: membrane time constant (ms, > 0).
-        tau_w: adaptation time constant (ms, > 0). V_th: spike threshold (mV, > V_reset).
-        V_reset: reset potential (mV). V_rest: resting potential (mV).
-        V_T: exponential threshold (mV). delta_T: slope factor (mV, > 0).
-        a: subthreshold adaptation (S). b: spike-triggered adaptation (mA).
-        V_initializer, w_initializer: state initializers (``adex.init``), quantities,
-            numbers or callables ``shape -> tensor``.
-        spk_fun: surrogate spike function (``adex.surrogate``); default ``ReluGrad()``.
-        spk_reset: 'soft' or 'hard'.
-        dt: time step (ms, > 0); BrainPy has no default, adex uses 0.1 ms.
-        backend: 'auto' (fused kernels on CUDA, reference on CPU), 'triton', 'reference'.
-        name: optional name.
-        check_finite: reject NaN/inf inputs and states with a ``ValueError`` (one reduction
-            and a host sync per call; set False in tight GPU loops).
-
-    Example:
-        >>> import torch, adex
-        >>> layer = adex.AdExIF(128, tau=20 * adex.u.ms, V_th=-50 * adex.u.mV)
-        >>> layer.init_state(batch_size=8)
-        >>> spikes = layer(torch.rand(100, 8, 128) * 30)  # [T, batch, neurons] in mA
+    Attributes:
+        has_w: the model has the adaptation current w (AdEx models).
+        has_exp: the model has the exponential term (AdEx, ExpIF).
+        param_names: the parameters the model uses (others are ignored).
     """
 
-    has_w = True
-    has_exp = True
-    _defaults: ClassVar[dict[str, Any]] = dict(
-        R=1 * u.ohm, tau=10 * u.ms, tau_w=30 * u.ms, V_th=-55 * u.mV, V_reset=-68 * u.mV,
-        V_rest=-65 * u.mV, V_T=-59.9 * u.mV, delta_T=3.48 * u.mV, a=1 * u.siemens,
-        b=1 * u.mA,
-    )  # fmt: skip
+    has_w: ClassVar[bool] = True
+    has_exp: ClassVar[bool] = True
+    param_names: ClassVar[tuple[str, ...]] = tuple(PARAM_KINDS)
 
     def __init__(
         self,
         in_size: int | tuple[int, ...],
-        R: Any = _defaults["R"],
-        tau: Any = _defaults["tau"],
-        tau_w: Any = _defaults["tau_w"],
-        V_th: Any = _defaults["V_th"],
-        V_reset: Any = _defaults["V_reset"],
-        V_rest: Any = _defaults["V_rest"],
-        V_T: Any = _defaults["V_T"],
-        delta_T: Any = _defaults["delta_T"],
-        a: Any = _defaults["a"],
-        b: Any = _defaults["b"],
-        V_initializer: Any = _V_INIT,
-        w_initializer: Any = _W_INIT,
-        spk_fun: Surrogate | None = None,
-        spk_reset: str = "soft",
-        dt: Any = 0.1 * u.ms,
-        backend: str = "auto",
-        name: str | None = None,
-        check_finite: bool = True,
+        params: dict[str, Any],
+        V_initializer: Any,
+        w_initializer: Any,
+        spk_fun: Surrogate | None,
+        spk_reset: str,
+        dt: Any,
+        backend: str,
+        name: str | None,
+        check_finite: bool,
     ):
         super().__init__()
         self.in_size = _in_size_tuple(in_size)
-        values = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
-                      V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
-        params = AdExParams.from_values(values, self.in_size)
+        params = AdExParams.from_values(params, self.in_size)
         self.spk_fun = ReluGrad() if spk_fun is None else spk_fun
         if not isinstance(self.spk_fun, Surrogate):
             raise TypeError(f"spk_fun must be an adex.surrogate.Surrogate, got {spk_fun!r}")
@@ -189,7 +145,10 @@ class AdExIF(nn.Module):
         shape = self._state_shape(batch_size)
         device = self._packed.device if device is None else torch.device(device)
         self._V = make_state(self.V_initializer, shape, "voltage", "V_initializer", dtype, device)
-        self._w = make_state(self.w_initializer, shape, "current", "w_initializer", dtype, device)
+        if self.has_w:
+            self._w = make_state(
+                self.w_initializer, shape, "current", "w_initializer", dtype, device
+            )
 
     def reset_state(
         self,
@@ -230,12 +189,14 @@ class AdExIF(nn.Module):
 
     @w.setter
     def w(self, value: Any) -> None:
+        if not self.has_w:
+            raise AttributeError(f"{type(self).__name__} has no adaptation current w")
         self._w = self._checked_state(value, "current", "w")
 
-    def _require_state(self) -> tuple[Tensor, Tensor]:
-        if self._V is None or self._w is None:
+    def _require_state(self) -> tuple[Tensor, Tensor | None]:
+        if self._V is None or (self.has_w and self._w is None):
             raise RuntimeError(f"{type(self).__name__}: call init_state(batch_size) first")
-        if self._V.shape != self._w.shape:
+        if self.has_w and self._V.shape != self._w.shape:
             raise ValueError(f"V {tuple(self._V.shape)} and w {tuple(self._w.shape)} differ")
         return self._V, self._w
 
@@ -265,7 +226,7 @@ class AdExIF(nn.Module):
             )
         return x.expand(target)
 
-    def _run(self, x: Tensor, V: Tensor, w: Tensor, return_states: bool):
+    def _run(self, x: Tensor, V: Tensor, w: Tensor | None, return_states: bool):
         if V.device != x.device:
             raise ValueError(
                 f"x is on {x.device} but the state is on {V.device}; call .to() on the "
@@ -303,7 +264,7 @@ class AdExIF(nn.Module):
         x_seq = self._input(x_seq, V, (x_seq.shape[0],))
         out = self._run(x_seq, V, w, return_states)
         if return_states:
-            self._V, self._w = out.V[-1], out.w[-1]
+            self._V, self._w = out.V[-1], None if out.w is None else out.w[-1]
             return StateSequence(out.spikes, out.V, out.w)
         self._V, self._w = out.V, out.w
         return out.spikes
@@ -319,6 +280,8 @@ class AdExIF(nn.Module):
     def extra_repr(self) -> str:
         parts = [f"in_size={self.in_size}"]
         for key, value in self._params_cache.items():
+            if key not in self.param_names:
+                continue
             unit = CANONICAL[PARAM_KINDS[key]][0]
             shown = f"{value:g} {unit}" if isinstance(value, float) else f"per-neuron [{unit}]"
             parts.append(f"{key}={shown}")

@@ -1,0 +1,161 @@
+"""The AdEx family as modules with BrainPy's signatures and defaults: AdExIF, ExpIF, LIF."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adex.init import Constant
+from adex.module import SpikingNeuron
+from adex.surrogate import Surrogate
+from adex.units import u
+
+_COMMON_DOC = """
+    Every physical argument takes a pint quantity (``adex.u``) or a number in the canonical
+    unit (mV, ms, mA, ohm, S); scalars, or per-neuron arrays/tensors broadcastable to
+    ``in_size``. They are converted and validated once, at construction.
+
+    Common args:
+        in_size: neurons per sample (int or shape).
+        V_initializer: initial V (``adex.init`` initializer, quantity, number or callable
+            ``shape -> tensor`` in mV).
+        spk_fun: surrogate spike function (``adex.surrogate``); default ``ReluGrad()``.
+        spk_reset: 'soft' (V -= V_th - V_reset) or 'hard' (V = V_reset).
+        dt: time step (ms, > 0); BrainPy has no default, adex uses 0.1 ms.
+        backend: 'auto' (fused kernels on CUDA, reference on CPU), 'triton', 'reference'.
+        name: optional name.
+        check_finite: reject NaN/inf inputs and states with a ``ValueError`` (one reduction
+            and a host sync per call; set False in tight GPU loops).
+
+    State API (BrainPy's): ``init_state(batch_size=None)`` / ``reset_state``, ``V`` (mV,
+    pre-reset) and ``w`` (mA) readable and assignable, ``update(x)`` for one step,
+    ``layer(x_seq)`` for ``[T, *state_shape]`` in one fused scan, ``get_spike(V=None)``.
+"""
+
+
+class AdExIF(SpikingNeuron):
+    """Adaptive exponential integrate-and-fire neurons (BrainPy's ``brainpy.state.AdExIF``).
+
+    Per step (exponential Euler): reset from the previous step's spike, ``w += b`` on a
+    spike, ``tau dV/dt = -(V - V_rest) + delta_T exp((V - V_T)/delta_T) - R w + R x``, then
+    ``tau_w dw/dt = a (V - V_rest) - w`` with the new V; the spike is ``V >= V_th``.
+
+    Args:
+        R: membrane resistance (ohm). tau: membrane time constant (ms, > 0).
+        tau_w: adaptation time constant (ms, > 0). V_th: spike threshold (mV, > V_reset).
+        V_reset: reset potential (mV). V_rest: resting potential (mV).
+        V_T: exponential threshold (mV). delta_T: slope factor (mV, > 0).
+        a: subthreshold adaptation (S). b: spike-triggered adaptation (mA).
+        w_initializer: initial w (like ``V_initializer``, in mA).
+    {common}
+    Example:
+        >>> import torch, adex
+        >>> layer = adex.AdExIF(128, tau=20 * adex.u.ms, V_th=-50 * adex.u.mV)
+        >>> layer.init_state(batch_size=8)
+        >>> spikes = layer(torch.rand(100, 8, 128) * 30)  # [T, batch, neurons] in mA
+    """
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = 1 * u.ohm,
+        tau: Any = 10 * u.ms,
+        tau_w: Any = 30 * u.ms,
+        V_th: Any = -55 * u.mV,
+        V_reset: Any = -68 * u.mV,
+        V_rest: Any = -65 * u.mV,
+        V_T: Any = -59.9 * u.mV,
+        delta_T: Any = 3.48 * u.mV,
+        a: Any = 1 * u.siemens,
+        b: Any = 1 * u.mA,
+        V_initializer: Any = Constant(-65 * u.mV),  # noqa: B008 (immutable)
+        w_initializer: Any = Constant(0 * u.mA),  # noqa: B008
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+    ):
+        params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
+                      V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
+        super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
+                         dt, backend, name, check_finite)  # fmt: skip
+
+
+class ExpIF(SpikingNeuron):
+    """Exponential integrate-and-fire neurons (BrainPy's ``brainpy.state.ExpIF``): AdExIF
+    without w, ``tau dV/dt = -(V - V_rest) + delta_T exp((V - V_T)/delta_T) + R x``.
+
+    BrainPy's default V_th = -30 mV is 8.6 delta_T above V_T: at dt = 0.1 ms its
+    exponential-Euler step runs away near threshold (see ``adex.RUNAWAY_CEILING``).
+
+    Args:
+        R (ohm), tau (ms, > 0), V_th (mV, > V_reset), V_reset, V_rest, V_T (mV),
+        delta_T (mV, > 0): as in :class:`AdExIF`.
+    {common}
+    """
+
+    has_w = False
+    param_names = ("R", "tau", "V_th", "V_reset", "V_rest", "V_T", "delta_T")
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = 1 * u.ohm,
+        tau: Any = 10 * u.ms,
+        V_th: Any = -30 * u.mV,
+        V_reset: Any = -68 * u.mV,
+        V_rest: Any = -65 * u.mV,
+        V_T: Any = -59.9 * u.mV,
+        delta_T: Any = 3.48 * u.mV,
+        V_initializer: Any = Constant(-65 * u.mV),  # noqa: B008
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+    ):
+        params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
+                      delta_T=delta_T)  # fmt: skip
+        super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
+                         backend, name, check_finite)  # fmt: skip
+
+
+class LIF(SpikingNeuron):
+    """Leaky integrate-and-fire neurons (BrainPy's ``brainpy.state.LIF``):
+    ``tau dV/dt = -(V - V_rest) + R x``, integrated exactly (J = -1/tau).
+
+    Args:
+        R: resistance (ohm). tau: time constant (ms, > 0). V_th: threshold (mV, > V_reset).
+        V_reset: reset potential (mV). V_rest: resting potential (mV).
+    {common}
+    """
+
+    has_w = False
+    has_exp = False
+    param_names = ("R", "tau", "V_th", "V_reset", "V_rest")
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = 1 * u.ohm,
+        tau: Any = 5 * u.ms,
+        V_th: Any = 1 * u.mV,
+        V_reset: Any = 0 * u.mV,
+        V_rest: Any = 0 * u.mV,
+        V_initializer: Any = Constant(0 * u.mV),  # noqa: B008
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+    ):
+        params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest)
+        super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
+                         backend, name, check_finite)  # fmt: skip
+
+
+for _cls in (AdExIF, ExpIF, LIF):
+    _cls.__doc__ = _cls.__doc__.replace("{common}", _COMMON_DOC)
