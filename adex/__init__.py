@@ -7,8 +7,8 @@ registry ``u``, surrogate spike functions (``adex.surrogate``) and state initial
 """
 
 from adex import init, surrogate
-from adex.functional import ScanResult, adex_scan
-from adex.models import LIF, AdExIF, ExpIF
+from adex.functional import RefScanResult, ScanResult, adex_scan
+from adex.models import LIF, AdExIF, AdExIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.reference import adex_scan_reference, adex_step_reference
@@ -26,8 +26,11 @@ __all__ = [
     "LIF",
     "RUNAWAY_CEILING",
     "AdExIF",
+    "AdExIFRef",
     "AdExParams",
     "ExpIF",
+    "ExpIFRef",
+    "RefScanResult",
     "ScanResult",
     "SpikingNeuron",
     "StateSequence",

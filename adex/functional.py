@@ -32,6 +32,16 @@ class ScanResult(NamedTuple):
     w: Tensor | None
 
 
+class RefScanResult(NamedTuple):
+    """Output of :func:`adex_scan` with a refractory period (``tau_ref``): the fields of
+    :class:`ScanResult` plus ``last_spike_time`` ``[*S]`` (ms) after the scan."""
+
+    spikes: Tensor
+    V: Tensor
+    w: Tensor | None
+    last_spike_time: Tensor
+
+
 def resolve_backend(backend: str, x: Tensor) -> str:
     """'triton' or 'reference' for ``backend`` on ``x``; raises where it cannot run."""
     if backend not in BACKENDS:
@@ -91,8 +101,12 @@ def adex_scan(
     return_states: bool = False,
     backend: str = "auto",
     check_finite: bool = True,
+    detach_reset: bool = False,
+    tau_ref: float | None = None,
+    last_spike_time: Tensor | None = None,
+    t0_step: int = 0,
     packed_params: Tensor | None = None,
-) -> ScanResult:
+) -> ScanResult | RefScanResult:
     """Simulate T steps of AdExIF (or ExpIF / LIF) neurons with BrainPy's semantics.
 
     The whole forward scan runs as one fused Triton kernel (``backend='triton'``) and so does
@@ -115,10 +129,18 @@ def adex_scan(
         backend: 'auto' (fused kernels on CUDA, reference otherwise), 'triton' or 'reference'.
         check_finite: raise ``ValueError`` if ``x``, ``V0`` or ``w0`` holds NaN/inf (one
             reduction and a host sync; skipped while ``torch.compile`` traces).
+        detach_reset: stop the gradient through the reset (the previous step's spike).
+        tau_ref: refractory period (ms, >= 0) of the Ref models: while
+            ``t - last_spike_time < tau_ref`` (in floating point, as BrainPy tests it) V and
+            w stay at their post-reset values and the input has no effect. None: no period.
+        last_spike_time: ``[*S]`` time of the last spike before ``x[0]`` (ms); required
+            with ``tau_ref`` (BrainPy starts it at -1e7 ms). Not differentiable.
+        t0_step: global step index k of ``x[0]``; step k runs at ``t = float(k) * dt``.
         packed_params: ``params.packed(...)`` precomputed on ``x``'s device (modules cache it).
 
     Returns:
-        :class:`ScanResult` ``(spikes, V, w)``.
+        :class:`ScanResult` ``(spikes, V, w)``, or with ``tau_ref`` a
+        :class:`RefScanResult` that adds ``last_spike_time``.
 
     Example:
         >>> import torch, adex
@@ -153,6 +175,14 @@ def adex_scan(
             f"per-neuron parameters have shape {in_size}, which must be the trailing "
             f"dims of the state shape {state_shape}"
         )
+    if tau_ref is not None:
+        if not (isinstance(tau_ref, int | float) and math.isfinite(tau_ref) and tau_ref >= 0):
+            raise ValueError(f"tau_ref must be a finite number of ms >= 0, got {tau_ref!r}")
+        if last_spike_time is None:
+            raise ValueError("last_spike_time ([*S], ms) is required with tau_ref")
+        last_spike_time = _check_tensor("last_spike_time", last_spike_time, state_shape, x.device)
+    if isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0:
+        raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
     if check_finite and not torch.compiler.is_compiling():
         for name, t in (("x", x), ("V0", V0), ("w0", w0)):
             if t is not None and not bool(torch.isfinite(t).all()):
@@ -160,13 +190,17 @@ def adex_scan(
 
     hard = spk_reset == "hard"
     if resolve_backend(backend, x) == "reference":
-        spikes, V, w = adex_scan_reference(
+        out = adex_scan_reference(
             x, V0, w0, params, dt=float(dt), surrogate=surrogate, hard_reset=hard,
-            has_exp=has_exp,
+            has_exp=has_exp, detach_reset=detach_reset, tau_ref=tau_ref,
+            last_spike_time=last_spike_time, t0_step=t0_step,
         )  # fmt: skip
-        if return_states:
-            return ScanResult(spikes, V, w)
-        return ScanResult(spikes, V[-1], None if w is None else w[-1])
+        spikes, V, w = out[:3]
+        if not return_states:
+            V, w = V[-1], None if w is None else w[-1]
+        if tau_ref is not None:
+            return RefScanResult(spikes, V, w, out[3])
+        return ScanResult(spikes, V, w)
 
     has_w = w0 is not None
     n_neurons = math.prod(in_size) if in_size is not None else 1
@@ -177,11 +211,16 @@ def adex_scan(
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or V0.requires_grad or (has_w and w0.requires_grad)
     )
-    spikes, v_seq, w_seq, v_last, w_last = torch.ops.adex.scan_fwd(
+    has_ref = tau_ref is not None
+    spikes, v_seq, w_seq, v_last, w_last, _, t_last = torch.ops.adex.scan_fwd(
         x.contiguous(), V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING,
         surrogate.kind, list(surrogate.params), hard, has_w, has_exp,
         needs_grad or return_states, return_states and has_w,
+        last_spike_time.detach().to(torch.float32).contiguous() if has_ref else None,
+        float(tau_ref) if has_ref else -1.0, t0_step, detach_reset,
     )  # fmt: skip
-    if return_states:
-        return ScanResult(spikes, v_seq, w_seq if has_w else None)
-    return ScanResult(spikes, v_last, w_last if has_w else None)
+    V, w = (v_seq, w_seq) if return_states else (v_last, w_last)
+    w = w if has_w else None
+    if has_ref:
+        return RefScanResult(spikes, V, w, t_last)
+    return ScanResult(spikes, V, w)

@@ -1,4 +1,5 @@
-"""The AdEx family as modules with BrainPy's signatures and defaults: AdExIF, ExpIF, LIF."""
+"""The AdEx family as modules with BrainPy's signatures and defaults: AdExIF, ExpIF, LIF,
+AdExIFRef, ExpIFRef."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ _COMMON_DOC = """
         name: optional name.
         check_finite: reject NaN/inf inputs and states with a ``ValueError`` (one reduction
             and a host sync per call; set False in tight GPU loops).
+        detach_reset: stop the gradient through the reset spike (default False: BrainPy's
+            gradient flows through it).
 
     State API (BrainPy's): ``init_state(batch_size=None)`` / ``reset_state``, ``V`` (mV,
     pre-reset) and ``w`` (mA) readable and assignable, ``update(x)`` for one step,
@@ -75,11 +78,12 @@ class AdExIF(SpikingNeuron):
         backend: str = "auto",
         name: str | None = None,
         check_finite: bool = True,
+        detach_reset: bool = False,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
-                         dt, backend, name, check_finite)  # fmt: skip
+                         dt, backend, name, check_finite, detach_reset)  # fmt: skip
 
 
 class ExpIF(SpikingNeuron):
@@ -115,11 +119,12 @@ class ExpIF(SpikingNeuron):
         backend: str = "auto",
         name: str | None = None,
         check_finite: bool = True,
+        detach_reset: bool = False,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
-                         backend, name, check_finite)  # fmt: skip
+                         backend, name, check_finite, detach_reset)  # fmt: skip
 
 
 class LIF(SpikingNeuron):
@@ -151,11 +156,101 @@ class LIF(SpikingNeuron):
         backend: str = "auto",
         name: str | None = None,
         check_finite: bool = True,
+        detach_reset: bool = False,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest)
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
-                         backend, name, check_finite)  # fmt: skip
+                         backend, name, check_finite, detach_reset)  # fmt: skip
 
 
-for _cls in (AdExIF, ExpIF, LIF):
-    _cls.__doc__ = _cls.__doc__.replace("{common}", _COMMON_DOC)
+_REF_DOC = """
+    Refractory period: a spike at step k sets ``last_spike_time = t_k``; while
+    ``t - last_spike_time < tau_ref`` (tested in floating point on ``t = float(k) * dt``,
+    exactly as BrainPy does, so the number of frozen steps can differ by one from
+    ``tau_ref / dt``) V and w stay at their post-reset values, the input has no effect and
+    its gradient is zero. The module keeps the step counter ``t_step`` and
+    ``last_spike_time`` (ms) across calls; ``init_state`` / ``reset_state`` restart them.
+    The fused backward reads a 1-byte refractory mask per neuron-step saved by the forward.
+"""
+
+
+class AdExIFRef(AdExIF):
+    """AdExIF with a refractory period (BrainPy's ``brainpy.state.AdExIFRef``).
+
+    Args:
+        tau_ref: refractory period (ms, >= 0; scalar), default 1.7 ms.
+        Others: as in :class:`AdExIF`.
+    {ref}"""
+
+    has_ref = True
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = 1 * u.ohm,
+        tau: Any = 10 * u.ms,
+        tau_w: Any = 30 * u.ms,
+        tau_ref: Any = 1.7 * u.ms,
+        V_th: Any = -55 * u.mV,
+        V_reset: Any = -68 * u.mV,
+        V_rest: Any = -65 * u.mV,
+        V_T: Any = -59.9 * u.mV,
+        delta_T: Any = 3.48 * u.mV,
+        a: Any = 1 * u.siemens,
+        b: Any = 1 * u.mA,
+        V_initializer: Any = Constant(-65 * u.mV),  # noqa: B008
+        w_initializer: Any = Constant(0 * u.mA),  # noqa: B008
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+        detach_reset: bool = False,
+    ):
+        params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
+                      V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
+        SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
+                               spk_reset, dt, backend, name, check_finite, detach_reset,
+                               tau_ref)  # fmt: skip
+
+
+class ExpIFRef(ExpIF):
+    """ExpIF with a refractory period (BrainPy's ``brainpy.state.ExpIFRef``).
+
+    Args:
+        tau_ref: refractory period (ms, >= 0; scalar), default 1.7 ms.
+        Others: as in :class:`ExpIF`.
+    {ref}"""
+
+    has_ref = True
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = 1 * u.ohm,
+        tau: Any = 10 * u.ms,
+        tau_ref: Any = 1.7 * u.ms,
+        V_th: Any = -30 * u.mV,
+        V_reset: Any = -68 * u.mV,
+        V_rest: Any = -65 * u.mV,
+        V_T: Any = -59.9 * u.mV,
+        delta_T: Any = 3.48 * u.mV,
+        V_initializer: Any = Constant(-65 * u.mV),  # noqa: B008
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+        detach_reset: bool = False,
+    ):
+        params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
+                      delta_T=delta_T)  # fmt: skip
+        SpikingNeuron.__init__(self, in_size, params, V_initializer, None, spk_fun, spk_reset,
+                               dt, backend, name, check_finite, detach_reset,
+                               tau_ref)  # fmt: skip
+
+
+for _cls in (AdExIF, ExpIF, LIF, AdExIFRef, ExpIFRef):
+    _cls.__doc__ = _cls.__doc__.replace("{common}", _COMMON_DOC).replace("{ref}", _REF_DOC)

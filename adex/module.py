@@ -15,6 +15,9 @@ from adex.params import PARAM_KINDS, AdExParams
 from adex.surrogate import ReluGrad, Surrogate
 from adex.units import CANONICAL, to_canonical
 
+NEVER_SPIKED = -1e7
+"""Initial ``last_spike_time`` (ms) of the Ref models, BrainPy's value."""
+
 
 class StateSequence(NamedTuple):
     """``layer(x_seq, return_states=True)``: per-step ``spikes``, ``V`` (mV, pre-reset, as
@@ -42,11 +45,13 @@ class SpikingNeuron(nn.Module):
     Attributes:
         has_w: the model has the adaptation current w (AdEx models).
         has_exp: the model has the exponential term (AdEx, ExpIF).
+        has_ref: the model has a refractory period ``tau_ref`` (AdExIFRef, ExpIFRef).
         param_names: the parameters the model uses (others are ignored).
     """
 
     has_w: ClassVar[bool] = True
     has_exp: ClassVar[bool] = True
+    has_ref: ClassVar[bool] = False
     param_names: ClassVar[tuple[str, ...]] = tuple(PARAM_KINDS)
 
     def __init__(
@@ -61,6 +66,8 @@ class SpikingNeuron(nn.Module):
         backend: str,
         name: str | None,
         check_finite: bool,
+        detach_reset: bool = False,
+        tau_ref: Any = None,
     ):
         super().__init__()
         self.in_size = _in_size_tuple(in_size)
@@ -80,6 +87,15 @@ class SpikingNeuron(nn.Module):
         self.backend = backend
         self.name = name
         self.check_finite = check_finite
+        self.detach_reset = bool(detach_reset)
+        self.tau_ref: float | None = None
+        if self.has_ref:
+            tau_ref = to_canonical(tau_ref, "time", "tau_ref")
+            if not (isinstance(tau_ref, int | float) and math.isfinite(tau_ref) and tau_ref >= 0):
+                raise ValueError(f"tau_ref must be a finite scalar time >= 0 ms, got {tau_ref!r}")
+            self.tau_ref = float(tau_ref)
+        self.t_step = 0
+        self.last_spike_time: Tensor | None = None
         self.V_initializer = V_initializer
         self.w_initializer = w_initializer
         # per-neuron parameters are float64 buffers (saved in state_dict, follow .to(device),
@@ -119,6 +135,8 @@ class SpikingNeuron(nn.Module):
         for key, value in kept.items():
             setattr(self, key, value.to(device))
         self._repack()
+        if self.last_spike_time is not None:
+            self.last_spike_time = self.last_spike_time.to(device)
         if self._V is not None:
             self._V = self._V.to(device)
         if self._w is not None:
@@ -141,7 +159,10 @@ class SpikingNeuron(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         """Create V (mV) and w (mA) shaped ``(batch_size, *in_size)`` (or ``in_size``) from
-        the initializers, on ``device`` (default: the module's device) in ``dtype``."""
+        the initializers, on ``device`` (default: the module's device) in ``dtype``.
+
+        Also restarts the clock (``t_step = 0``: the next step runs at t = 0 ms) and, for the
+        Ref models, sets ``last_spike_time`` to -1e7 ms as BrainPy does."""
         shape = self._state_shape(batch_size)
         device = self._packed.device if device is None else torch.device(device)
         self._V = make_state(self.V_initializer, shape, "voltage", "V_initializer", dtype, device)
@@ -149,6 +170,9 @@ class SpikingNeuron(nn.Module):
             self._w = make_state(
                 self.w_initializer, shape, "current", "w_initializer", dtype, device
             )
+        self.t_step = 0
+        if self.has_ref:
+            self.last_spike_time = torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device)
 
     def reset_state(
         self,
@@ -232,12 +256,18 @@ class SpikingNeuron(nn.Module):
                 f"x is on {x.device} but the state is on {V.device}; call .to() on the "
                 "layer or init_state(device=...)"
             )
-        return adex_scan(
+        out = adex_scan(
             x, V, w, self._params_cache, dt=self.dt, surrogate=self.spk_fun,
             spk_reset=self.spk_reset, has_exp=self.has_exp, return_states=return_states,
             backend=self.backend, check_finite=self.check_finite,
+            detach_reset=self.detach_reset, tau_ref=self.tau_ref,
+            last_spike_time=self.last_spike_time, t0_step=self.t_step,
             packed_params=self._packed if self._packed.device == x.device else None,
         )  # fmt: skip
+        self.t_step += x.shape[0]
+        if self.has_ref:
+            self.last_spike_time = out.last_spike_time
+        return out
 
     def update(self, x: Any = 0.0) -> Tensor:
         """One step (BrainPy's ``update``): returns the spikes of the new V, shaped like the
@@ -285,6 +315,10 @@ class SpikingNeuron(nn.Module):
             unit = CANONICAL[PARAM_KINDS[key]][0]
             shown = f"{value:g} {unit}" if isinstance(value, float) else f"per-neuron [{unit}]"
             parts.append(f"{key}={shown}")
+        if self.has_ref:
+            parts.append(f"tau_ref={self.tau_ref:g} ms")
+        if self.detach_reset:
+            parts.append("detach_reset=True")
         parts += [f"spk_fun={self.spk_fun!r}", f"spk_reset={self.spk_reset!r}",
                   f"dt={self.dt:g} ms", f"backend={self.backend!r}"]  # fmt: skip
         return ", ".join(parts)

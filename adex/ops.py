@@ -12,7 +12,7 @@ from torch import Tensor
 
 from adex.kernels import adex_scan_bwd, adex_scan_fwd
 
-_FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+_FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 @torch.library.custom_op("adex::scan_fwd", mutates_args=())
@@ -30,18 +30,27 @@ def scan_fwd(
     has_exp: bool,
     store_v: bool,
     store_w: bool,
+    last_spike_time: Tensor | None = None,
+    tau_ref: float = -1.0,
+    t0_step: int = 0,
+    detach_reset: bool = False,
 ) -> _FwdOut:
-    """Fused forward scan; see ``adex.kernels.adex_scan_fwd``. ``surrogate_*`` are only
-    read by the backward."""
+    """Fused forward scan; see ``adex.kernels.adex_scan_fwd``. ``surrogate_*`` and
+    ``detach_reset`` are only read by the backward; ``tau_ref < 0`` means no refractory
+    period (``last_spike_time`` is then ignored)."""
+    has_ref = tau_ref >= 0
     return adex_scan_fwd(
-        x, V0, w0, packed_params, dt, ceiling, hard_reset, has_w, has_exp, store_v, store_w
-    )
+        x, V0, w0, packed_params, dt, ceiling, hard_reset, has_w, has_exp, store_v, store_w,
+        tau_ref if has_ref else None, last_spike_time if has_ref else None, t0_step,
+    )  # fmt: skip
 
 
 @scan_fwd.register_fake
 def _(x, V0, w0, packed_params, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
-      has_w, has_exp, store_v, store_w):  # fmt: skip
+      has_w, has_exp, store_v, store_w, last_spike_time=None, tau_ref=-1.0, t0_step=0,
+      detach_reset=False):  # fmt: skip
     empty = x.new_empty(0, dtype=torch.float32)
+    has_ref = tau_ref >= 0
     seq = x.new_empty(x.shape, dtype=torch.float32)
     state = x.new_empty(x.shape[1:], dtype=torch.float32)
     return (
@@ -50,6 +59,8 @@ def _(x, V0, w0, packed_params, dt, ceiling, surrogate_kind, surrogate_params, h
         x.new_empty(x.shape, dtype=torch.float32) if store_w else empty,
         state,
         x.new_empty(x.shape[1:], dtype=torch.float32) if has_w else empty,
+        x.new_empty(x.shape if has_ref and store_v else (0,), dtype=torch.uint8),
+        x.new_empty(x.shape[1:], dtype=torch.float32) if has_ref else empty,
     )
 
 
@@ -71,34 +82,46 @@ def scan_bwd(
     hard_reset: bool,
     has_w: bool,
     has_exp: bool,
+    ref_mask: Tensor | None = None,
+    detach_reset: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fused backward scan; see ``adex.kernels.adex_scan_bwd``."""
     return adex_scan_bwd(
         v_seq, V0, packed_params,
         grad_spikes, grad_v_seq, grad_w_seq, grad_v_last, grad_w_last,
         x_dtype, dt, ceiling, surrogate_kind, tuple(surrogate_params),
-        hard_reset, has_w, has_exp,
+        hard_reset, has_w, has_exp, ref_mask, detach_reset,
     )  # fmt: skip
 
 
 @scan_bwd.register_fake
 def _(v_seq, V0, packed_params, grad_spikes, grad_v_seq, grad_w_seq, grad_v_last,
       grad_w_last, x_dtype, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
-      has_w, has_exp):  # fmt: skip
+      has_w, has_exp, ref_mask=None, detach_reset=False):  # fmt: skip
     state = V0.new_empty(V0.shape, dtype=torch.float32)
     w_grad = V0.new_empty(V0.shape if has_w else (0,), dtype=torch.float32)
     return v_seq.new_empty(v_seq.shape, dtype=x_dtype), state, w_grad
 
 
 def _setup_context(ctx, inputs, output):
-    (x, V0, _w0, packed, dt, ceiling, kind, sg_params, hard, has_w, has_exp, store_v, _) = inputs
+    (x, V0, _w0, packed, dt, ceiling, kind, sg_params, hard, has_w, has_exp, store_v, _,
+     _t_last, tau_ref, _t0, detach_reset) = _with_defaults(inputs)  # fmt: skip
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(output[1], V0, packed)
+    ctx.save_for_backward(output[1], V0, packed, output[5])
     ctx.store_v = store_v
+    ctx.has_ref = tau_ref >= 0
     ctx.config = dict(
         x_dtype=x.dtype, dt=dt, ceiling=ceiling, surrogate_kind=kind,
         surrogate_params=list(sg_params), hard_reset=hard, has_w=has_w, has_exp=has_exp,
+        detach_reset=detach_reset,
     )  # fmt: skip
+
+
+def _with_defaults(inputs: tuple) -> tuple:
+    """``scan_fwd``'s inputs with its trailing defaults filled in."""
+    defaults = (None, -1.0, 0, False)
+    missing = 17 - len(inputs)
+    return tuple(inputs) + defaults[len(defaults) - missing :] if missing else tuple(inputs)
 
 
 def _present(grad: Tensor | None) -> Tensor | None:
@@ -108,17 +131,18 @@ def _present(grad: Tensor | None) -> Tensor | None:
     return grad.contiguous()
 
 
-def _backward(ctx, g_spikes, g_v_seq, g_w_seq, g_v_last, g_w_last):
+def _backward(ctx, g_spikes, g_v_seq, g_w_seq, g_v_last, g_w_last, _g_ref, _g_t_last):
     if not ctx.store_v:
         raise RuntimeError(
             "adex::scan_fwd ran without saving V (no input required grad at call time); "
             "cannot backpropagate through it"
         )
-    v_seq, V0, packed = ctx.saved_tensors
+    v_seq, V0, packed, ref_mask = ctx.saved_tensors
     grad_x, grad_v0, grad_w0 = scan_bwd(
         v_seq, V0, packed,
         _present(g_spikes), _present(g_v_seq), _present(g_w_seq),
         _present(g_v_last), _present(g_w_last),
+        ref_mask=ref_mask if ctx.has_ref else None,
         **ctx.config,
     )  # fmt: skip
     need = ctx.needs_input_grad
@@ -126,7 +150,7 @@ def _backward(ctx, g_spikes, g_v_seq, g_w_seq, g_v_last, g_w_last):
         grad_x if need[0] else None,
         grad_v0 if need[1] else None,
         grad_w0 if need[2] and ctx.config["has_w"] else None,
-    ) + (None,) * 10
+    ) + (None,) * 14
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)

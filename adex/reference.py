@@ -51,6 +51,8 @@ def adex_step_reference(
     surrogate: Surrogate,
     hard_reset: bool = False,
     has_exp: bool = True,
+    detach_reset: bool = False,
+    refractory: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One BrainPy ``update(x)`` step.
 
@@ -64,6 +66,9 @@ def adex_step_reference(
         surrogate: spike function (forward Heaviside, backward surrogate).
         hard_reset: hard (V -> V_reset) instead of soft (V -> V - (V_th - V_reset)) reset.
         has_exp: include the exponential term (AdEx, ExpIF); False gives LIF.
+        detach_reset: stop the gradient through the previous step's spike (the reset path).
+        refractory: bool mask (Ref models): where True, V and w stay at their post-reset
+            values (BrainPy's ``(t - t_last) < tau_ref``, computed by the caller).
 
     Returns:
         ``(spike, V_new, w_new)``: spike of the new V (V's dtype, values 0/1), new V (mV,
@@ -72,6 +77,8 @@ def adex_step_reference(
     p = params
     theta = p.V_th - p.V_reset
     spike_prev = surrogate((V - p.V_th) / theta)
+    if detach_reset:
+        spike_prev = spike_prev.detach()
     if hard_reset:
         V_reset_step = V - (V.detach() - p.V_reset) * spike_prev
     else:
@@ -94,6 +101,10 @@ def adex_step_reference(
     if w is not None:
         c_w = dt * exprel(torch.as_tensor(-dt / p.tau_w, dtype=V.dtype, device=V.device)) / p.tau_w
         w_new = w_reset_step + c_w * (p.a * (V_new - p.V_rest) - w_reset_step)
+    if refractory is not None:
+        V_new = torch.where(refractory, V_reset_step, V_new)
+        if w is not None:
+            w_new = torch.where(refractory, w_reset_step, w_new)
     spike = surrogate((V_new - p.V_th) / theta)
     return spike, V_new, w_new
 
@@ -108,25 +119,43 @@ def adex_scan_reference(
     surrogate: Surrogate,
     hard_reset: bool = False,
     has_exp: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    detach_reset: bool = False,
+    tau_ref: float | None = None,
+    last_spike_time: torch.Tensor | None = None,
+    t0_step: int = 0,
+):
     """Run :func:`adex_step_reference` over ``x[0..T-1]``.
 
     Args:
         x: ``[T, *S]`` input currents (mA); any float dtype (computed in float32, or float64
             when ``x`` or ``V0`` is float64).
         V0, w0: ``[*S]`` initial states (mV, mA); ``w0`` None for models without w.
-        params, dt, surrogate, hard_reset, has_exp: as in :func:`adex_step_reference`.
+        params, dt, surrogate, hard_reset, has_exp, detach_reset: as in
+            :func:`adex_step_reference`.
+        tau_ref: refractory period (ms) for the Ref models, else None.
+        last_spike_time: ``[*S]`` time of the last spike before ``x[0]`` (ms; BrainPy starts
+            it at -1e7 ms); required with ``tau_ref``.
+        t0_step: global index k of ``x[0]``; step k runs at ``t = float(k) * dt`` in the
+            compute dtype, as BrainPy's tests set it.
 
     Returns:
         ``(spikes [T, *S] in x's dtype, V [T, *S], w [T, *S] or None)``, the per-step V
-        pre-reset, in the compute dtype.
+        pre-reset, in the compute dtype; with ``tau_ref`` a 4th element, the final
+        ``last_spike_time`` ``[*S]``.
     """
     compute = torch.float64 if torch.float64 in (x.dtype, V0.dtype) else torch.float32
     p = SimpleNamespace(**params.cast(compute, x.device))
     V = V0.to(compute)
     w = None if w0 is None else w0.to(compute)
     spikes, Vs, ws = [], [], []
+    if tau_ref is not None:
+        t_last = last_spike_time.to(compute)
+        dt_c = torch.tensor(dt, dtype=compute)
     for t in range(x.shape[0]):
+        refractory = None
+        if tau_ref is not None:
+            t_now = (torch.tensor(float(t0_step + t), dtype=compute) * dt_c).to(x.device)
+            refractory = (t_now - t_last) < tau_ref
         s, V, w = adex_step_reference(
             x[t].to(compute),
             V,
@@ -136,9 +165,15 @@ def adex_scan_reference(
             surrogate=surrogate,
             hard_reset=hard_reset,
             has_exp=has_exp,
+            detach_reset=detach_reset,
+            refractory=refractory,
         )
+        if tau_ref is not None:
+            t_last = torch.where(V.detach() >= p.V_th, t_now, t_last)
         spikes.append(s.to(x.dtype))
         Vs.append(V)
         ws.append(w)
     w_seq = None if w0 is None else torch.stack(ws)
+    if tau_ref is not None:
+        return torch.stack(spikes), torch.stack(Vs), w_seq, t_last
     return torch.stack(spikes), torch.stack(Vs), w_seq

@@ -25,6 +25,7 @@ def _adex_scan_bwd_kernel(
     gwseq_ptr,  # [T, M] grad of the w sequence (HAS_GWSEQ)
     gvlast_ptr,  # [M] grad of the final V (HAS_GVLAST)
     gwlast_ptr,  # [M] grad of the final w (HAS_GWLAST)
+    ref_ptr,  # [T, M] uint8 refractory mask of the forward (HAS_REF)
     gx_ptr,  # [T, M] out: grad of x, x's dtype
     gv0_ptr,  # [M] out: fp32 grad of V0
     gw0_ptr,  # [M] out: fp32 grad of w0 (HAS_W)
@@ -41,6 +42,8 @@ def _adex_scan_bwd_kernel(
     HARD_RESET: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_EXP: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    DETACH_RESET: tl.constexpr,
     HAS_GSPK: tl.constexpr,
     HAS_GVSEQ: tl.constexpr,
     HAS_GWSEQ: tl.constexpr,
@@ -83,6 +86,7 @@ def _adex_scan_bwd_kernel(
     p_gv = gvseq_ptr + last + o_m
     p_gw = gwseq_ptr + last + o_m
     p_gx = gx_ptr + last + o_m
+    p_r = ref_ptr + last + o_m
     for i in range(0, T):
         # V before step t (stored V of step t-1, or V0 at t = 0)
         m_prev = m_m & (o_m * 0 + i < T - 1)
@@ -129,17 +133,27 @@ def _adex_scan_bwd_kernel(
         if HAS_W:
             b_big += b_lw * b_a * b_cw
         b_gx = b_big * b_p * b_R / b_tau
+        b_lvr = b_big * b_dvdv  # adjoint of V' (after the reset)
+        b_lwr = b_lw - b_lw * b_cw - b_big * b_p * b_R / b_tau  # adjoint of w'
+        if HAS_REF:  # a refractory step kept V = V', w = w': identity, no input gradient
+            b_ref = tl.load(p_r, mask=m_m, other=0) != 0
+            b_gx = tl.where(b_ref, 0.0, b_gx)
+            b_lvr = tl.where(b_ref, b_lv, b_lvr)
+            b_lwr = tl.where(b_ref, b_lw, b_lwr)
+            p_r -= M
         tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
-        b_lvr = b_big * b_dvdv
         # through the reset at the start of step t (spike of V_{t-1}, with its surrogate)
-        b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
-        if HARD_RESET:
-            b_lv = b_lvr - b_lvr * (b_vprev - b_vreset) * b_sig
+        if DETACH_RESET:
+            b_lv = b_lvr
         else:
-            b_lv = b_lvr - b_lvr * b_theta * b_sig
+            b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+            if HARD_RESET:
+                b_lv = b_lvr - b_lvr * (b_vprev - b_vreset) * b_sig
+            else:
+                b_lv = b_lvr - b_lvr * b_theta * b_sig
+            if HAS_W:
+                b_lv += b_lwr * b_b * b_sig
         if HAS_W:
-            b_lwr = b_lw - b_lw * b_cw - b_big * b_p * b_R / b_tau
-            b_lv += b_lwr * b_b * b_sig
             b_lw = b_lwr
         b_vnew = b_vprev
         p_vprev -= M
@@ -169,6 +183,8 @@ def adex_scan_bwd(
     hard_reset: bool,
     has_w: bool,
     has_exp: bool,
+    ref_mask: torch.Tensor | None = None,
+    detach_reset: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward scan.
 
@@ -179,6 +195,8 @@ def adex_scan_bwd(
         x_dtype: dtype of the returned ``grad_x``.
         dt, ceiling, hard_reset, has_w, has_exp: as in the forward.
         surrogate_kind, surrogate_params: ``Surrogate.kind`` and ``Surrogate.params``.
+        ref_mask: ``[T, *S]`` uint8 refractory mask from the forward (Ref models), or None.
+        detach_reset: no gradient through the reset spike.
 
     Returns:
         ``(grad_x [T, *S] x_dtype, grad_V0 [*S] fp32, grad_w0 [*S] fp32 or [0])``.
@@ -200,9 +218,11 @@ def adex_scan_bwd(
         dummy if grad_w_seq is None else grad_w_seq,
         dummy if grad_v_last is None else grad_v_last,
         dummy if grad_w_last is None else grad_w_last,
+        dummy if ref_mask is None else ref_mask,
         grad_x, grad_v0, grad_w0,
         T, M, N, dt, ceiling, *surrogate_params,
         SURROGATE=surrogate_kind, HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp,
+        HAS_REF=ref_mask is not None, DETACH_RESET=detach_reset,
         HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
         HAS_GWSEQ=grad_w_seq is not None, HAS_GVLAST=grad_v_last is not None,
         HAS_GWLAST=grad_w_last is not None, BLOCK=block, num_warps=num_warps,

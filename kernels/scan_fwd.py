@@ -14,7 +14,7 @@ from adex.kernels.launch import block_config
 # backward: every quantity of the adjoint recursion follows from consecutive V (spec 10, 14).
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "k0"])
 def _adex_scan_fwd_kernel(
     x_ptr,  # [T, M] input current (mA), fp32/bf16/fp16
     v0_ptr,  # [M] fp32 initial V (mV)
@@ -25,14 +25,20 @@ def _adex_scan_fwd_kernel(
     wseq_ptr,  # [T, M] out: fp32 w after each step (STORE_W)
     vlast_ptr,  # [M] out: fp32 final V
     wlast_ptr,  # [M] out: fp32 final w (HAS_W)
+    tlast_ptr,  # [M] fp32 time of the last spike before x[0] (ms; HAS_REF)
+    tlast_out_ptr,  # [M] out: fp32 time of the last spike after the scan (HAS_REF)
+    ref_ptr,  # [T, M] out: uint8 1 where the step was refractory (HAS_REF and STORE_V)
     T,  # number of steps (runtime: no recompile per T)
     M,  # neurons x batch (flattened state size)
     N,  # neurons per sample (parameter row length)
     dt,  # ms
     ceiling,  # adex.params.RUNAWAY_CEILING
+    k0,  # global step index of x[0]: step k runs at t = float(k) * dt (HAS_REF)
+    tau_ref,  # refractory period, ms (HAS_REF)
     HARD_RESET: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_EXP: tl.constexpr,
+    HAS_REF: tl.constexpr,
     STORE_V: tl.constexpr,
     STORE_W: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -59,11 +65,15 @@ def _adex_scan_fwd_kernel(
     b_w = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_W:
         b_w = tl.load(w0_ptr + o_m, mask=m_m, other=0.0)
+    if HAS_REF:
+        b_tlast = tl.load(tlast_ptr + o_m, mask=m_m, other=0.0)
+        tau_ref = tl.cast(tau_ref, tl.float32)
     p_x = x_ptr + o_m
     p_s = spk_ptr + o_m
     p_v = vseq_ptr + o_m
     p_w = wseq_ptr + o_m
-    for _ in range(0, T):
+    p_r = ref_ptr + o_m
+    for i in range(0, T):
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
         # reset from the stored (pre-reset) V of the previous step
         b_sprev = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
@@ -91,6 +101,16 @@ def _adex_scan_fwd_kernel(
             b_v = b_raw
         if HAS_W:
             b_w = b_wr + b_cw * (b_a * (b_v - b_vrest) - b_wr)
+        if HAS_REF:  # BrainPy's float test on t = float(k) * dt, not a step count
+            b_t = tl.cast(k0 + i, tl.float32) * dt
+            b_ref = (b_t - b_tlast) < tau_ref
+            b_v = tl.where(b_ref, b_vr, b_v)
+            if HAS_W:
+                b_w = tl.where(b_ref, b_wr, b_w)
+            b_tlast = tl.where(b_v >= b_vth, b_t, b_tlast)
+            if STORE_V:
+                tl.store(p_r, b_ref.to(tl.uint8), mask=m_m)
+                p_r += M
         b_s = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
         tl.store(p_s, b_s.to(spk_ptr.dtype.element_ty), mask=m_m)
         if STORE_V:
@@ -104,6 +124,8 @@ def _adex_scan_fwd_kernel(
     tl.store(vlast_ptr + o_m, b_v, mask=m_m)
     if HAS_W:
         tl.store(wlast_ptr + o_m, b_w, mask=m_m)
+    if HAS_REF:
+        tl.store(tlast_out_ptr + o_m, b_tlast, mask=m_m)
 
 
 def adex_scan_fwd(
@@ -118,7 +140,10 @@ def adex_scan_fwd(
     has_exp: bool,
     store_v: bool,
     store_w: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    tau_ref: float | None = None,
+    last_spike_time: torch.Tensor | None = None,
+    t0_step: int = 0,
+) -> tuple[torch.Tensor, ...]:
     """Launch the forward scan.
 
     Args:
@@ -127,10 +152,15 @@ def adex_scan_fwd(
         packed_params: ``[10, N]`` fp32 with ``N`` dividing ``prod(S)``.
         dt: time step (ms). ceiling: the runaway ceiling in units of ``V_th - V_reset``.
         hard_reset, has_w, has_exp: model flags. store_v, store_w: write the per-step sequences.
+        tau_ref: refractory period (ms) for the Ref models, else None.
+        last_spike_time: ``[*S]`` contiguous fp32 (ms), required with ``tau_ref``.
+        t0_step: global step index of ``x[0]`` (t = float(k) * dt).
 
     Returns:
         ``(spikes [T, *S] x.dtype, V_seq [T, *S] fp32 or [0], w_seq [T, *S] fp32 or [0],
-        V_last [*S] fp32, w_last [*S] fp32 or [0])``.
+        V_last [*S] fp32, w_last [*S] fp32 or [0], refractory [T, *S] uint8 or [0],
+        last_spike_time [*S] fp32 or [0])``; the refractory mask is written when
+        ``tau_ref`` and ``store_v`` are set (the backward reads it: 1 B per neuron-step).
     """
     T = x.shape[0]
     S = x.shape[1:]
@@ -142,12 +172,17 @@ def adex_scan_fwd(
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_w else empty
     v_last = torch.empty(S, dtype=torch.float32, device=x.device)
     w_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_w else empty
+    has_ref = tau_ref is not None
+    store_ref = has_ref and store_v
+    ref_mask = torch.empty(x.shape if store_ref else (0,), dtype=torch.uint8, device=x.device)
+    t_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_ref else empty
     block, num_warps = block_config(M, x.device)
     grid = (triton.cdiv(M, block),)
     _adex_scan_fwd_kernel[grid](
         x, V0, w0, packed_params, spikes, v_seq, w_seq, v_last, w_last,
-        T, M, N, dt, ceiling,
-        HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp,
+        last_spike_time if has_ref else V0, t_last, ref_mask,
+        T, M, N, dt, ceiling, t0_step, tau_ref if has_ref else 0.0,
+        HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp, HAS_REF=has_ref,
         STORE_V=store_v, STORE_W=store_w, BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
-    return spikes, v_seq, w_seq, v_last, w_last
+    return spikes, v_seq, w_seq, v_last, w_last, ref_mask, t_last
