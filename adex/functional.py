@@ -208,17 +208,20 @@ def adex_scan(
         packed_params = params.packed(n_neurons, x.device)
     V0f = V0.to(torch.float32).contiguous()
     w0f = w0.to(torch.float32).contiguous() if has_w else V0f
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or V0.requires_grad or (has_w and w0.requires_grad)
+    param_grad = torch.is_grad_enabled() and packed_params.requires_grad
+    needs_grad = param_grad or (
+        torch.is_grad_enabled()
+        and (x.requires_grad or V0.requires_grad or (has_w and w0.requires_grad))
     )
     has_ref = tau_ref is not None
     spikes, v_seq, w_seq, v_last, w_last, _, t_last = torch.ops.adex.scan_fwd(
         x.contiguous(), V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING,
         surrogate.kind, list(surrogate.params), hard, has_w, has_exp,
-        needs_grad or return_states, return_states and has_w,
+        needs_grad or return_states, (return_states or param_grad) and has_w,
         last_spike_time.detach().to(torch.float32).contiguous() if has_ref else None,
         float(tau_ref) if has_ref else -1.0, t0_step, detach_reset,
     )  # fmt: skip
+    # w_seq is also written (4 B per neuron-step more) for parameter gradients
     V, w = (v_seq, w_seq) if return_states else (v_last, w_last)
     w = w if has_w else None
     if has_ref:

@@ -49,18 +49,19 @@ def scan_fwd(
 def _(x, V0, w0, packed_params, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
       has_w, has_exp, store_v, store_w, last_spike_time=None, tau_ref=-1.0, t0_step=0,
       detach_reset=False):  # fmt: skip
-    empty = x.new_empty(0, dtype=torch.float32)
     has_ref = tau_ref >= 0
-    seq = x.new_empty(x.shape, dtype=torch.float32)
-    state = x.new_empty(x.shape[1:], dtype=torch.float32)
+
+    def f32(shape, present=True):
+        return x.new_empty(shape if present else (0,), dtype=torch.float32)
+
     return (
         torch.empty_like(x),
-        seq if store_v else empty,
-        x.new_empty(x.shape, dtype=torch.float32) if store_w else empty,
-        state,
-        x.new_empty(x.shape[1:], dtype=torch.float32) if has_w else empty,
+        f32(x.shape, store_v),
+        f32(x.shape, store_w),
+        f32(x.shape[1:]),
+        f32(x.shape[1:], has_w),
         x.new_empty(x.shape if has_ref and store_v else (0,), dtype=torch.uint8),
-        x.new_empty(x.shape[1:], dtype=torch.float32) if has_ref else empty,
+        f32(x.shape[1:], has_ref),
     )
 
 
@@ -84,30 +85,36 @@ def scan_bwd(
     has_exp: bool,
     ref_mask: Tensor | None = None,
     detach_reset: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
+    w_seq: Tensor | None = None,
+    w0: Tensor | None = None,
+    param_grad: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused backward scan; see ``adex.kernels.adex_scan_bwd``."""
     return adex_scan_bwd(
         v_seq, V0, packed_params,
         grad_spikes, grad_v_seq, grad_w_seq, grad_v_last, grad_w_last,
         x_dtype, dt, ceiling, surrogate_kind, tuple(surrogate_params),
-        hard_reset, has_w, has_exp, ref_mask, detach_reset,
+        hard_reset, has_w, has_exp, ref_mask, detach_reset, w_seq, w0, param_grad,
     )  # fmt: skip
 
 
 @scan_bwd.register_fake
 def _(v_seq, V0, packed_params, grad_spikes, grad_v_seq, grad_w_seq, grad_v_last,
       grad_w_last, x_dtype, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
-      has_w, has_exp, ref_mask=None, detach_reset=False):  # fmt: skip
+      has_w, has_exp, ref_mask=None, detach_reset=False, w_seq=None, w0=None,
+      param_grad=False):  # fmt: skip
     state = V0.new_empty(V0.shape, dtype=torch.float32)
     w_grad = V0.new_empty(V0.shape if has_w else (0,), dtype=torch.float32)
-    return v_seq.new_empty(v_seq.shape, dtype=x_dtype), state, w_grad
+    par_grad = V0.new_empty((10, *V0.shape) if param_grad else (0,), dtype=torch.float32)
+    return v_seq.new_empty(v_seq.shape, dtype=x_dtype), state, w_grad, par_grad
 
 
 def _setup_context(ctx, inputs, output):
-    (x, V0, _w0, packed, dt, ceiling, kind, sg_params, hard, has_w, has_exp, store_v, _,
+    (x, V0, w0, packed, dt, ceiling, kind, sg_params, hard, has_w, has_exp, store_v, _,
      _t_last, tau_ref, _t0, detach_reset) = _with_defaults(inputs)  # fmt: skip
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(output[1], V0, packed, output[5])
+    # parameter gradients with w read w' (the tau_w term): the caller then stores w_seq
+    ctx.save_for_backward(output[1], V0, packed, output[5], output[2], w0)
     ctx.store_v = store_v
     ctx.has_ref = tau_ref >= 0
     ctx.config = dict(
@@ -137,20 +144,31 @@ def _backward(ctx, g_spikes, g_v_seq, g_w_seq, g_v_last, g_w_last, _g_ref, _g_t_
             "adex::scan_fwd ran without saving V (no input required grad at call time); "
             "cannot backpropagate through it"
         )
-    v_seq, V0, packed, ref_mask = ctx.saved_tensors
-    grad_x, grad_v0, grad_w0 = scan_bwd(
+    v_seq, V0, packed, ref_mask, w_seq, w0 = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    has_w = ctx.config["has_w"]
+    param_grad = need[3]
+    if param_grad and has_w and w_seq.numel() == 0:
+        raise RuntimeError("parameter gradients with w need scan_fwd(store_w=True)")
+    grad_x, grad_v0, grad_w0, grad_par = scan_bwd(
         v_seq, V0, packed,
         _present(g_spikes), _present(g_v_seq), _present(g_w_seq),
         _present(g_v_last), _present(g_w_last),
         ref_mask=ref_mask if ctx.has_ref else None,
+        w_seq=w_seq if param_grad and has_w else None,
+        w0=w0 if param_grad and has_w else None,
+        param_grad=param_grad,
         **ctx.config,
     )  # fmt: skip
-    need = ctx.needs_input_grad
+    grad_packed = None
+    if param_grad:  # per-element [10, *S] -> per-neuron [10, N], summed over the batch
+        grad_packed = grad_par.reshape(10, -1, packed.shape[1]).sum(1)
     return (
         grad_x if need[0] else None,
         grad_v0 if need[1] else None,
-        grad_w0 if need[2] and ctx.config["has_w"] else None,
-    ) + (None,) * 14
+        grad_w0 if need[2] and has_w else None,
+        grad_packed,
+    ) + (None,) * 13
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)

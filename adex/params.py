@@ -113,12 +113,13 @@ class AdExParams:
     def packed(self, n_neurons: int, device: torch.device) -> torch.Tensor:
         """All ten parameters as one contiguous float32 tensor ``[10, n_neurons]``.
 
-        The fused kernels index it with ``neuron = flat_state_index % n_neurons``.
+        The fused kernels index it with ``neuron = flat_state_index % n_neurons``. It is
+        differentiable in the parameters that require grad (learnable parameters).
         """
         rows = []
         for name, value in self.items():
             if isinstance(value, torch.Tensor):
-                row = value.detach().to(device=device, dtype=torch.float32).reshape(-1)
+                row = value.to(device=device, dtype=torch.float32).reshape(-1)
                 if row.numel() != n_neurons:
                     row = row.expand(n_neurons) if row.numel() == 1 else None
                 if row is None:

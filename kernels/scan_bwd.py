@@ -26,6 +26,9 @@ def _adex_scan_bwd_kernel(
     gvlast_ptr,  # [M] grad of the final V (HAS_GVLAST)
     gwlast_ptr,  # [M] grad of the final w (HAS_GWLAST)
     ref_ptr,  # [T, M] uint8 refractory mask of the forward (HAS_REF)
+    wseq_ptr,  # [T, M] fp32 stored w of every step (PARAM_GRAD and HAS_W)
+    w0_ptr,  # [M] fp32 initial w (PARAM_GRAD and HAS_W)
+    gpar_ptr,  # [10, M] out: fp32 per-element parameter gradients (PARAM_GRAD)
     gx_ptr,  # [T, M] out: grad of x, x's dtype
     gv0_ptr,  # [M] out: fp32 grad of V0
     gw0_ptr,  # [M] out: fp32 grad of w0 (HAS_W)
@@ -44,6 +47,7 @@ def _adex_scan_bwd_kernel(
     HAS_EXP: tl.constexpr,
     HAS_REF: tl.constexpr,
     DETACH_RESET: tl.constexpr,
+    PARAM_GRAD: tl.constexpr,
     HAS_GSPK: tl.constexpr,
     HAS_GVSEQ: tl.constexpr,
     HAS_GWSEQ: tl.constexpr,
@@ -64,6 +68,7 @@ def _adex_scan_bwd_kernel(
     b_tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)
     b_vth = tl.load(par_ptr + 3 * N + o_n, mask=m_m, other=1.0)
     b_vreset = tl.load(par_ptr + 4 * N + o_n, mask=m_m, other=0.0)
+    b_vrest = tl.load(par_ptr + 5 * N + o_n, mask=m_m, other=0.0)
     b_vT = tl.load(par_ptr + 6 * N + o_n, mask=m_m, other=0.0)
     b_dT = tl.load(par_ptr + 7 * N + o_n, mask=m_m, other=1.0)
     b_a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
@@ -87,6 +92,22 @@ def _adex_scan_bwd_kernel(
     p_gw = gwseq_ptr + last + o_m
     p_gx = gx_ptr + last + o_m
     p_r = ref_ptr + last + o_m
+    if PARAM_GRAD:
+        # d loss / d parameter, accumulated over time per element (order: packed rows)
+        g_R = tl.zeros([BLOCK], dtype=tl.float32)
+        g_tau = tl.zeros([BLOCK], dtype=tl.float32)
+        g_tau_w = tl.zeros([BLOCK], dtype=tl.float32)
+        g_vth = tl.zeros([BLOCK], dtype=tl.float32)
+        g_vreset = tl.zeros([BLOCK], dtype=tl.float32)
+        g_vrest = tl.zeros([BLOCK], dtype=tl.float32)
+        g_vT = tl.zeros([BLOCK], dtype=tl.float32)
+        g_dT = tl.zeros([BLOCK], dtype=tl.float32)
+        g_a = tl.zeros([BLOCK], dtype=tl.float32)
+        g_b = tl.zeros([BLOCK], dtype=tl.float32)
+        b_dcw = -(dt / (b_tau_w * b_tau_w)) * (1.0 - b_cw)  # d c_w / d tau_w
+        if HAS_W:
+            b_w0 = tl.load(w0_ptr + o_m, mask=m_m, other=0.0)
+            p_wprev = wseq_ptr + last - M + o_m
     for i in range(0, T):
         # V before step t (stored V of step t-1, or V0 at t = 0)
         m_prev = m_m & (o_m * 0 + i < T - 1)
@@ -96,7 +117,11 @@ def _adex_scan_bwd_kernel(
         if HAS_GSPK:
             b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
             b_u = (b_vnew - b_vth) / b_theta
-            b_lv += b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+            b_gsg = b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+            b_lv += b_gsg
+            if PARAM_GRAD:  # u = (V - V_th)/(V_th - V_reset)
+                g_vth -= b_gsg * (1.0 + b_u)
+                g_vreset += b_gsg * b_u
         if HAS_GVSEQ:
             b_lv += tl.load(p_gv, mask=m_m, other=0.0).to(tl.float32)
         if HAS_GWSEQ:
@@ -142,6 +167,52 @@ def _adex_scan_bwd_kernel(
             b_lwr = tl.where(b_ref, b_lw, b_lwr)
             p_r -= M
         tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
+        if PARAM_GRAD:
+            # direct dependence of this step's V_new and w_new on the parameters
+            b_upd = tl.full([BLOCK], 1.0, tl.float32)  # 1 where w was updated (not refractory)
+            if HAS_REF:
+                b_upd = tl.where(b_ref, 0.0, b_upd)
+            b_int = b_upd  # 1 where V was integrated (not refractory, not runaway)
+            if HAS_EXP:
+                b_int = tl.where(b_run, 0.0, b_int)
+            b_lam = b_big * b_int  # adjoint of V_new where it was integrated
+            b_acc = dt * dt * exprel_derivative(b_zj, b_phi) * b_f  # dV_new/dJ
+            b_inet = b_tau * b_f + (b_vr - b_vrest)  # R (x - w') = tau F + (V' - V_rest) - ...
+            if HAS_EXP:
+                b_inet -= b_dT * b_e
+                b_em = b_e * b_slope
+                g_vT -= b_lam * (b_acc * b_em / (b_dT * b_tau) + b_p * b_em / b_tau)
+                g_dT += b_lam * (b_p * (b_e - b_em * b_z) - b_acc * b_em * b_z / b_dT) / b_tau
+            g_R += b_lam * b_p * b_inet / (b_R * b_tau)
+            g_tau -= b_lam * (b_acc * b_jac + b_p * b_f) / b_tau
+            g_vrest += b_lam * b_p / b_tau
+            if HAS_EXP:  # a runaway step stored V_new = V_th
+                g_vth += tl.where(b_run, b_big, 0.0) * b_upd
+            if HAS_W:
+                b_wprev = tl.load(p_wprev, mask=m_prev, other=0.0)
+                b_wprev = tl.where(m_prev, b_wprev, b_w0)
+                b_wr = b_wprev + b_b * b_sprev
+                b_lwu = b_lw * b_upd
+                g_a += b_lwu * b_cw * (b_vnew - b_vrest)
+                g_vrest -= b_lwu * b_cw * b_a
+                g_tau_w += b_lwu * b_dcw * (b_a * (b_vnew - b_vrest) - b_wr)
+                p_wprev -= M
+            # the reset at the start of this step: V' and w' depend on V_th, V_reset, b
+            if DETACH_RESET:
+                b_gpre = 0.0
+            else:
+                b_gpre = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE)
+            if HARD_RESET:
+                b_k = (b_vprev - b_vreset) * b_gpre / b_theta
+                g_vth += b_lvr * b_k * (1.0 + b_uprev)
+                g_vreset += b_lvr * (b_sprev - b_k * b_uprev)
+            else:
+                g_vth += b_lvr * (b_gpre * (1.0 + b_uprev) - b_sprev)
+                g_vreset += b_lvr * (b_sprev - b_gpre * b_uprev)
+            if HAS_W:
+                g_b += b_lwr * b_sprev
+                g_vth -= b_lwr * b_b * b_gpre * (1.0 + b_uprev) / b_theta
+                g_vreset += b_lwr * b_b * b_gpre * b_uprev / b_theta
         # through the reset at the start of step t (spike of V_{t-1}, with its surrogate)
         if DETACH_RESET:
             b_lv = b_lvr
@@ -155,6 +226,7 @@ def _adex_scan_bwd_kernel(
                 b_lv += b_lwr * b_b * b_sig
         if HAS_W:
             b_lw = b_lwr
+        tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
         b_vnew = b_vprev
         p_vprev -= M
         p_gs -= M
@@ -164,6 +236,17 @@ def _adex_scan_bwd_kernel(
     tl.store(gv0_ptr + o_m, b_lv, mask=m_m)
     if HAS_W:
         tl.store(gw0_ptr + o_m, b_lw, mask=m_m)
+    if PARAM_GRAD:
+        tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
+        tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m_m)
+        tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m_m)
+        tl.store(gpar_ptr + 3 * M + o_m, g_vth, mask=m_m)
+        tl.store(gpar_ptr + 4 * M + o_m, g_vreset, mask=m_m)
+        tl.store(gpar_ptr + 5 * M + o_m, g_vrest, mask=m_m)
+        tl.store(gpar_ptr + 6 * M + o_m, g_vT, mask=m_m)
+        tl.store(gpar_ptr + 7 * M + o_m, g_dT, mask=m_m)
+        tl.store(gpar_ptr + 8 * M + o_m, g_a, mask=m_m)
+        tl.store(gpar_ptr + 9 * M + o_m, g_b, mask=m_m)
 
 
 def adex_scan_bwd(
@@ -185,7 +268,10 @@ def adex_scan_bwd(
     has_exp: bool,
     ref_mask: torch.Tensor | None = None,
     detach_reset: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    w_seq: torch.Tensor | None = None,
+    w0: torch.Tensor | None = None,
+    param_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward scan.
 
     Args:
@@ -197,10 +283,17 @@ def adex_scan_bwd(
         surrogate_kind, surrogate_params: ``Surrogate.kind`` and ``Surrogate.params``.
         ref_mask: ``[T, *S]`` uint8 refractory mask from the forward (Ref models), or None.
         detach_reset: no gradient through the reset spike.
+        w_seq, w0: ``[T, *S]`` stored w and ``[*S]`` initial w (fp32), needed for
+            ``param_grad`` with w (the tau_w gradient reads w').
+        param_grad: also compute the gradients of the ten packed parameters.
 
     Returns:
-        ``(grad_x [T, *S] x_dtype, grad_V0 [*S] fp32, grad_w0 [*S] fp32 or [0])``.
+        ``(grad_x [T, *S] x_dtype, grad_V0 [*S] fp32, grad_w0 [*S] fp32 or [0],
+        grad_params [10, *S] fp32 per element, or [0])``; summing ``grad_params`` over the
+        batch dims gives the gradient of ``packed_params``.
     """
+    if param_grad and has_w and (w_seq is None or w0 is None):
+        raise ValueError("param_grad with w needs the stored w sequence and w0")
     T = v_seq.shape[0]
     S = v_seq.shape[1:]
     M = V0.numel()
@@ -208,6 +301,8 @@ def adex_scan_bwd(
     grad_x = torch.empty(v_seq.shape, dtype=x_dtype, device=v_seq.device)
     grad_v0 = torch.empty(S, dtype=torch.float32, device=v_seq.device)
     grad_w0 = torch.empty(S if has_w else (0,), dtype=torch.float32, device=v_seq.device)
+    grad_par = torch.empty((10, *S) if param_grad else (0,), dtype=torch.float32,
+                           device=v_seq.device)  # fmt: skip
     dummy = v_seq  # placeholder pointer for absent (constexpr-disabled) inputs
     block, num_warps = block_config(M, v_seq.device)
     grid = (triton.cdiv(M, block),)
@@ -219,12 +314,15 @@ def adex_scan_bwd(
         dummy if grad_v_last is None else grad_v_last,
         dummy if grad_w_last is None else grad_w_last,
         dummy if ref_mask is None else ref_mask,
+        dummy if w_seq is None else w_seq,
+        dummy if w0 is None else w0,
+        grad_par,
         grad_x, grad_v0, grad_w0,
         T, M, N, dt, ceiling, *surrogate_params,
         SURROGATE=surrogate_kind, HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp,
-        HAS_REF=ref_mask is not None, DETACH_RESET=detach_reset,
+        HAS_REF=ref_mask is not None, DETACH_RESET=detach_reset, PARAM_GRAD=param_grad,
         HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
         HAS_GWSEQ=grad_w_seq is not None, HAS_GVLAST=grad_v_last is not None,
         HAS_GWLAST=grad_w_last is not None, BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
-    return grad_x, grad_v0, grad_w0
+    return grad_x, grad_v0, grad_w0, grad_par

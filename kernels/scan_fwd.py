@@ -166,16 +166,19 @@ def adex_scan_fwd(
     S = x.shape[1:]
     M = V0.numel()
     N = packed_params.shape[1]
-    empty = x.new_empty(0, dtype=torch.float32)
+
+    def empty() -> torch.Tensor:  # a distinct placeholder per absent output (no aliasing)
+        return x.new_empty(0, dtype=torch.float32)
+
     spikes = torch.empty_like(x)
-    v_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_v else empty
-    w_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_w else empty
+    v_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_v else empty()
+    w_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_w else empty()
     v_last = torch.empty(S, dtype=torch.float32, device=x.device)
-    w_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_w else empty
+    w_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_w else empty()
     has_ref = tau_ref is not None
     store_ref = has_ref and store_v
     ref_mask = torch.empty(x.shape if store_ref else (0,), dtype=torch.uint8, device=x.device)
-    t_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_ref else empty
+    t_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_ref else empty()
     block, num_warps = block_config(M, x.device)
     grid = (triton.cdiv(M, block),)
     _adex_scan_fwd_kernel[grid](
