@@ -82,7 +82,7 @@ def _check_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.de
 
 
 def _in_size(params: AdExParams) -> tuple[int, ...] | None:
-    shapes = {tuple(v.shape) for _, v in params.items() if isinstance(v, Tensor)}
+    shapes = {tuple(v.shape) for _, v in params.items() if isinstance(v, Tensor) and v.dim() > 0}
     if len(shapes) > 1:
         raise ValueError(f"per-neuron parameters disagree in shape: {sorted(shapes)}")
     return shapes.pop() if shapes else None

@@ -28,6 +28,12 @@ _COMMON_DOC = """
             and a host sync per call; set False in tight GPU loops).
         detach_reset: stop the gradient through the reset spike (default False: BrainPy's
             gradient flows through it).
+        learnable: names of parameters to train (e.g. ``('tau', 'a', 'b')``): each becomes
+            an ``nn.Parameter`` in canonical units (shape ``()`` if given as a scalar, else
+            ``in_size``), float32, in ``state_dict``; its gradient is computed inside the
+            fused backward kernel. Constraints (tau, tau_w, delta_T > 0, V_th > V_reset,
+            finite) are checked before every call: a step that breaks one raises
+            ``ValueError`` instead of producing NaN.
 
     State API (BrainPy's): ``init_state(batch_size=None)`` / ``reset_state``, ``V`` (mV,
     pre-reset) and ``w`` (mA) readable and assignable, ``update(x)`` for one step,
@@ -79,11 +85,13 @@ class AdExIF(SpikingNeuron):
         name: str | None = None,
         check_finite: bool = True,
         detach_reset: bool = False,
+        learnable: tuple[str, ...] = (),
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
-                         dt, backend, name, check_finite, detach_reset)  # fmt: skip
+                         dt, backend, name, check_finite, detach_reset,
+                         learnable=learnable)  # fmt: skip
 
 
 class ExpIF(SpikingNeuron):
@@ -120,11 +128,13 @@ class ExpIF(SpikingNeuron):
         name: str | None = None,
         check_finite: bool = True,
         detach_reset: bool = False,
+        learnable: tuple[str, ...] = (),
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
-                         backend, name, check_finite, detach_reset)  # fmt: skip
+                         backend, name, check_finite, detach_reset,
+                         learnable=learnable)  # fmt: skip
 
 
 class LIF(SpikingNeuron):
@@ -157,10 +167,12 @@ class LIF(SpikingNeuron):
         name: str | None = None,
         check_finite: bool = True,
         detach_reset: bool = False,
+        learnable: tuple[str, ...] = (),
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest)
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
-                         backend, name, check_finite, detach_reset)  # fmt: skip
+                         backend, name, check_finite, detach_reset,
+                         learnable=learnable)  # fmt: skip
 
 
 _REF_DOC = """
@@ -207,12 +219,13 @@ class AdExIFRef(AdExIF):
         name: str | None = None,
         check_finite: bool = True,
         detach_reset: bool = False,
+        learnable: tuple[str, ...] = (),
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
-                               tau_ref)  # fmt: skip
+                               tau_ref, learnable)  # fmt: skip
 
 
 class ExpIFRef(ExpIF):
@@ -244,12 +257,13 @@ class ExpIFRef(ExpIF):
         name: str | None = None,
         check_finite: bool = True,
         detach_reset: bool = False,
+        learnable: tuple[str, ...] = (),
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
         SpikingNeuron.__init__(self, in_size, params, V_initializer, None, spk_fun, spk_reset,
                                dt, backend, name, check_finite, detach_reset,
-                               tau_ref)  # fmt: skip
+                               tau_ref, learnable)  # fmt: skip
 
 
 for _cls in (AdExIF, ExpIF, LIF, AdExIFRef, ExpIFRef):

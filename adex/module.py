@@ -68,6 +68,7 @@ class SpikingNeuron(nn.Module):
         check_finite: bool,
         detach_reset: bool = False,
         tau_ref: Any = None,
+        learnable: tuple[str, ...] = (),
     ):
         super().__init__()
         self.in_size = _in_size_tuple(in_size)
@@ -98,11 +99,23 @@ class SpikingNeuron(nn.Module):
         self.last_spike_time: Tensor | None = None
         self.V_initializer = V_initializer
         self.w_initializer = w_initializer
-        # per-neuron parameters are float64 buffers (saved in state_dict, follow .to(device),
-        # keep float64 under .to(dtype)); scalars stay Python floats
+        learnable = (learnable,) if isinstance(learnable, str) else tuple(learnable)
+        for key in learnable:
+            if key not in self.param_names:
+                raise ValueError(
+                    f"learnable: {key!r} is not a parameter of {type(self).__name__}; "
+                    f"choose from {self.param_names} (tau_ref has no gradient)"
+                )
+        self.learnable = learnable
+        # learnable parameters are float32 nn.Parameters (scalar: shape (), or in_size);
+        # fixed per-neuron ones float64 buffers (saved in state_dict, follow .to(device),
+        # keep float64 under .to(dtype)); fixed scalars stay Python floats
         self._scalar_params: dict[str, float] = {}
         for key, value in params.items():
-            if isinstance(value, Tensor):
+            if key in learnable:
+                tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+                self.register_parameter(key, nn.Parameter(tensor.detach().clone()))
+            elif isinstance(value, Tensor):
                 self.register_buffer(key, value)
             else:
                 self._scalar_params[key] = value
@@ -124,12 +137,14 @@ class SpikingNeuron(nn.Module):
 
     def _repack(self) -> None:
         self._params_cache = self.params
+        if self.learnable:  # packed per call instead, differentiably
+            return
         n = math.prod(self.in_size)
         has_tensor = any(isinstance(v, Tensor) for _, v in self._params_cache.items())
         self._packed = self._params_cache.packed(n if has_tensor else 1, self._packed.device)
 
     def _apply(self, fn, recurse=True):
-        kept = {k: getattr(self, k) for k in PARAM_KINDS if k not in self._scalar_params}
+        kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
         super()._apply(fn, recurse)
         device = self._packed.device
         for key, value in kept.items():
@@ -256,13 +271,23 @@ class SpikingNeuron(nn.Module):
                 f"x is on {x.device} but the state is on {V.device}; call .to() on the "
                 "layer or init_state(device=...)"
             )
+        params = self._params_cache
+        if self.learnable:  # re-validated: an optimizer step may have broken a constraint
+            try:
+                params = self.params
+            except ValueError as err:
+                raise ValueError(
+                    f"{type(self).__name__}: {err}; a learnable parameter left its valid "
+                    "range (clamp it after optimizer steps)"
+                ) from err
         out = adex_scan(
-            x, V, w, self._params_cache, dt=self.dt, surrogate=self.spk_fun,
+            x, V, w, params, dt=self.dt, surrogate=self.spk_fun,
             spk_reset=self.spk_reset, has_exp=self.has_exp, return_states=return_states,
             backend=self.backend, check_finite=self.check_finite,
             detach_reset=self.detach_reset, tau_ref=self.tau_ref,
             last_spike_time=self.last_spike_time, t0_step=self.t_step,
-            packed_params=self._packed if self._packed.device == x.device else None,
+            packed_params=None if self.learnable or self._packed.device != x.device
+            else self._packed,
         )  # fmt: skip
         self.t_step += x.shape[0]
         if self.has_ref:
@@ -313,7 +338,12 @@ class SpikingNeuron(nn.Module):
             if key not in self.param_names:
                 continue
             unit = CANONICAL[PARAM_KINDS[key]][0]
-            shown = f"{value:g} {unit}" if isinstance(value, float) else f"per-neuron [{unit}]"
+            if key in self.learnable:
+                shown = f"learnable [{unit}]"
+            elif isinstance(value, float):
+                shown = f"{value:g} {unit}"
+            else:
+                shown = f"per-neuron [{unit}]"
             parts.append(f"{key}={shown}")
         if self.has_ref:
             parts.append(f"tau_ref={self.tau_ref:g} ms")

@@ -97,18 +97,21 @@ class AdExParams:
         """(name, value) pairs in field order."""
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
-    def validate(self, has_w: bool = True, has_exp: bool = True) -> None:
+    def validate(self) -> None:
         """Raise ``ValueError`` where the model would be invalid.
 
-        Requires tau > 0, V_th > V_reset, and (when used) tau_w > 0 and delta_T > 0.
+        Requires tau > 0, tau_w > 0, delta_T > 0 and V_th > V_reset (models that do not use
+        tau_w or delta_T keep their valid defaults). Learnable parameters are checked again
+        before every call, so an optimizer step that breaks a constraint raises here instead
+        of producing NaN.
         """
         _require(self.tau, lambda v: v > 0, "tau", "> 0 ms")
-        if has_w:
-            _require(self.tau_w, lambda v: v > 0, "tau_w", "> 0 ms")
-        if has_exp:
-            _require(self.delta_T, lambda v: v > 0, "delta_T", "> 0 mV")
+        _require(self.tau_w, lambda v: v > 0, "tau_w", "> 0 ms")
+        _require(self.delta_T, lambda v: v > 0, "delta_T", "> 0 mV")
         theta = _minus(self.V_th, self.V_reset)
         _require(theta, lambda v: v > 0, "V_th", "> V_reset (V_th - V_reset > 0 mV)")
+        for name, value in self.items():
+            _require(value, _finite, name, "finite")
 
     def packed(self, n_neurons: int, device: torch.device) -> torch.Tensor:
         """All ten parameters as one contiguous float32 tensor ``[10, n_neurons]``.
@@ -176,14 +179,20 @@ def _as_param(value: Any, name: str, in_size: tuple[int, ...]) -> ParamValue:
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+def _finite(value: ParamValue):
+    return torch.isfinite(value) if isinstance(value, torch.Tensor) else math.isfinite(value)
+
+
 def _minus(a: ParamValue, b: ParamValue) -> ParamValue:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)
+        a = torch.as_tensor(a).detach().to(torch.float64).cpu()
+        return a - torch.as_tensor(b).detach().to(torch.float64).cpu()
     return a - b
 
 
 def _require(value: ParamValue, ok, name: str, expected: str) -> None:
     if isinstance(value, torch.Tensor):
+        value = value.detach()
         good = bool(ok(value).all())
         shown = f"min {value.min().item():g}"
     else:
