@@ -30,7 +30,10 @@ class StateSequence(NamedTuple):
 
 
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
-    size = (in_size,) if isinstance(in_size, int) else tuple(in_size)
+    try:
+        size = (in_size,) if isinstance(in_size, int) else tuple(in_size)
+    except TypeError:
+        size = ()
     if not size or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
                             for n in size):  # fmt: skip
         raise ValueError(f"in_size must be a positive int or a tuple of them, got {in_size!r}")
