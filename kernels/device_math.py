@@ -104,3 +104,43 @@ def surrogate_grad(u, p0, p1, p2, p3, KIND: tl.constexpr):
             g += tl.cos((2.0 * i + 1.0) * omega * u)
         g = (4.0 / p1) * g
     return g
+
+
+@triton.jit
+def load_params(par_ptr, o_n, m_m, N):
+    """The ten packed parameters (``AdExParams`` field order) of a block of neurons. Masked
+    lanes get harmless values: no division by zero, no overflow."""
+    R = tl.load(par_ptr + 0 * N + o_n, mask=m_m, other=1.0)
+    tau = tl.load(par_ptr + 1 * N + o_n, mask=m_m, other=1.0)
+    tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)
+    v_th = tl.load(par_ptr + 3 * N + o_n, mask=m_m, other=1.0)
+    v_reset = tl.load(par_ptr + 4 * N + o_n, mask=m_m, other=0.0)
+    v_rest = tl.load(par_ptr + 5 * N + o_n, mask=m_m, other=0.0)
+    v_T = tl.load(par_ptr + 6 * N + o_n, mask=m_m, other=0.0)
+    delta_T = tl.load(par_ptr + 7 * N + o_n, mask=m_m, other=1.0)
+    a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
+    b = tl.load(par_ptr + 9 * N + o_n, mask=m_m, other=0.0)
+    return R, tau, tau_w, v_th, v_reset, v_rest, v_T, delta_T, a, b
+
+
+@triton.jit
+def reset(v, v_th, v_reset, theta, HARD_RESET: tl.constexpr):
+    """BrainPy's reset at the start of a step from the stored (pre-reset) V.
+
+    Returns (V', spike s of V, u = (V - V_th)/theta)."""
+    u = (v - v_th) / theta
+    s = tl.where(u >= 0.0, 1.0, 0.0)
+    if HARD_RESET:
+        v_r = v - (v - v_reset) * s
+    else:
+        v_r = v - theta * s
+    return v_r, s, u
+
+
+@triton.jit
+def exp_term(v_r, v_T, delta_T):
+    """z = (V' - V_T)/delta_T, E = exp(min(z, 20)) and JAX's d min(z, 20)/dz (1, 1/2, 0)."""
+    z = (v_r - v_T) / delta_T
+    e = tl.exp(tl.minimum(z, 20.0))
+    slope = tl.where(z < 20.0, 1.0, tl.where(z == 20.0, 0.5, 0.0))
+    return z, e, slope

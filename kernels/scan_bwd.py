@@ -6,7 +6,14 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exprel, exprel_derivative, surrogate_grad
+from adex.kernels.device_math import (
+    exp_term,
+    exprel,
+    exprel_derivative,
+    load_params,
+    reset,
+    surrogate_grad,
+)
 from adex.kernels.launch import block_config
 
 # Bytes per neuron-step (fp32 I/O): read V (4; the next step's V is carried in registers),
@@ -63,16 +70,9 @@ def _adex_scan_bwd_kernel(
     sg1 = tl.cast(sg1, tl.float32)
     sg2 = tl.cast(sg2, tl.float32)
     sg3 = tl.cast(sg3, tl.float32)
-    b_R = tl.load(par_ptr + 0 * N + o_n, mask=m_m, other=1.0)
-    b_tau = tl.load(par_ptr + 1 * N + o_n, mask=m_m, other=1.0)
-    b_tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)
-    b_vth = tl.load(par_ptr + 3 * N + o_n, mask=m_m, other=1.0)
-    b_vreset = tl.load(par_ptr + 4 * N + o_n, mask=m_m, other=0.0)
-    b_vrest = tl.load(par_ptr + 5 * N + o_n, mask=m_m, other=0.0)
-    b_vT = tl.load(par_ptr + 6 * N + o_n, mask=m_m, other=0.0)
-    b_dT = tl.load(par_ptr + 7 * N + o_n, mask=m_m, other=1.0)
-    b_a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
-    b_b = tl.load(par_ptr + 9 * N + o_n, mask=m_m, other=0.0)
+    (b_R, b_tau, b_tau_w, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b) = load_params(
+        par_ptr, o_n, m_m, N
+    )
     b_theta = b_vth - b_vreset
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
 
@@ -127,16 +127,9 @@ def _adex_scan_bwd_kernel(
         if HAS_GWSEQ:
             b_lw += tl.load(p_gw, mask=m_m, other=0.0).to(tl.float32)
         # recompute the reset and the exp-Euler factors of step t from V_{t-1}
-        b_uprev = (b_vprev - b_vth) / b_theta
-        b_sprev = tl.where(b_uprev >= 0.0, 1.0, 0.0)
-        if HARD_RESET:
-            b_vr = b_vprev - (b_vprev - b_vreset) * b_sprev
-        else:
-            b_vr = b_vprev - b_theta * b_sprev
+        b_vr, b_sprev, b_uprev = reset(b_vprev, b_vth, b_vreset, b_theta, HARD_RESET)
         if HAS_EXP:
-            b_z = (b_vr - b_vT) / b_dT
-            b_e = tl.exp(tl.minimum(b_z, 20.0))
-            b_slope = tl.where(b_z < 20.0, 1.0, tl.where(b_z == 20.0, 0.5, 0.0))
+            b_z, b_e, b_slope = exp_term(b_vr, b_vT, b_dT)
             b_jac = (-1.0 + b_e * b_slope) / b_tau
             b_djac = b_e * b_slope / (b_tau * b_dT)  # dJ/dV'
         else:

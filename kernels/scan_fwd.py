@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exprel
+from adex.kernels.device_math import exp_term, exprel, load_params, reset
 from adex.kernels.launch import block_config
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
@@ -47,16 +47,9 @@ def _adex_scan_fwd_kernel(
     m_m = o_m < M
     o_n = o_m % N
     dt = tl.cast(dt, tl.float32)
-    b_R = tl.load(par_ptr + 0 * N + o_n, mask=m_m, other=1.0)
-    b_tau = tl.load(par_ptr + 1 * N + o_n, mask=m_m, other=1.0)
-    b_tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)
-    b_vth = tl.load(par_ptr + 3 * N + o_n, mask=m_m, other=1.0)
-    b_vreset = tl.load(par_ptr + 4 * N + o_n, mask=m_m, other=0.0)
-    b_vrest = tl.load(par_ptr + 5 * N + o_n, mask=m_m, other=0.0)
-    b_vT = tl.load(par_ptr + 6 * N + o_n, mask=m_m, other=0.0)
-    b_dT = tl.load(par_ptr + 7 * N + o_n, mask=m_m, other=1.0)
-    b_a = tl.load(par_ptr + 8 * N + o_n, mask=m_m, other=0.0)
-    b_b = tl.load(par_ptr + 9 * N + o_n, mask=m_m, other=0.0)
+    (b_R, b_tau, b_tau_w, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b) = load_params(
+        par_ptr, o_n, m_m, N
+    )
     b_theta = b_vth - b_vreset
     b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w  # = 1 - exp(-dt/tau_w)
@@ -76,16 +69,10 @@ def _adex_scan_fwd_kernel(
     for i in range(0, T):
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
         # reset from the stored (pre-reset) V of the previous step
-        b_sprev = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
-        if HARD_RESET:
-            b_vr = b_v - (b_v - b_vreset) * b_sprev
-        else:
-            b_vr = b_v - b_theta * b_sprev
+        b_vr, b_sprev, _ = reset(b_v, b_vth, b_vreset, b_theta, HARD_RESET)
         b_drift = -(b_vr - b_vrest)
         if HAS_EXP:
-            b_z = (b_vr - b_vT) / b_dT
-            b_e = tl.exp(tl.minimum(b_z, 20.0))
-            b_slope = tl.where(b_z < 20.0, 1.0, tl.where(b_z == 20.0, 0.5, 0.0))
+            b_z, b_e, b_slope = exp_term(b_vr, b_vT, b_dT)
             b_drift += b_dT * b_e
             b_jac = (-1.0 + b_e * b_slope) / b_tau
         else:
