@@ -81,7 +81,10 @@ def make_state(
     """Apply a state initializer: an ``Initializer``, any callable ``shape -> tensor/array``
     (canonical units), a quantity, a number, or a tensor broadcastable to ``shape``."""
     if isinstance(init, Initializer):
-        return init(shape, kind=kind, dtype=dtype, device=device)
+        try:
+            return init(shape, kind=kind, dtype=dtype, device=device)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
     if callable(init) and not is_quantity(init) and not isinstance(init, torch.Tensor):
         value = to_canonical(init(shape), kind, name)
     else:

@@ -317,8 +317,18 @@ class SpikingNeuron(nn.Module):
         """
         V, w = self._require_state()
         x_seq = to_canonical(x_seq, "current", "x_seq")
-        if not isinstance(x_seq, Tensor) or x_seq.dim() < 1:
-            raise ValueError("x_seq must be a tensor (or current quantity) shaped [T, *state]")
+        if isinstance(x_seq, np.ndarray):
+            x_seq = torch.as_tensor(x_seq, device=V.device)
+        if not isinstance(x_seq, Tensor):
+            raise TypeError(
+                f"x_seq must be a tensor (or current quantity) shaped [T, *state], got "
+                f"{type(x_seq).__name__}"
+            )
+        if x_seq.dim() != V.dim() + 1:
+            raise ValueError(
+                f"x_seq must be [T, *state_shape] = [T, {', '.join(map(str, V.shape))}], got "
+                f"shape {tuple(x_seq.shape)} (a missing time axis? use update() for one step)"
+            )
         x_seq = self._input(x_seq, V, (x_seq.shape[0],))
         out = self._run(x_seq, V, w, return_states)
         if return_states:

@@ -345,6 +345,13 @@ def test_module_x_shape_not_matching_state(shape):
         layer(torch.zeros(shape))
 
 
+def test_module_x_without_time_axis():
+    """[batch, N] for a batched state is not silently run as `batch` steps."""
+    layer = ready_layer()
+    with pytest.raises(ValueError, match=r"x_seq must be \[T, \*state_shape\].*time axis"):
+        layer(torch.ones(BATCH, N))
+
+
 @pytest.mark.parametrize("shape", [(BATCH, N + 1), (BATCH + 1, N), (T, BATCH, N)], ids=str)
 def test_update_x_shape_not_matching_state(shape):
     layer = ready_layer()
