@@ -288,7 +288,8 @@ class SpikingNeuron(nn.Module):
             spk_reset=self.spk_reset, has_exp=self.has_exp, return_states=return_states,
             backend=self.backend, check_finite=self.check_finite,
             detach_reset=self.detach_reset, tau_ref=self.tau_ref,
-            last_spike_time=self.last_spike_time, t0_step=self.t_step,
+            last_spike_time=self.last_spike_time,
+            t0_step=self.t_step if self.has_ref else 0,  # an int guard would recompile
             packed_params=None if self.learnable or self._packed.device != x.device
             else self._packed,
         )  # fmt: skip
