@@ -99,7 +99,7 @@ def adex_step_reference(
         V_new = torch.where(runaway, torch.zeros_like(V) + p.V_th, V_raw)
     w_new = None
     if w is not None:
-        c_w = dt * exprel(torch.as_tensor(-dt / p.tau_w, dtype=V.dtype, device=V.device)) / p.tau_w
+        c_w = dt * exprel(torch.full_like(V, -dt) / p.tau_w) / p.tau_w  # 1 - exp(-dt/tau_w)
         w_new = w_reset_step + c_w * (p.a * (V_new - p.V_rest) - w_reset_step)
     if refractory is not None:
         V_new = torch.where(refractory, V_reset_step, V_new)

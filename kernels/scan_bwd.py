@@ -219,7 +219,6 @@ def _adex_scan_bwd_kernel(
                 b_lv += b_lwr * b_b * b_sig
         if HAS_W:
             b_lw = b_lwr
-        tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
         b_vnew = b_vprev
         p_vprev -= M
         p_gs -= M

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# One GPU check that fits a 10-minute device call: environment, install, CUDA correctness of
+# the fused kernels against the reference, then the roofline benchmark (--quick).
+#
+#   bash benchmarks/gpu_check.sh        # from the repository root (or anywhere: it cd's there)
+#
+# Environment (all optional):
+#   OUT                  output folder (default benchmarks/results); everything printed is
+#                        also written to $OUT/gpu_check.log
+#   ADEX_WHEELS          folder of wheels (pint, pytest, ...) for offline installs; default
+#                        shared/wheels when it exists
+#   PYTHON               interpreter (default: python, else python3)
+#   ADEX_TEST_TIMEOUT    seconds for the pytest run (default 180)
+#   ADEX_BENCH_BUDGET    roofline --budget-s (default 270)
+#   ADEX_BENCH_TIMEOUT   hard limit for the roofline run in seconds (default 330)
+#   ADEX_GIT_COMMIT      commit to record when the copy has no .git
+# Defaults sum to < 10 minutes: about 20 s of setup + 180 s tests + 330 s roofline.
+set -u -o pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+REPO="$PWD"
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
+
+PY="${PYTHON:-$(command -v python || command -v python3)}"
+TEST_TIMEOUT="${ADEX_TEST_TIMEOUT:-180}"
+BENCH_BUDGET="${ADEX_BENCH_BUDGET:-270}"
+BENCH_TIMEOUT="${ADEX_BENCH_TIMEOUT:-330}"
+WHEELS="${ADEX_WHEELS:-}"
+if [ -z "$WHEELS" ] && [ -d shared/wheels ]; then WHEELS=shared/wheels; fi
+START=$SECONDS
+rc_tests=-1
+rc_bench=-1
+
+section() { echo; echo "=== $* (t=$((SECONDS - START)) s) ==="; }
+
+wheel_install() {  # wheel_install PACKAGE...: offline install from $WHEELS, if given
+    if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
+        "$PY" -m pip install --no-index --find-links "$WHEELS" "$@"
+    else
+        echo "no wheels folder (set ADEX_WHEELS): cannot install $*"
+        return 1
+    fi
+}
+
+section "environment ($(date -u +%Y-%m-%dT%H:%M:%SZ), $REPO, OUT=$OUT)"
+nvidia-smi -L || echo "nvidia-smi: not available"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>/dev/null
+"$PY" - <<'EOF'
+import sys
+print("python", sys.version.split()[0], sys.executable)
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name())
+import triton
+print("triton", triton.__version__)
+EOF
+if [ -z "${ADEX_GIT_COMMIT:-}" ]; then
+    ADEX_GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo 'unknown (no .git in this copy)')"
+    export ADEX_GIT_COMMIT
+fi
+echo "commit: $ADEX_GIT_COMMIT"
+
+section "pint"
+if "$PY" -c "import pint" 2>/dev/null; then
+    "$PY" -c "import pint; print('pint', pint.__version__)"
+else
+    echo "pint is missing (adex imports it for its units); trying wheels at '${WHEELS:-<none>}'"
+    wheel_install pint || echo "WARNING: pint still missing: importing adex will fail below"
+fi
+
+section "install adex"
+if "$PY" -m pip install --no-deps --no-build-isolation -e . >"$OUT/pip_install.log" 2>&1; then
+    echo "pip install --no-deps --no-build-isolation -e . : ok"
+else
+    tail -5 "$OUT/pip_install.log"
+    # adex.kernels lives in kernels/ (a package-dir mapping), so PYTHONPATH alone cannot find
+    # it: link adex/kernels -> ../kernels for this run (removed on exit) and use PYTHONPATH
+    if [ ! -e adex/kernels ]; then
+        ln -s ../kernels adex/kernels && trap 'rm -f "$REPO/adex/kernels"' EXIT
+    fi
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+    echo "pip install failed: using PYTHONPATH=$REPO with the link adex/kernels -> ../kernels"
+fi
+"$PY" -c "import adex, adex.ops; import adex.kernels as k; print('adex', adex.__version__, 'from', adex.__file__, 'kernels from', k.__file__, 'HAS_TRITON', adex.HAS_TRITON)" \
+    || echo "WARNING: adex does not import"
+
+section "correctness: fused kernels vs reference on CUDA (timeout ${TEST_TIMEOUT} s)"
+if ! "$PY" -c "import pytest" 2>/dev/null; then
+    echo "pytest is missing; trying wheels"
+    wheel_install pytest || true
+fi
+if "$PY" -c "import pytest" 2>/dev/null; then
+    IGNORE=()
+    if ! "$PY" -c "import hypothesis" 2>/dev/null; then
+        for f in $(grep -lE '^(import|from) hypothesis' tests/test_*.py 2>/dev/null); do
+            IGNORE+=(--ignore "$f")
+            echo "hypothesis missing: ignoring $f"
+        done
+    fi
+    timeout --kill-after=10 "$TEST_TIMEOUT" "$PY" -m pytest -q tests -k "kernels or family or learnable" \
+        -x -p no:cacheprovider ${IGNORE[@]+"${IGNORE[@]}"}
+    rc_tests=$?
+    if [ "$rc_tests" = 124 ] || [ "$rc_tests" = 137 ]; then
+        echo "TESTS TIMED OUT after ${TEST_TIMEOUT} s (results above are partial)"
+    fi
+else
+    echo "SKIPPED: pytest not available"
+fi
+
+section "roofline --quick (budget ${BENCH_BUDGET} s, hard limit ${BENCH_TIMEOUT} s)"
+timeout --kill-after=10 "$BENCH_TIMEOUT" "$PY" benchmarks/roofline.py --quick --out "$OUT" \
+    --budget-s "$BENCH_BUDGET"
+rc_bench=$?
+if [ "$rc_bench" = 124 ] || [ "$rc_bench" = 137 ]; then
+    echo "ROOFLINE TIMED OUT after ${BENCH_TIMEOUT} s: $OUT/roofline.json holds the rows written so far"
+fi
+
+section "summary"
+echo "tests rc=$rc_tests  roofline rc=$rc_bench  total $((SECONDS - START)) s"
+ls -l "$OUT"
+[ -f "$OUT/roofline.md" ] && cat "$OUT/roofline.md"
+
+status=0
+[ "$rc_tests" != 0 ] && status=1
+[ "$rc_bench" != 0 ] && status=1
+exec >&- 2>&-
+wait "$TEE_PID" 2>/dev/null
+exit "$status"
