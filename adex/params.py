@@ -185,18 +185,17 @@ def _finite(value: ParamValue):
 
 def _minus(a: ParamValue, b: ParamValue) -> ParamValue:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        a = torch.as_tensor(a).detach().to(torch.float64).cpu()
-        return a - torch.as_tensor(b).detach().to(torch.float64).cpu()
+        device = a.device if isinstance(a, torch.Tensor) else b.device
+        a = torch.as_tensor(a, device=device).detach().to(torch.float64)
+        return a - torch.as_tensor(b, device=device).detach().to(torch.float64)
     return a - b
 
 
 def _require(value: ParamValue, ok, name: str, expected: str) -> None:
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor):  # one host sync; the message only on failure
         value = value.detach()
-        good = bool(ok(value).all())
-        shown = f"min {value.min().item():g}"
-    else:
-        good = bool(ok(value))
-        shown = f"{value:g}"
-    if not good:
-        raise ValueError(f"{name} must be {expected}, got {shown}")
+        if bool(ok(value).all()):
+            return
+        raise ValueError(f"{name} must be {expected}, got min {value.min().item():g}")
+    if not ok(value):
+        raise ValueError(f"{name} must be {expected}, got {value:g}")
