@@ -168,17 +168,22 @@ def _adex_scan_bwd_kernel(
             b_int = b_upd  # 1 where V was integrated (not refractory, not runaway)
             if HAS_EXP:
                 b_int = tl.where(b_run, 0.0, b_int)
-            b_lam = b_big * b_int  # adjoint of V_new where it was integrated
-            b_acc = dt * dt * exprel_derivative(b_zj, b_phi) * b_f  # dV_new/dJ
-            b_inet = b_tau * b_f + (b_vr - b_vrest)  # R (x - w') = tau F + (V' - V_rest) - ...
+            # the factors below are selected, not multiplied by 0: on a refractory or runaway
+            # step exprel(dt J) may be inf, and 0 * inf would be NaN
+            b_on = b_int > 0.0
+            b_lam = tl.where(b_on, b_big, 0.0)  # adjoint of V_new where it was integrated
+            b_pi = tl.where(b_on, b_p, 0.0)
+            b_fi = tl.where(b_on, b_f, 0.0)
+            b_acc = tl.where(b_on, dt * dt * exprel_derivative(b_zj, b_phi) * b_fi, 0.0)  # dV/dJ
+            b_inet = b_tau * b_fi + (b_vr - b_vrest)  # R (x - w') = tau F + (V' - V_rest) - ...
             if HAS_EXP:
                 b_inet -= b_dT * b_e
                 b_em = b_e * b_slope
-                g_vT -= b_lam * (b_acc * b_em / (b_dT * b_tau) + b_p * b_em / b_tau)
-                g_dT += b_lam * (b_p * (b_e - b_em * b_z) - b_acc * b_em * b_z / b_dT) / b_tau
-            g_R += b_lam * b_p * b_inet / (b_R * b_tau)
-            g_tau -= b_lam * (b_acc * b_jac + b_p * b_f) / b_tau
-            g_vrest += b_lam * b_p / b_tau
+                g_vT -= b_lam * (b_acc * b_em / (b_dT * b_tau) + b_pi * b_em / b_tau)
+                g_dT += b_lam * (b_pi * (b_e - b_em * b_z) - b_acc * b_em * b_z / b_dT) / b_tau
+            g_R += b_lam * b_pi * b_inet / (b_R * b_tau)
+            g_tau -= b_lam * (b_acc * b_jac + b_pi * b_fi) / b_tau
+            g_vrest += b_lam * b_pi / b_tau
             if HAS_EXP:  # a runaway step stored V_new = V_th
                 g_vth += tl.where(b_run, b_big, 0.0) * b_upd
             if HAS_W:
