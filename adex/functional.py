@@ -163,7 +163,8 @@ def adex_scan(
         raise TypeError(f"surrogate must be an adex.surrogate.Surrogate, got {surrogate!r}")
     if spk_reset not in ("soft", "hard"):
         raise ValueError(f"spk_reset must be 'soft' or 'hard', got {spk_reset!r}")
-    if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
+    compiling = torch.compiler.is_compiling()  # scalars may be symbolic while tracing
+    if not compiling and not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a finite number of ms > 0, got {dt!r}")
     state_shape = tuple(x.shape[1:])
     V0 = _check_tensor("V0", V0, state_shape, x.device)
@@ -176,14 +177,15 @@ def adex_scan(
             f"dims of the state shape {state_shape}"
         )
     if tau_ref is not None:
-        if not (isinstance(tau_ref, int | float) and math.isfinite(tau_ref) and tau_ref >= 0):
+        finite = compiling or (isinstance(tau_ref, int | float) and math.isfinite(tau_ref))
+        if not (finite and tau_ref >= 0):
             raise ValueError(f"tau_ref must be a finite number of ms >= 0, got {tau_ref!r}")
         if last_spike_time is None:
             raise ValueError("last_spike_time ([*S], ms) is required with tau_ref")
         last_spike_time = _check_tensor("last_spike_time", last_spike_time, state_shape, x.device)
-    if isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0:
+    if not compiling and (isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0):
         raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
-    if check_finite and not torch.compiler.is_compiling():
+    if check_finite and not compiling:
         for name, t in (("x", x), ("V0", V0), ("w0", w0)):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{name} contains NaN or inf")

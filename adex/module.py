@@ -140,11 +140,20 @@ class SpikingNeuron(nn.Module):
 
     def _repack(self) -> None:
         self._params_cache = self.params
+        self._packed_versions = self._buffer_versions()
         if self.learnable:  # packed per call instead, differentiably
             return
         n = math.prod(self.in_size)
         has_tensor = any(isinstance(v, Tensor) for _, v in self._params_cache.items())
         self._packed = self._params_cache.packed(n if has_tensor else 1, self._packed.device)
+
+    def _buffer_versions(self) -> tuple[int, ...]:
+        return tuple(self._buffers[k]._version for k in PARAM_KINDS if k in self._buffers)
+
+    def _current_params(self) -> None:
+        """Re-pack if a parameter buffer changed in place (load_state_dict, ``fill_``)."""
+        if not torch.compiler.is_compiling() and self._buffer_versions() != self._packed_versions:
+            self._repack()
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
@@ -274,6 +283,7 @@ class SpikingNeuron(nn.Module):
                 f"x is on {x.device} but the state is on {V.device}; call .to() on the "
                 "layer or init_state(device=...)"
             )
+        self._current_params()
         params = self._params_cache
         if self.learnable:  # re-validated: an optimizer step may have broken a constraint
             try:
@@ -293,8 +303,8 @@ class SpikingNeuron(nn.Module):
             packed_params=None if self.learnable or self._packed.device != x.device
             else self._packed,
         )  # fmt: skip
-        self.t_step += x.shape[0]
-        if self.has_ref:
+        if self.has_ref:  # the other models never read the clock (no compile-time guard)
+            self.t_step += x.shape[0]
             self.last_spike_time = out.last_spike_time
         return out
 
