@@ -1,0 +1,412 @@
+"""The ``adex`` command line (also ``python -m adex``).
+
+Subcommands:
+
+* ``adex patterns``: simulate the eight firing patterns of Naud et al. (2008)
+  (:mod:`adex.presets`), write one PNG of their voltage traces and print a table of spike
+  count, first-spike latency and adaptation index per pattern.
+* ``adex demo``: the training demo (:mod:`adex.demo`) with its options.
+* ``adex bench``: the roofline benchmark (``benchmarks/roofline.py`` of a source checkout);
+  needs a CUDA GPU.
+
+Every error is reported as one line on stderr (``adex: error: ...``) with a non-zero exit
+status: 2 for a usage error (and for ``bench`` without a GPU), 1 for a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import runpy
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+import adex
+from adex.functional import resolve_backend
+from adex.presets import NaudPattern, naud2008, naud2008_table1, stacked_module_kwargs
+
+PROG = "adex"
+
+
+class CLIError(Exception):
+    """A one-line error for the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`CLIError` (one line) instead of printing usage + exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{self.prog}: error: {message} (see '{self.prog} --help')")
+
+
+# -- patterns ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PatternStats:
+    """Spike statistics of one simulated pattern (times in ms)."""
+
+    name: str
+    spike_times: list[float]
+
+    @property
+    def count(self) -> int:
+        return len(self.spike_times)
+
+    @property
+    def latency(self) -> float:
+        """Time of the first spike (ms), NaN without a spike."""
+        return self.spike_times[0] if self.spike_times else math.nan
+
+    @property
+    def adaptation_index(self) -> float:
+        """Naud et al.'s adaptation index: the mean over consecutive inter-spike intervals of
+        ``(ISI[k+1] - ISI[k]) / (ISI[k+1] + ISI[k])`` (> 0: slowing down, < 0: speeding up,
+        ~ 0: regular). NaN with fewer than three spikes."""
+        return adaptation_index(self.spike_times)
+
+
+def adaptation_index(spike_times: Sequence[float]) -> float:
+    """Mean of ``(ISI[k+1] - ISI[k]) / (ISI[k+1] + ISI[k])`` over all consecutive ISI pairs
+    (Naud et al. 2008, with no initial ISI discarded); NaN with fewer than 3 spikes."""
+    isi = [b - a for a, b in itertools.pairwise(spike_times)]
+    terms = [(b - a) / (b + a) for a, b in itertools.pairwise(isi)]
+    return sum(terms) / len(terms) if terms else math.nan
+
+
+def simulate_patterns(
+    patterns: Sequence[NaudPattern],
+    duration_ms: float = 500.0,
+    dt_ms: float = 0.1,
+    device: str | torch.device = "cpu",
+    backend: str = "auto",
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, list[PatternStats]]:
+    """Simulate each pattern as one neuron of a single AdExIF layer (hard reset, V_th at the
+    0 mV peak), from rest (V = E_L, w = 0) under its step current switched on at t = 0.
+
+    Returns:
+        ``(t, V, stats)``: step end times ``[T]`` (ms), the stored V ``[T, n]`` (mV,
+        pre-reset: a spiking step stores V >= 0 mV) on the CPU, and per-pattern
+        :class:`PatternStats`. A spike at step k is timed at the end of that step,
+        ``(k + 1) * dt``.
+    """
+    steps = round(duration_ms / dt_ms)
+    if steps < 1:
+        raise CLIError(
+            f"adex patterns: error: --duration {duration_ms:g} ms is shorter than one step "
+            f"of {dt_ms:g} ms"
+        )
+    device = torch.device(device)
+    kwargs, current = stacked_module_kwargs(list(patterns))
+    layer = adex.AdExIF(len(patterns), dt=dt_ms, backend=backend, **kwargs).to(device)
+    layer.init_state(device=device)
+    current = current.to(device)
+    chunk = max(1, round(50.0 / dt_ms))  # 50 ms per call: the module carries the state on
+    spikes, V = [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="simulating", unit="step", leave=False, disable=None)
+    with torch.inference_mode():
+        done = 0
+        while done < steps:
+            n = min(chunk, steps - done)
+            out = layer(current.expand(n, -1), return_states=True)
+            spikes.append(out.spikes.cpu())
+            V.append(out.V.cpu())
+            done += n
+            if bar is not None:
+                bar.update(n)
+    if bar is not None:
+        bar.close()
+    spikes_t = torch.cat(spikes)
+    V_t = torch.cat(V).double()
+    t = (torch.arange(steps, dtype=torch.float64) + 1) * dt_ms
+    stats = []
+    for i, p in enumerate(patterns):
+        idx = torch.nonzero(spikes_t[:, i]).flatten()
+        stats.append(PatternStats(p.name, [float(t[k]) for k in idx]))
+    return t, V_t, stats
+
+
+def plot_patterns(
+    t: torch.Tensor,
+    V: torch.Tensor,
+    patterns: Sequence[NaudPattern],
+    stats: Sequence[PatternStats],
+    out: Path,
+) -> None:
+    """One PNG with the voltage trace of every pattern (V clipped at the 0 mV peak)."""
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    except ImportError as err:
+        raise CLIError(
+            "adex patterns: error: matplotlib is needed for the plot: pip install matplotlib",
+            code=1,
+        ) from err
+    ncols = 2
+    nrows = math.ceil(len(patterns) / ncols)
+    fig = Figure(figsize=(12, 2.3 * nrows + 0.8), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False)
+    t_np = torch.cat([torch.zeros(1, dtype=t.dtype), t]).numpy()  # from rest at t = 0
+    for i, (p, s) in enumerate(zip(patterns, stats, strict=True)):
+        ax = axes[i // ncols][i % ncols]
+        peak = p.peak.to("mV").magnitude
+        trace = torch.cat([V.new_full((1,), p.EL.to("mV").magnitude), V[:, i]])
+        ax.plot(t_np, trace.clamp(max=peak).numpy(), lw=0.8, color="C0")
+        title = p.name.replace("_", " ") + (" (adapted values)" if p.adapted else "")
+        spikes = f"{s.count} spike{'' if s.count == 1 else 's'}"
+        ax.set_title(f"{title}: {spikes}, I = {p.current.to('pA').magnitude:g} pA", fontsize=10)
+        ax.set_ylabel("V (mV)")
+        ax.set_ylim(-80, 5)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("t (ms)")
+    for j in range(len(patterns), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    fig.suptitle(
+        "AdExIF firing patterns of Naud et al. (2008), step current from t = 0 "
+        f"(adex {adex.__version__})"
+    )
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as err:
+        reason = err.strerror or err
+        raise CLIError(f"adex patterns: error: cannot write {out}: {reason}", 1) from err
+
+
+def format_table(stats: Sequence[PatternStats]) -> str:
+    """The pattern table as aligned plain text (NaN shown as ``-``)."""
+
+    def num(value: float, fmt: str) -> str:
+        return "-" if math.isnan(value) else format(value, fmt)
+
+    header = ("pattern", "spikes", "first spike (ms)", "adaptation index")
+    rows = [
+        (s.name, str(s.count), num(s.latency, ".1f"), num(s.adaptation_index, "+.3f"))
+        for s in stats
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+    lines = []
+    for r in (header, *rows):
+        cells = [r[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cmd_patterns(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        raise CLIError(f"adex patterns: error: --duration must be > 0 ms, got {args.duration:g}")
+    if not (math.isfinite(args.dt) and args.dt > 0):
+        raise CLIError(f"adex patterns: error: --dt must be > 0 ms, got {args.dt:g}")
+    device = _pick_device(args.device, "adex patterns")
+    try:
+        backend = resolve_backend(args.backend, torch.empty(0, device=device))
+    except (RuntimeError, TypeError) as err:
+        raise CLIError(f"adex patterns: error: {err}") from err
+    table = naud2008_table1 if args.table1 else naud2008
+    patterns = list(table.values())
+    t, V, stats = simulate_patterns(
+        patterns, args.duration, args.dt, device, backend, progress=True
+    )
+    out = Path(args.out)
+    plot_patterns(t, V, patterns, stats, out)
+    rows = (
+        "Table 1 as printed"
+        if args.table1
+        else "delayed regular bursting and transient with Brian2's adapted values"
+    )
+    print(
+        f"Naud et al. (2008) firing patterns: {args.duration:g} ms at dt = {args.dt:g} ms, "
+        f"hard reset, V_th = 0 mV, device {device}, backend {backend}; {rows}"
+    )
+    print(format_table(stats))
+    print(f"wrote {out}")
+    return 0
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from adex import demo
+
+    for name in ("epochs", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"adex demo: error: --{name} must be >= 1, got {value}")
+    argv: list[str] = []
+    for name in ("epochs", "steps", "seed", "device"):
+        value = getattr(args, name)
+        if value is not None:  # unset: the demo's own default
+            argv += [f"--{name}", str(value)]
+    if args.device is not None:
+        _pick_device(args.device, "adex demo")  # a clear error for an unavailable device
+    return demo.main(argv)
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+def roofline_path() -> Path:
+    """``benchmarks/roofline.py`` next to the package (a source checkout / editable install)."""
+    return Path(adex.__file__).resolve().parent.parent / "benchmarks" / "roofline.py"
+
+
+def _cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    if not torch.cuda.is_available():
+        raise CLIError(
+            "adex bench: error: needs a CUDA GPU (torch.cuda.is_available() is False); for a CPU "
+            "smoke run use: TRITON_INTERPRET=1 python benchmarks/roofline.py --interpret-smoke",
+            code=2,
+        )
+    path = roofline_path()
+    if not path.is_file():
+        raise CLIError(
+            f"adex bench: error: {path} not found: the benchmark ships with a source "
+            "checkout of adex (pip install -e .)",
+            code=1,
+        )
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [str(path), *extra]
+    sys.path[:0] = [str(path.parent.parent), str(path.parent)]  # `benchmarks.` or plain import
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    return 0
+
+
+# -- common -----------------------------------------------------------------------------------
+
+
+def _pick_device(name: str, prog: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CLIError(f"{prog}: error: unknown device {name!r} ({err})") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"{prog}: error: device {name!r} requested but CUDA is not available")
+    return device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``adex`` argument parser with its subcommands."""
+    parser = _Parser(
+        prog=PROG,
+        description="adex: AdExIF spiking neurons for PyTorch (BrainPy semantics, fused "
+        "Triton kernels). Run 'adex COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"adex {adex.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "patterns",
+        help="simulate the 8 Naud et al. (2008) firing patterns, plot them, print a table",
+        description="Simulate the eight firing patterns of Naud et al. (2008) (adex.presets."
+        "naud2008) as one AdExIF layer with hard reset and V_th at the 0 mV peak, from rest "
+        "under a step current switched on at t = 0. Writes one PNG of the voltage traces and "
+        "prints per pattern: spike count, first-spike latency (ms) and the adaptation index "
+        "(mean of (ISI[k+1]-ISI[k])/(ISI[k+1]+ISI[k])).",
+    )
+    p.add_argument(
+        "--out", default="adex_patterns.png", help="PNG file to write (default adex_patterns.png)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=500.0, help="simulated time in ms (default 500)"
+    )
+    p.add_argument("--dt", type=float, default=0.1, help="time step in ms (default 0.1)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (CUDA if available, else CPU; default), 'cpu', 'cuda'",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "reference", "triton"),
+        help="'auto': fused Triton kernels on CUDA, the PyTorch reference on CPU (default auto)",
+    )
+    p.add_argument(
+        "--table1",
+        action="store_true",
+        help="use Table 1 exactly as printed (its delayed regular bursting and "
+        "transient rows do not show those patterns)",
+    )
+
+    d = sub.add_parser(
+        "demo",
+        help="train the demo spiking network (python -m adex.demo)",
+        description="Train Linear -> AdExIF -> Linear with surrogate-gradient BPTT on a "
+        "synthetic Poisson rate-coding task (adex.demo). Options left out take the demo's "
+        "defaults.",
+    )
+    d.add_argument("--epochs", type=int, help="training epochs (demo default 4)")
+    d.add_argument("--steps", type=int, help="optimizer steps per epoch (demo default 10)")
+    d.add_argument("--seed", type=int, help="random seed (demo default 0)")
+    d.add_argument("--device", help="'auto' (default), 'cpu', 'cuda'")
+
+    sub.add_parser(
+        "bench",
+        help="roofline benchmark of the fused kernels (needs a CUDA GPU)",
+        description="Run benchmarks/roofline.py of the source checkout (needs a CUDA GPU; "
+        "on CPU it exits with status 2). Options that adex does not know are passed to "
+        "roofline.py, e.g. 'adex bench --quick --out results'.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``adex`` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    prog = PROG
+    try:
+        try:
+            args, extra = parser.parse_known_args(argv)
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else 0
+        prog = f"{PROG} {args.command}"
+        if args.command == "bench":
+            return _cmd_bench(args, extra)
+        if extra:
+            raise CLIError(
+                f"adex {args.command}: error: unrecognized arguments: "
+                f"{' '.join(extra)} (see 'adex {args.command} --help')"
+            )
+        if args.command == "patterns":
+            return _cmd_patterns(args)
+        return _cmd_demo(args)
+    except CLIError as err:
+        print(err, file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line, no traceback
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {type(err).__name__}: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
