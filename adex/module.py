@@ -303,8 +303,11 @@ class SpikingNeuron(nn.Module):
             packed_params=None if self.learnable or self._packed.device != x.device
             else self._packed,
         )  # fmt: skip
-        if self.has_ref:  # the other models never read the clock (no compile-time guard)
+        # the step counter; models without tau_ref never read it, and do not touch it while
+        # torch.compile traces (an int attribute would be guarded on: a recompile per call)
+        if self.has_ref or not torch.compiler.is_compiling():
             self.t_step += x.shape[0]
+        if self.has_ref:
             self.last_spike_time = out.last_spike_time
         return out
 
