@@ -250,7 +250,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise CLIError(f"adex demo: error: --{name} must be >= 1, got {value}")
     argv: list[str] = []
-    for name in ("epochs", "steps", "seed", "device"):
+    for name in ("epochs", "steps", "seed", "device", "plot"):
         value = getattr(args, name)
         if value is not None:  # unset: the demo's own default
             argv += [f"--{name}", str(value)]
@@ -356,12 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo",
         help="train the demo spiking network (python -m adex.demo)",
-        description="Train Linear -> AdExIF -> Linear with surrogate-gradient BPTT on a "
-        "synthetic Poisson rate-coding task (adex.demo). Options left out take the demo's "
-        "defaults.",
+        description="Train Linear -> AdExIF -> Linear -> AdExIF with surrogate-gradient BPTT "
+        "on scikit-learn's 8x8 digits held as input currents (adex.demo), and save a spike "
+        "raster and voltage plot. Options left out take the demo's defaults.",
     )
     d.add_argument("--epochs", type=int, help="training epochs (demo default 4)")
-    d.add_argument("--steps", type=int, help="optimizer steps per epoch (demo default 10)")
+    d.add_argument("--steps", type=int, help="optimizer steps per epoch (demo default: one pass)")
+    d.add_argument("--plot", help="where to save the plot (demo default adex_demo.png)")
     d.add_argument("--seed", type=int, help="random seed (demo default 0)")
     d.add_argument("--device", help="'auto' (default), 'cpu', 'cuda'")
 

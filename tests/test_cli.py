@@ -164,7 +164,8 @@ def test_patterns_bad_output_path(capsys, tmp_path):
     assert one_line_error(err).startswith("adex patterns: error: cannot write")
 
 
-def test_demo(capsys):
+def test_demo(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo saves adex_demo.png in the working directory
     threads = torch.get_num_threads()
     try:
         with torch.random.fork_rng():
@@ -175,7 +176,10 @@ def test_demo(capsys):
         torch.set_num_threads(threads)  # the demo sets 1 thread on CPU
     assert code == 0, err
     assert "epoch   1: mean training loss" in out and "test accuracy" in out
-    assert "1 epochs x 2 steps" in out
+    assert "1 epochs x 2 steps" in out and "8x8 digits" in out
+    assert "s per epoch" in out and "saved the spike raster" in out
+    png = tmp_path / "adex_demo.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, bench runs the benchmark")
