@@ -6,7 +6,7 @@ registry ``u``, surrogate spike functions (``adex.surrogate``) and state initial
 (``adex.init``).
 """
 
-from adex import init, surrogate
+from adex import init, presets, surrogate
 from adex.functional import RefScanResult, ScanResult, adex_scan
 from adex.models import LIF, AdExIF, AdExIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence
@@ -38,6 +38,7 @@ __all__ = [
     "adex_scan_reference",
     "adex_step_reference",
     "init",
+    "presets",
     "surrogate",
     "u",
 ]
