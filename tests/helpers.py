@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,36 @@ def fixture_surrogate(meta: dict) -> adex.surrogate.Surrogate:
     """The case's surrogate spike function."""
     spec = meta["surrogate"]
     return getattr(adex.surrogate, spec["name"])(**spec["kwargs"])
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """One model of the family with inputs (mA) and initial V (mV) that make it spike."""
+
+    cls: type
+    kwargs: dict = field(default_factory=dict)
+    x_mean: float = 60.0
+    x_std: float = 15.0
+    V0_range: tuple[float, float] = (-62.0, -50.0)
+
+    @property
+    def has_w(self) -> bool:
+        return self.cls.has_w
+
+    @property
+    def has_ref(self) -> bool:
+        return self.cls.has_ref
+
+
+def family_cases(tau_ref: float) -> dict[str, ModelCase]:
+    """Every model of the family at dt = 0.2 ms, the Ref models with ``tau_ref`` (ms)."""
+    return {
+        "AdExIF": ModelCase(adex.AdExIF),
+        "AdExIFRef": ModelCase(adex.AdExIFRef, dict(tau_ref=tau_ref)),
+        # V_th = -45 mV keeps ExpIF's exponential-Euler step stable (spec section 11)
+        "ExpIF": ModelCase(adex.ExpIF, dict(V_th=-45.0), 40.0, 10.0, (-64.0, -44.0)),
+        "ExpIFRef": ModelCase(
+            adex.ExpIFRef, dict(V_th=-45.0, tau_ref=tau_ref), 40.0, 10.0, (-64.0, -44.0)
+        ),
+        "LIF": ModelCase(adex.LIF, {}, 8.0, 3.0, (-0.5, 1.3)),
+    }

@@ -18,12 +18,20 @@ count, so the generated cases keep T <= 40 and tiny states.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
-from helpers import FIXTURES, assert_close, fixture_params, fixture_surrogate, load_fixture
+from helpers import (
+    FIXTURES,
+    ModelCase,
+    assert_close,
+    family_cases,
+    fixture_params,
+    fixture_surrogate,
+    load_fixture,
+)
 
 import adex
 
@@ -161,37 +169,11 @@ def test_module_matches_brainpy_fixture(case, dtype, backend, split):
 # -- fused kernels vs the reference, every model -----------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelCase:
-    cls: type
-    kwargs: dict = field(default_factory=dict)
-    x_mean: float = 60.0
-    x_std: float = 15.0
-    V0_range: tuple[float, float] = (-62.0, -50.0)
-
-    @property
-    def has_w(self) -> bool:
-        return self.cls.has_w
-
-    @property
-    def has_ref(self) -> bool:
-        return self.cls.has_ref
-
-
 DT = 0.2
 TAU_REF = 0.7  # = 3.5 dt: j = 1, 2, 3 steps after a spike are refractory (0.6 < 0.7 < 0.8)
 FROZEN_STEPS = 3
 
-MODELS = {
-    "AdExIF": ModelCase(adex.AdExIF),
-    "AdExIFRef": ModelCase(adex.AdExIFRef, dict(tau_ref=TAU_REF)),
-    # V_th = -45 mV keeps ExpIF's exponential-Euler step stable (spec section 11)
-    "ExpIF": ModelCase(adex.ExpIF, dict(V_th=-45.0), 40.0, 10.0, (-64.0, -44.0)),
-    "ExpIFRef": ModelCase(
-        adex.ExpIFRef, dict(V_th=-45.0, tau_ref=TAU_REF), 40.0, 10.0, (-64.0, -44.0)
-    ),
-    "LIF": ModelCase(adex.LIF, {}, 8.0, 3.0, (-0.5, 1.3)),
-}
+MODELS = family_cases(TAU_REF)
 REF_MODELS = [k for k, m in MODELS.items() if m.has_ref]
 SURROGATES = [
     adex.surrogate.ReluGrad(),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, family_cases
 from torch.autograd import gradcheck
 
 import adex
@@ -31,25 +31,7 @@ TAU_REF = 0.7  # 3.5 dt: not a multiple of dt
 VOLTAGES = ("V_th", "V_reset", "V_rest", "V_T")
 
 
-@dataclass(frozen=True)
-class ModelCase:
-    cls: type
-    kwargs: dict = field(default_factory=dict)
-    x_mean: float = 60.0
-    x_std: float = 15.0
-    V0_range: tuple[float, float] = (-62.0, -50.0)
-
-
-MODELS = {
-    "AdExIF": ModelCase(adex.AdExIF),
-    "AdExIFRef": ModelCase(adex.AdExIFRef, dict(tau_ref=TAU_REF)),
-    # V_th = -45 mV keeps ExpIF's exponential-Euler step stable (spec section 11)
-    "ExpIF": ModelCase(adex.ExpIF, dict(V_th=-45.0), 40.0, 10.0, (-64.0, -44.0)),
-    "ExpIFRef": ModelCase(
-        adex.ExpIFRef, dict(V_th=-45.0, tau_ref=TAU_REF), 40.0, 10.0, (-64.0, -44.0)
-    ),
-    "LIF": ModelCase(adex.LIF, {}, 8.0, 3.0, (-0.5, 1.3)),
-}
+MODELS = family_cases(TAU_REF)
 
 
 def defaults(model: str) -> dict[str, float]:
