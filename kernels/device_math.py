@@ -110,6 +110,7 @@ def surrogate_grad(u, p0, p1, p2, p3, KIND: tl.constexpr):
 def load_params(par_ptr, o_n, m_m, N):
     """The ten packed parameters (``AdExParams`` field order) of a block of neurons. Masked
     lanes get harmless values: no division by zero, no overflow."""
+    N = tl.cast(N, tl.int64)  # row offsets k * N pass 2^31 for N >= 2^28 neurons
     R = tl.load(par_ptr + 0 * N + o_n, mask=m_m, other=1.0)
     tau = tl.load(par_ptr + 1 * N + o_n, mask=m_m, other=1.0)
     tau_w = tl.load(par_ptr + 2 * N + o_n, mask=m_m, other=1.0)

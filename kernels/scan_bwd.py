@@ -234,6 +234,7 @@ def _adex_scan_bwd_kernel(
     if HAS_W:
         tl.store(gw0_ptr + o_m, b_lw, mask=m_m)
     if PARAM_GRAD:
+        M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
         tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
         tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m_m)
         tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m_m)
