@@ -11,12 +11,12 @@
 * 64-bit index arithmetic: the launchers run on tensors of more than 2^31 elements (or
   T*M > 2^31) that cost no memory: anonymous MAP_NORESERVE pages are only committed when
   touched, and the Triton interpreter is made to run only the first and the last program
-  of the grid. Runs in a subprocess (a wrong offset may crash it). Two known int32
-  overflows are pinned as strict xfails.
+  of the grid. Runs in a subprocess (a wrong offset may crash it). Includes the two int32
+  overflows of the parameter row offsets (k * N, k * M) this test found.
 * A long sequence (T = 3000, marked slow).
 * Module state safety: a batch that does not match the state raises and leaves the state
-  untouched, ``.to()`` moves the states (``.to('meta')`` fails with per-neuron or learnable
-  parameters: a strict xfail), ``init_state`` after a batch change works.
+  untouched, ``.to()`` moves the states (also with per-neuron and learnable parameters),
+  ``init_state`` after a batch change works.
 """
 
 from __future__ import annotations
