@@ -73,7 +73,7 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-PROFILE = os.environ.get("ADEX_HYPOTHESIS_PROFILE", "ci")
+PROFILE = os.environ.get("ADEX_HYPOTHESIS_PROFILE") or "ci"
 FUZZ_SETTINGS = settings.get_profile(PROFILE)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,6 +255,12 @@ def fuzz_cases(draw) -> FuzzCase:
     tau_ref = None
     if has_ref:  # tau_ref / dt stays 0.2..0.8 away from an integer: no float-rounding tie
         tau_ref = f32(dt * (draw(st.integers(0, 5)) + draw(_fl(0.2, 0.8))))
+    surrogate = draw(_surrogates())
+    if has_ref and isinstance(surrogate, adex.surrogate.PiecewiseLeakyRelu) and surrogate.w == 1:
+        # a frozen step keeps V' = V_reset, i.e. u = -1 up to rounding: with w = 1 the
+        # surrogate derivative jumps exactly there and its branch is a coin flip in any
+        # precision (found by the long profile); move the jump off the reset value
+        surrogate = adex.surrogate.PiecewiseLeakyRelu(c=surrogate.c, w=0.75)
     lo = draw(_fl(-0.5, 0.9))
     return FuzzCase(
         T=T,
@@ -268,7 +274,7 @@ def fuzz_cases(draw) -> FuzzCase:
         per_neuron=per_neuron,
         param_dims=param_dims,
         learnable=learnable,
-        surrogate=draw(_surrogates()),
+        surrogate=surrogate,
         detach_reset=draw(st.booleans()),
         dt=dt,
         dtype=draw(st.sampled_from(list(DTYPES))),
