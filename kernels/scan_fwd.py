@@ -6,21 +6,24 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exp_term, exprel, load_params, reset
+from adex.kernels.device_math import exprel, load_params
 from adex.kernels.launch import block_config
+from adex.kernels.step import integrate_step
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
-# gradient is needed: 12 B; 8 B with bf16/fp16 I/O. V is the only per-step tensor saved for
-# backward: every quantity of the adjoint recursion follows from consecutive V (spec 10, 14).
+# gradient is needed: 12 B; 8 B with bf16/fp16 I/O, 1 B less per byte-wide spike dtype.
+# V is the only per-step tensor saved for backward: every quantity of the adjoint recursion
+# follows from consecutive V (spec 10, 14). In checkpoint mode nothing per step is saved:
+# the state (V, w, t_last) before every K-th step, 4-12 B per K neuron-steps.
 
 
-@triton.jit(do_not_specialize=["T", "k0"])
+@triton.jit(do_not_specialize=["T", "k0", "K"])
 def _adex_scan_fwd_kernel(
     x_ptr,  # [T, M] input current (mA), fp32/bf16/fp16
     v0_ptr,  # [M] fp32 initial V (mV)
     w0_ptr,  # [M] fp32 initial w (mA); unused without HAS_W
     par_ptr,  # [10, N] fp32 packed parameters (adex.params.AdExParams.packed)
-    spk_ptr,  # [T, M] out: spikes, x's dtype
+    spk_ptr,  # [T, M] out: spikes (float, uint8 or bool)
     vseq_ptr,  # [T, M] out: fp32 V after each step (STORE_V)
     wseq_ptr,  # [T, M] out: fp32 w after each step (STORE_W)
     vlast_ptr,  # [M] out: fp32 final V
@@ -28,6 +31,7 @@ def _adex_scan_fwd_kernel(
     tlast_ptr,  # [M] fp32 time of the last spike before x[0] (ms; HAS_REF)
     tlast_out_ptr,  # [M] out: fp32 time of the last spike after the scan (HAS_REF)
     ref_ptr,  # [T, M] out: uint8 1 where the step was refractory (HAS_REF and STORE_V)
+    ckpt_ptr,  # [cdiv(T, K), C, M] out: fp32 state before steps 0, K, 2K, ... (CHECKPOINT)
     T,  # number of steps (runtime: no recompile per T)
     M,  # neurons x batch (flattened state size)
     N,  # neurons per sample (parameter row length)
@@ -35,12 +39,15 @@ def _adex_scan_fwd_kernel(
     ceiling,  # adex.params.RUNAWAY_CEILING
     k0,  # global step index of x[0]: step k runs at t = float(k) * dt (HAS_REF)
     tau_ref,  # refractory period, ms (HAS_REF)
+    K,  # checkpoint interval in steps (CHECKPOINT)
     HARD_RESET: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_EXP: tl.constexpr,
     HAS_REF: tl.constexpr,
     STORE_V: tl.constexpr,
     STORE_W: tl.constexpr,
+    CHECKPOINT: tl.constexpr,
+    CKPT_ROWS: tl.constexpr,  # 1 + HAS_W + HAS_REF
     BLOCK: tl.constexpr,
 ):
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -53,53 +60,41 @@ def _adex_scan_fwd_kernel(
     b_theta = b_vth - b_vreset
     b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w  # = 1 - exp(-dt/tau_w)
+    tau_ref = tl.cast(tau_ref, tl.float32)
 
     b_v = tl.load(v0_ptr + o_m, mask=m_m, other=0.0)
     b_w = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_W:
         b_w = tl.load(w0_ptr + o_m, mask=m_m, other=0.0)
+    b_tlast = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_REF:
         b_tlast = tl.load(tlast_ptr + o_m, mask=m_m, other=0.0)
-        tau_ref = tl.cast(tau_ref, tl.float32)
     p_x = x_ptr + o_m
     p_s = spk_ptr + o_m
     p_v = vseq_ptr + o_m
     p_w = wseq_ptr + o_m
     p_r = ref_ptr + o_m
     for i in range(0, T):
+        if CHECKPOINT:
+            if i % K == 0:  # rows of one checkpoint: V, then w (HAS_W), then t_last (HAS_REF)
+                p_c = ckpt_ptr + tl.cast(i // K, tl.int64) * CKPT_ROWS * M + o_m
+                tl.store(p_c, b_v, mask=m_m)
+                if HAS_W:
+                    tl.store(p_c + M, b_w, mask=m_m)
+                if HAS_REF:
+                    tl.store(p_c + (1 + HAS_W) * M, b_tlast, mask=m_m)
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
-        # reset from the stored (pre-reset) V of the previous step
-        b_vr, b_sprev, _ = reset(b_v, b_vth, b_vreset, b_theta, HARD_RESET)
-        b_drift = -(b_vr - b_vrest)
-        if HAS_EXP:
-            b_z, b_e, b_slope = exp_term(b_vr, b_vT, b_dT)
-            b_drift += b_dT * b_e
-            b_jac = (-1.0 + b_e * b_slope) / b_tau
-        else:
-            b_jac = -1.0 / b_tau
-        if HAS_W:
-            b_wr = b_w + b_b * b_sprev
-            b_drift -= b_R * b_wr
-        b_drift = (b_drift + b_R * b_x) / b_tau
-        b_raw = b_vr + dt * exprel(dt * b_jac) * b_drift
-        if HAS_EXP:  # runaway (adex.params.RUNAWAY_CEILING) or NaN: store the peak V_th
-            b_v = tl.where((b_raw <= b_vcap) | (b_z <= 0.0), b_raw, b_vth)
-        else:
-            b_v = b_raw
-        if HAS_W:
-            b_w = b_wr + b_cw * (b_a * (b_v - b_vrest) - b_wr)
-        if HAS_REF:  # BrainPy's float test on t = float(k) * dt, not a step count
-            b_t = tl.cast(k0 + i, tl.float32) * dt
-            b_ref = (b_t - b_tlast) < tau_ref
-            b_v = tl.where(b_ref, b_vr, b_v)
-            if HAS_W:
-                b_w = tl.where(b_ref, b_wr, b_w)
-            b_tlast = tl.where(b_v >= b_vth, b_t, b_tlast)
-            if STORE_V:
-                tl.store(p_r, b_ref.to(tl.uint8), mask=m_m)
-                p_r += M
-        b_s = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
-        tl.store(p_s, b_s.to(spk_ptr.dtype.element_ty), mask=m_m)
+        b_t = tl.cast(k0 + i, tl.float32) * dt
+        b_v, b_w, b_tlast, b_ref = integrate_step(
+            b_v, b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT,
+            b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
+            HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
+        )  # fmt: skip
+        b_spike = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
+        tl.store(p_s, b_spike.to(spk_ptr.dtype.element_ty), mask=m_m)
+        if HAS_REF and STORE_V:
+            tl.store(p_r, b_ref.to(tl.uint8), mask=m_m)
+            p_r += M
         if STORE_V:
             tl.store(p_v, b_v, mask=m_m)
             p_v += M
@@ -130,6 +125,8 @@ def adex_scan_fwd(
     tau_ref: float | None = None,
     last_spike_time: torch.Tensor | None = None,
     t0_step: int = 0,
+    spike_dtype: torch.dtype | None = None,
+    checkpoint_every: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the forward scan.
 
@@ -142,13 +139,22 @@ def adex_scan_fwd(
         tau_ref: refractory period (ms) for the Ref models, else None.
         last_spike_time: ``[*S]`` contiguous fp32 (ms), required with ``tau_ref``.
         t0_step: global step index of ``x[0]`` (t = float(k) * dt).
+        spike_dtype: dtype of the spikes (default ``x.dtype``; uint8 and bool cut the
+            bytes written).
+        checkpoint_every: K > 0 saves no per-step sequence (``store_v``, ``store_w`` must be
+            False): ``V_seq`` is then the checkpoint tensor ``[cdiv(T, K), C, *S]`` fp32 of the
+            state before steps 0, K, 2K, ... (rows V, w if ``has_w``, last-spike time if
+            ``tau_ref``), from which the backward recomputes each K-step segment.
 
     Returns:
-        ``(spikes [T, *S] x.dtype, V_seq [T, *S] fp32 or [0], w_seq [T, *S] fp32 or [0],
+        ``(spikes [T, *S] spike_dtype, V_seq [T, *S] fp32 (the checkpoints in checkpoint
+        mode) or [0], w_seq [T, *S] fp32 or [0],
         V_last [*S] fp32, w_last [*S] fp32 or [0], refractory [T, *S] uint8 or [0],
         last_spike_time [*S] fp32 or [0])``; the refractory mask is written when
         ``tau_ref`` and ``store_v`` are set (the backward reads it: 1 B per neuron-step).
     """
+    if checkpoint_every and (store_v or store_w):
+        raise ValueError("checkpoint_every replaces the stored sequences: store_v/w must be off")
     T = x.shape[0]
     S = x.shape[1:]
     M = V0.numel()
@@ -157,7 +163,7 @@ def adex_scan_fwd(
     def empty() -> torch.Tensor:  # a distinct placeholder per absent output (no aliasing)
         return x.new_empty(0, dtype=torch.float32)
 
-    spikes = torch.empty_like(x)
+    spikes = torch.empty_like(x, dtype=x.dtype if spike_dtype is None else spike_dtype)
     v_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_v else empty()
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_w else empty()
     v_last = torch.empty(S, dtype=torch.float32, device=x.device)
@@ -166,13 +172,18 @@ def adex_scan_fwd(
     store_ref = has_ref and store_v
     ref_mask = torch.empty(x.shape if store_ref else (0,), dtype=torch.uint8, device=x.device)
     t_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_ref else empty()
+    ckpt_rows = 1 + has_w + has_ref
+    if checkpoint_every:
+        n_seg = triton.cdiv(T, checkpoint_every)
+        v_seq = torch.empty((n_seg, ckpt_rows, *S), dtype=torch.float32, device=x.device)
     block, num_warps = block_config(M, x.device)
     grid = (triton.cdiv(M, block),)
     _adex_scan_fwd_kernel[grid](
         x, V0, w0, packed_params, spikes, v_seq, w_seq, v_last, w_last,
-        last_spike_time if has_ref else V0, t_last, ref_mask,
-        T, M, N, dt, ceiling, t0_step, tau_ref if has_ref else 0.0,
+        last_spike_time if has_ref else V0, t_last, ref_mask, v_seq,
+        T, M, N, dt, ceiling, t0_step, tau_ref if has_ref else 0.0, max(checkpoint_every, 1),
         HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp, HAS_REF=has_ref,
-        STORE_V=store_v, STORE_W=store_w, BLOCK=block, num_warps=num_warps,
+        STORE_V=store_v, STORE_W=store_w, CHECKPOINT=checkpoint_every > 0,
+        CKPT_ROWS=ckpt_rows, BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
     return spikes, v_seq, w_seq, v_last, w_last, ref_mask, t_last
