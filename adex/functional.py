@@ -15,6 +15,7 @@ from adex.surrogate import ReluGrad, Surrogate
 BACKENDS = ("auto", "triton", "reference")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FLOAT_DTYPES = (*KERNEL_DTYPES, torch.float64)
+SPIKE_DTYPES = (*FLOAT_DTYPES, torch.uint8, torch.bool)
 
 
 class ScanResult(NamedTuple):
@@ -106,6 +107,8 @@ def adex_scan(
     last_spike_time: Tensor | None = None,
     t0_step: int = 0,
     packed_params: Tensor | None = None,
+    spike_dtype: torch.dtype | None = None,
+    checkpoint_every: int | None = None,
 ) -> ScanResult | RefScanResult:
     """Simulate T steps of AdExIF (or ExpIF / LIF) neurons with BrainPy's semantics.
 
@@ -137,6 +140,14 @@ def adex_scan(
             with ``tau_ref`` (BrainPy starts it at -1e7 ms). Not differentiable.
         t0_step: global step index k of ``x[0]``; step k runs at ``t = float(k) * dt``.
         packed_params: ``params.packed(...)`` precomputed on ``x``'s device (modules cache it).
+        spike_dtype: dtype of the returned spikes: None (``x``'s dtype), another float dtype,
+            or ``torch.uint8`` / ``torch.bool`` (1 byte per neuron-step written instead of
+            2-4; integer spikes carry no gradient, so they are refused while one is needed).
+        checkpoint_every: low-memory BPTT: instead of the per-step V (4 B per neuron-step),
+            save the state every K steps (4-12 B per K neuron-steps) plus a reference to
+            ``x``, and recompute each K-step segment inside the backward kernel (on the
+            reference backend: ``torch.utils.checkpoint`` per segment). Pays off when ``x``
+            is kept alive anyway; cannot be combined with ``return_states``.
 
     Returns:
         :class:`ScanResult` ``(spikes, V, w)``, or with ``tau_ref`` a
@@ -185,6 +196,34 @@ def adex_scan(
         last_spike_time = _check_tensor("last_spike_time", last_spike_time, state_shape, x.device)
     if not compiling and (isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0):
         raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
+    if spike_dtype is not None and spike_dtype not in SPIKE_DTYPES:
+        raise TypeError(f"spike_dtype must be None or one of {SPIKE_DTYPES}, got {spike_dtype!r}")
+    if checkpoint_every is not None:
+        if (
+            isinstance(checkpoint_every, bool)
+            or not isinstance(checkpoint_every, int)
+            or (checkpoint_every < 1)
+        ):
+            raise ValueError(
+                f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}"
+            )
+        if return_states:
+            raise ValueError(
+                "checkpoint_every cannot be combined with return_states=True: the per-step V "
+                "and w it would return are what the low-memory mode avoids storing"
+            )
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or V0.requires_grad or (w0 is not None and w0.requires_grad)
+        or (packed_params is not None and packed_params.requires_grad)
+        or any(isinstance(v, Tensor) and v.requires_grad for _, v in params.items())
+    )  # fmt: skip
+    if needs_grad and spike_dtype is not None and not spike_dtype.is_floating_point:
+        raise ValueError(
+            f"spike_dtype={spike_dtype} carries no gradient, but one is required (an input "
+            "or parameter requires grad): use a floating spike dtype for training, or "
+            "torch.no_grad() for simulation"
+        )
+    checkpoint_every = checkpoint_every if needs_grad else None
     if check_finite and not compiling:
         for name, t in (("x", x), ("V0", V0), ("w0", w0)):
             if t is not None and not bool(torch.isfinite(t).all()):
@@ -192,16 +231,23 @@ def adex_scan(
 
     hard = spk_reset == "hard"
     if resolve_backend(backend, x) == "reference":
-        out = adex_scan_reference(
-            x, V0, w0, params, dt=float(dt), surrogate=surrogate, hard_reset=hard,
-            has_exp=has_exp, detach_reset=detach_reset, tau_ref=tau_ref,
-            last_spike_time=last_spike_time, t0_step=t0_step,
-        )  # fmt: skip
-        spikes, V, w = out[:3]
-        if not return_states:
-            V, w = V[-1], None if w is None else w[-1]
+        kwargs = dict(params=params, dt=float(dt), surrogate=surrogate, hard_reset=hard,
+                      has_exp=has_exp, detach_reset=detach_reset, tau_ref=tau_ref)  # fmt: skip
+        if checkpoint_every is None:
+            out = adex_scan_reference(x, V0, w0, last_spike_time=last_spike_time,
+                                      t0_step=t0_step, **kwargs)  # fmt: skip
+            spikes, V, w = out[:3]
+            t_last = out[3] if tau_ref is not None else None
+            if not return_states:
+                V, w = V[-1], None if w is None else w[-1]
+        else:
+            spikes, V, w, t_last = _checkpointed_reference(
+                x, V0, w0, last_spike_time, t0_step, checkpoint_every, kwargs
+            )
+        if spike_dtype is not None:
+            spikes = spikes.to(spike_dtype)
         if tau_ref is not None:
-            return RefScanResult(spikes, V, w, out[3])
+            return RefScanResult(spikes, V, w, t_last)
         return ScanResult(spikes, V, w)
 
     has_w = w0 is not None
@@ -211,17 +257,17 @@ def adex_scan(
     V0f = V0.to(torch.float32).contiguous()
     w0f = w0.to(torch.float32).contiguous() if has_w else V0f
     param_grad = torch.is_grad_enabled() and packed_params.requires_grad
-    needs_grad = param_grad or (
-        torch.is_grad_enabled()
-        and (x.requires_grad or V0.requires_grad or (has_w and w0.requires_grad))
-    )
+    needs_grad = needs_grad or param_grad
+    checkpointing = checkpoint_every is not None
+    store_v = (needs_grad and not checkpointing) or return_states
+    store_w = (return_states or (param_grad and not checkpointing)) and has_w
     has_ref = tau_ref is not None
     spikes, v_seq, w_seq, v_last, w_last, _, t_last = torch.ops.adex.scan_fwd(
         x.contiguous(), V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING,
-        surrogate.kind, list(surrogate.params), hard, has_w, has_exp,
-        needs_grad or return_states, (return_states or param_grad) and has_w,
+        surrogate.kind, list(surrogate.params), hard, has_w, has_exp, store_v, store_w,
         last_spike_time.detach().to(torch.float32).contiguous() if has_ref else None,
-        float(tau_ref) if has_ref else -1.0, t0_step, detach_reset,
+        float(tau_ref) if has_ref else -1.0, t0_step, detach_reset, spike_dtype,
+        checkpoint_every or 0,
     )  # fmt: skip
     # w_seq is also written (4 B per neuron-step more) for parameter gradients
     V, w = (v_seq, w_seq) if return_states else (v_last, w_last)
@@ -229,3 +275,33 @@ def adex_scan(
     if has_ref:
         return RefScanResult(spikes, V, w, t_last)
     return ScanResult(spikes, V, w)
+
+
+def _checkpointed_reference(
+    x: Tensor,
+    V0: Tensor,
+    w0: Tensor | None,
+    last_spike_time: Tensor | None,
+    t0_step: int,
+    every: int,
+    kwargs: dict,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The reference scan in segments of ``every`` steps under ``torch.utils.checkpoint``:
+    only the state between segments (and ``x``) is kept for backward.
+
+    Returns ``(spikes [T, *S], V_last, w_last or None, last_spike_time or None)``."""
+
+    def segment(x_seg, V, w, t_last, k0):
+        out = adex_scan_reference(x_seg, V, w, last_spike_time=t_last, t0_step=k0, **kwargs)
+        return (out[0], out[1][-1], None if w is None else out[2][-1],
+                out[3] if t_last is not None else None)  # fmt: skip
+
+    spikes = []
+    V, w, t_last = V0, w0, last_spike_time
+    for start in range(0, x.shape[0], every):
+        s, V, w, t_last = torch.utils.checkpoint.checkpoint(
+            segment, x[start : start + every], V, w, t_last, t0_step + start,
+            use_reentrant=False,
+        )  # fmt: skip
+        spikes.append(s)
+    return torch.cat(spikes), V, w, t_last

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from adex.init import Constant
 from adex.module import SpikingNeuron
 from adex.surrogate import Surrogate
@@ -34,6 +36,10 @@ _COMMON_DOC = """
             fused backward kernel. Constraints (tau, tau_w, delta_T > 0, V_th > V_reset,
             finite) are checked before every call: a step that breaks one raises
             ``ValueError`` instead of producing NaN.
+        spike_dtype: dtype of the returned spikes (default: the input's); ``torch.uint8`` or
+            ``torch.bool`` write 1 byte per neuron-step, for simulation without gradients.
+        checkpoint_every: low-memory BPTT (int K): save the state every K steps instead of
+            the per-step V and recompute inside the backward kernel; keeps the input alive.
 
     State API (BrainPy's): ``init_state(batch_size=None)`` / ``reset_state``, ``V`` (mV,
     pre-reset) and ``w`` (mA) readable and assignable, ``update(x)`` for one step,
@@ -86,12 +92,15 @@ class AdExIF(SpikingNeuron):
         check_finite: bool = True,
         detach_reset: bool = False,
         learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
                          dt, backend, name, check_finite, detach_reset,
-                         learnable=learnable)  # fmt: skip
+                         learnable=learnable, spike_dtype=spike_dtype,
+                         checkpoint_every=checkpoint_every)  # fmt: skip
 
 
 class ExpIF(SpikingNeuron):
@@ -129,12 +138,15 @@ class ExpIF(SpikingNeuron):
         check_finite: bool = True,
         detach_reset: bool = False,
         learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
-                         learnable=learnable)  # fmt: skip
+                         learnable=learnable, spike_dtype=spike_dtype,
+                         checkpoint_every=checkpoint_every)  # fmt: skip
 
 
 class LIF(SpikingNeuron):
@@ -168,11 +180,14 @@ class LIF(SpikingNeuron):
         check_finite: bool = True,
         detach_reset: bool = False,
         learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest)
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
-                         learnable=learnable)  # fmt: skip
+                         learnable=learnable, spike_dtype=spike_dtype,
+                         checkpoint_every=checkpoint_every)  # fmt: skip
 
 
 _REF_DOC = """
@@ -220,12 +235,14 @@ class AdExIFRef(AdExIF):
         check_finite: bool = True,
         detach_reset: bool = False,
         learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
-                               tau_ref, learnable)  # fmt: skip
+                               tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
 
 
 class ExpIFRef(ExpIF):
@@ -258,12 +275,14 @@ class ExpIFRef(ExpIF):
         check_finite: bool = True,
         detach_reset: bool = False,
         learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
         SpikingNeuron.__init__(self, in_size, params, V_initializer, None, spk_fun, spk_reset,
                                dt, backend, name, check_finite, detach_reset,
-                               tau_ref, learnable)  # fmt: skip
+                               tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
 
 
 for _cls in (AdExIF, ExpIF, LIF, AdExIFRef, ExpIFRef):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adex.functional import BACKENDS, FLOAT_DTYPES, adex_scan
+from adex.functional import BACKENDS, FLOAT_DTYPES, SPIKE_DTYPES, adex_scan
 from adex.init import make_state
 from adex.params import PARAM_KINDS, AdExParams
 from adex.surrogate import ReluGrad, Surrogate
@@ -72,6 +72,8 @@ class SpikingNeuron(nn.Module):
         detach_reset: bool = False,
         tau_ref: Any = None,
         learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
     ):
         super().__init__()
         self.in_size = _in_size_tuple(in_size)
@@ -86,6 +88,19 @@ class SpikingNeuron(nn.Module):
         dt = to_canonical(dt, "time", "dt")
         if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be a finite time > 0 ms, got {dt!r}")
+        if spike_dtype is not None and spike_dtype not in SPIKE_DTYPES:
+            raise TypeError(
+                f"spike_dtype must be None or one of {SPIKE_DTYPES}, got {spike_dtype!r}"
+            )
+        if checkpoint_every is not None and (
+            isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+            or checkpoint_every < 1
+        ):  # fmt: skip
+            raise ValueError(
+                f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}"
+            )
+        self.spike_dtype = spike_dtype
+        self.checkpoint_every = checkpoint_every
         self.spk_reset = spk_reset
         self.dt = float(dt)
         self.backend = backend
@@ -302,6 +317,7 @@ class SpikingNeuron(nn.Module):
             t0_step=self.t_step if self.has_ref else 0,  # an int guard would recompile
             packed_params=None if self.learnable or self._packed.device != x.device
             else self._packed,
+            spike_dtype=self.spike_dtype, checkpoint_every=self.checkpoint_every,
         )  # fmt: skip
         # the step counter; models without tau_ref never read it, and do not touch it while
         # torch.compile traces (an int attribute would be guarded on: a recompile per call)
@@ -313,8 +329,8 @@ class SpikingNeuron(nn.Module):
 
     def update(self, x: Any = 0.0) -> Tensor:
         """One step (BrainPy's ``update``): returns the spikes of the new V, shaped like the
-        state, in ``x``'s dtype; advances ``V`` and ``w``. ``x`` (mA) broadcasts to the
-        state shape."""
+        state, in ``x``'s dtype (or ``spike_dtype``); advances ``V`` and ``w``. ``x`` (mA)
+        broadcasts to the state shape."""
         V, w = self._require_state()
         x = self._input(x, V, ())
         out = self._run(x.unsqueeze(0), V, w, return_states=False)
@@ -324,7 +340,7 @@ class SpikingNeuron(nn.Module):
     def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
         """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA) in one fused scan.
 
-        Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype), or with
+        Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``), or with
         ``return_states=True`` a :class:`StateSequence` of per-step spikes, V and w, all
         differentiable. The final state is left in ``V`` and ``w`` (differentiable too:
         consecutive calls give truncated BPTT).
@@ -376,6 +392,10 @@ class SpikingNeuron(nn.Module):
             parts.append(f"tau_ref={self.tau_ref:g} ms")
         if self.detach_reset:
             parts.append("detach_reset=True")
+        if self.spike_dtype is not None:
+            parts.append(f"spike_dtype={self.spike_dtype}")
+        if self.checkpoint_every is not None:
+            parts.append(f"checkpoint_every={self.checkpoint_every}")
         parts += [f"spk_fun={self.spk_fun!r}", f"spk_reset={self.spk_reset!r}",
                   f"dt={self.dt:g} ms", f"backend={self.backend!r}"]  # fmt: skip
         return ", ".join(parts)
