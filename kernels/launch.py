@@ -13,13 +13,18 @@ tensors through Triton's interpreter). Triton reads the variable at decoration t
 must be set before ``adex`` is imported."""
 
 
+GPU_BLOCK = 256
+"""Neurons per program on a GPU. A module-level setting so that benchmarks can sweep it
+(``benchmarks/roofline.py --blocks``); each value compiles its own kernel."""
+
+
 def block_config(n_elements: int, device: torch.device) -> tuple[int, int]:
     """(BLOCK, num_warps) for a 1-D scan over ``n_elements`` independent neurons.
 
-    On a GPU each program carries 256 neurons with 4 warps (2 per thread), enough programs to
-    fill the card for the target workloads. Under the interpreter every program costs a Python
-    loop over T, so blocks are as wide as possible (up to 1024).
+    On a GPU each program carries ``GPU_BLOCK`` (256) neurons, 2 per thread (4 warps at 256),
+    enough programs to fill the card for the target workloads. Under the interpreter every
+    program costs a Python loop over T, so blocks are as wide as possible (up to 1024).
     """
     if device.type != "cuda":
         return min(1024, triton.next_power_of_2(max(n_elements, 16))), 4
-    return 256, 4
+    return GPU_BLOCK, max(1, min(8, GPU_BLOCK // 64))
