@@ -226,7 +226,7 @@ def adex_scan(
     checkpoint_every = checkpoint_every if needs_grad else None
     if check_finite and not compiling:
         for name, t in (("x", x), ("V0", V0), ("w0", w0)):
-            if t is not None and not bool(torch.isfinite(t).all()):
+            if t is not None and not bool(torch.isfinite(t.detach()).all()):
                 raise ValueError(f"{name} contains NaN or inf")
 
     hard = spk_reset == "hard"

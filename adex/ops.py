@@ -133,6 +133,7 @@ def _setup_context(ctx, inputs, output):
     ctx.tau_ref = tau_ref
     ctx.t0_step = t0_step
     if checkpoint_every > 0:  # the checkpoints, and x to recompute from them
+        ctx.mark_non_differentiable(output[1])  # internal state, not a per-step output
         ctx.save_for_backward(output[1], V0, packed, x)
     else:  # parameter gradients with w read w' (the tau_w term): the caller stores w_seq
         ctx.save_for_backward(output[1], V0, packed, output[5], output[2], w0)
@@ -171,8 +172,9 @@ def _backward(ctx, g_spikes, g_v_seq, g_w_seq, g_v_last, g_w_last, _g_ref, _g_t_
     param_grad = need[3]
     grads = (_present(g_spikes), _present(g_v_seq), _present(g_w_seq), _present(g_v_last),
              _present(g_w_last))  # fmt: skip
-    if recompute:
+    if recompute:  # no per-step V/w outputs: their gradient slots hold the checkpoints'
         checkpoints, V0, packed, x = ctx.saved_tensors
+        grads = (grads[0], None, None, grads[3], grads[4])
         grad_x, grad_v0, grad_w0, grad_par = scan_bwd(
             checkpoints, V0, packed, *grads, param_grad=param_grad, x=x,
             checkpoint_every=ctx.checkpoint_every, tau_ref=ctx.tau_ref, t0_step=ctx.t0_step,

@@ -174,7 +174,7 @@ def adex_scan_fwd(
     t_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_ref else empty()
     ckpt_rows = 1 + has_w + has_ref
     if checkpoint_every:
-        n_seg = triton.cdiv(T, checkpoint_every)
+        n_seg = -(-T // checkpoint_every)  # segments of K steps, the last one may be short
         v_seq = torch.empty((n_seg, ckpt_rows, *S), dtype=torch.float32, device=x.device)
     block, num_warps = block_config(M, x.device)
     grid = (triton.cdiv(M, block),)

@@ -303,14 +303,18 @@ def test_finite_in_stress_regimes(name, backend):
 
 
 def test_kernel_source_uses_int64_offsets():
-    """The index arithmetic the offset tests below exercise: 64-bit program offsets, a
-    64-bit start of the backward scan, per-step pointer increments (no t*M product)."""
+    """The index arithmetic the offset tests below exercise: 64-bit program offsets, 64-bit
+    starts of the backward segments and checkpoint rows, per-step pointer increments (no
+    t*M product)."""
     fwd = (KERNELS / "scan_fwd.py").read_text()
     bwd = (KERNELS / "scan_bwd.py").read_text()
     for name, src in (("scan_fwd", fwd), ("scan_bwd", bwd)):
         assert "tl.program_id(0).to(tl.int64) * BLOCK" in src, name
         assert not re.search(r"\bi \* M\b|\bt \* M\b", src), f"{name}: a step * M product"
-    assert "(T - 1).to(tl.int64) * M" in bwd
+    # segment starts (the whole scan without checkpoints) and checkpoint rows in 64 bits
+    assert "tl.cast(L - 1, tl.int64) * M" in bwd and "tl.cast(t0 + L - 1, tl.int64) * M" in bwd
+    assert "tl.cast(t0, tl.int64) * M" in bwd and "tl.cast(seg, tl.int64) * CKPT_ROWS * M" in bwd
+    assert "tl.cast(i // K, tl.int64) * CKPT_ROWS * M" in fwd
     assert re.search(r"p_x \+= M", fwd) and re.search(r"p_vprev -= M", bwd)
 
 
@@ -325,6 +329,7 @@ from adex.surrogate import ReluGrad
 
 M, T = int(sys.argv[1]), int(sys.argv[2])
 PER_NEURON, PARAM_GRAD = sys.argv[3] == "per-neuron", sys.argv[4] == "param-grad"
+CHECKPOINT = sys.argv[5] == "checkpoint"  # backward recomputes from 1-step checkpoints
 N = M if PER_NEURON else 1
 BLOCK = 1024
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # the Linux value
@@ -355,8 +360,8 @@ class SparseTorch:  # ``torch`` inside the launchers: outputs on sparse memory
     def empty(self, shape, dtype=torch.float32, device=None):
         return sparse_empty(shape, dtype)
 
-    def empty_like(self, t):
-        return sparse_empty(t.shape, t.dtype)
+    def empty_like(self, t, dtype=None):
+        return sparse_empty(t.shape, t.dtype if dtype is None else dtype)
 
 
 n_prog = triton.cdiv(M, BLOCK)
@@ -421,9 +426,20 @@ spikes, v_seq, w_seq, v_last, w_last, ref_mask, t_out = adex.kernels.adex_scan_f
     x, V0, w0, packed, DT, adex.RUNAWAY_CEILING, True, True, True, True, True, TAU_REF,
     t_last, 0)
 print("forward done", flush=True)
-gx, gv0, gw0, gpar = adex.kernels.adex_scan_bwd(
-    v_seq, V0, packed, G, GV, None, GVL, GWL, x.dtype, DT, adex.RUNAWAY_CEILING, sg.kind,
-    sg.params, True, True, True, ref_mask, False, w_seq, w0, PARAM_GRAD)
+if CHECKPOINT:  # checkpoint rows at seg * 3 * M, x re-read at t * M: both past 2^31
+    GV = None
+    spikes_c, ckpt = adex.kernels.adex_scan_fwd(
+        x, V0, w0, packed, DT, adex.RUNAWAY_CEILING, True, True, True, False, False, TAU_REF,
+        t_last, 0, None, 1)[:2]
+    assert torch.equal(spikes_c[:, lanes], spikes[:, lanes])
+    gx, gv0, gw0, gpar = adex.kernels.adex_scan_bwd(
+        ckpt, V0, packed, G, None, None, GVL, GWL, x.dtype, DT, adex.RUNAWAY_CEILING,
+        sg.kind, sg.params, True, True, True, None, False, None, None, PARAM_GRAD, x, 1,
+        TAU_REF, 0)
+else:
+    gx, gv0, gw0, gpar = adex.kernels.adex_scan_bwd(
+        v_seq, V0, packed, G, GV, None, GVL, GWL, x.dtype, DT, adex.RUNAWAY_CEILING, sg.kind,
+        sg.params, True, True, True, ref_mask, False, w_seq, w0, PARAM_GRAD)
 print("backward done", flush=True)
 
 # the float64 reference on the same neurons
@@ -435,7 +451,7 @@ w0s = w0[lanes].double().requires_grad_(True)
 s, V, W, tl_ref = adex.adex_scan_reference(
     xs, V0s, w0s, adex.AdExParams(**leaves), dt=DT, surrogate=sg, hard_reset=True,
     tau_ref=TAU_REF, last_spike_time=t_last[lanes].double())
-loss = (s * G[:, lanes]).sum() + (V * GV[:, lanes]).sum()
+loss = (s * G[:, lanes]).sum() + (0.0 if GV is None else (V * GV[:, lanes]).sum())
 loss = loss + (V[-1] * GVL[lanes]).sum() + (W[-1] * GWL[lanes]).sum()
 grads = torch.autograd.grad(loss, [xs, V0s, w0s, *leaves.values()])
 u = (torch.cat([V0s.detach()[None], V.detach()]) - base.V_th) / (base.V_th - base.V_reset)
@@ -466,15 +482,18 @@ print("REPORT " + json.dumps(report))
 
 OFFSET_CASES = [
     # M > 2^31: 64-bit program offsets; with T = 2 also (T - 1) * M > 2^31
-    pytest.param(2**31 + 5, 2, "scalar", "param-grad", id="M-2^31+5-T2-param-grad"),
+    pytest.param(2**31 + 5, 2, "scalar", "param-grad", "default", id="M-2^31+5-T2-param-grad"),
     # T * M > 2^31 with M < 2^31 (int32 M): the backward's start (T - 1) * M
-    pytest.param(2**28 + 3, 9, "scalar", "no-param-grad", id="M-2^28+3-T9"),
+    pytest.param(2**28 + 3, 9, "scalar", "no-param-grad", "default", id="M-2^28+3-T9"),
     # regression: load_params reads row k at par_ptr + k * N + o_n; with an int32 N, rows 8
     # (a) and 9 (b) wrapped once 8 * N >= 2^31 (N >= 2^28 per-neuron parameters)
-    pytest.param(2**28 + 3, 2, "per-neuron", "no-param-grad", id="perneuron-N-2^28+3"),
+    pytest.param(2**28 + 3, 2, "per-neuron", "no-param-grad", "default",
+                 id="perneuron-N-2^28+3"),
     # regression: the backward stores parameter row k at gpar_ptr + k * M + o_m; with an
     # int32 M, 9 * M wrapped for M >= 238,609,295 elements (an out-of-bounds store)
-    pytest.param(2**28 + 3, 2, "scalar", "param-grad", id="param-grad-M-2^28+3"),
+    pytest.param(2**28 + 3, 2, "scalar", "param-grad", "default", id="param-grad-M-2^28+3"),
+    # checkpoint mode: checkpoint rows seg * 3 * M and segment starts t0 * M past 2^31
+    pytest.param(2**28 + 3, 9, "scalar", "param-grad", "checkpoint", id="checkpoint-M-2^28+3-T9"),
 ]  # fmt: skip
 
 
@@ -488,8 +507,8 @@ def _overcommit_strict() -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MAP_NORESERVE: Linux only")
 @pytest.mark.skipif(_overcommit_strict(), reason="vm.overcommit_memory=2 ignores MAP_NORESERVE")
 @needs_triton
-@pytest.mark.parametrize(("M", "T", "params", "param_grad"), OFFSET_CASES)
-def test_launchers_index_beyond_int32(M, T, params, param_grad):
+@pytest.mark.parametrize(("M", "T", "params", "param_grad", "mode"), OFFSET_CASES)
+def test_launchers_index_beyond_int32(M, T, params, param_grad, mode):
     """adex_scan_fwd + adex_scan_bwd (refractory mask, hard reset, w, every incoming gradient)
     on [T, M] tensors with M or T*M beyond 2^31, under the interpreter, running the first and
     the last program: their lanes match the float64 reference (spikes exactly, states to
@@ -497,7 +516,7 @@ def test_launchers_index_beyond_int32(M, T, params, param_grad):
     memory, so only the touched pages (a few MiB) are committed."""
     env = dict(os.environ, TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
-        [sys.executable, "-c", _OFFSETS_SCRIPT, str(M), str(T), params, param_grad],
+        [sys.executable, "-c", _OFFSETS_SCRIPT, str(M), str(T), params, param_grad, mode],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     tail = (proc.stdout + proc.stderr)[-3000:]

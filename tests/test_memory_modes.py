@@ -1,0 +1,356 @@
+"""The memory options of the layer: ``spike_dtype`` (uint8/bool/float spikes) and
+``checkpoint_every`` (low-memory BPTT: checkpoints every K steps, recomputed inside the
+backward kernel).
+
+Checkpoint mode must give the default mode's spikes and gradients for every model, reset,
+dtype, K (including K = 1 and K > T) and with learnable parameters, on both backends; the
+bytes it saves for backward are measured with ``torch.autograd.graph.saved_tensors_hooks``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICE
+from helpers import ModelCase, assert_close, family_cases
+
+import adex
+from adex.surrogate import Sigmoid
+
+CASES = family_cases(tau_ref=0.6)
+
+
+def _layer(case: ModelCase, backend: str, learnable: tuple[str, ...] = (), **kwargs):
+    layer = case.cls(
+        (2, 9), **case.kwargs, dt=0.2, backend=backend, spk_fun=Sigmoid(alpha=2.0),
+        learnable=learnable, **kwargs,
+    )  # fmt: skip
+    return layer.to(DEVICE)
+
+
+def _inputs(case: ModelCase, T: int, batch: int, dtype: torch.dtype, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((T, batch, 2, 9), generator=gen) * case.x_std + case.x_mean
+    lo, hi = case.V0_range
+    V0 = torch.rand((batch, 2, 9), generator=gen) * (hi - lo) + lo
+    w0 = torch.rand((batch, 2, 9), generator=gen) * 2.0
+    return x.to(DEVICE, dtype), V0.to(DEVICE), w0.to(DEVICE)
+
+
+def _train_step(case, backend, x, V0, w0, learnable=(), chunks=1, **kwargs):
+    """Spikes, final V and the gradients of a loss on spikes and the final state, over
+    ``chunks`` consecutive calls (truncated BPTT across calls, state carried)."""
+    layer = _layer(case, backend, learnable, **kwargs)
+    layer.init_state(x.shape[1])
+    V0 = V0.clone().requires_grad_(True)
+    layer.V = V0
+    if case.has_w:
+        w0 = w0.clone().requires_grad_(True)
+        layer.w = w0
+    x = x.detach().clone().requires_grad_(True)
+    spikes = torch.cat([layer(part) for part in x.chunk(chunks)])
+    gen = torch.Generator().manual_seed(11)
+    weights = torch.randn(spikes.shape, generator=gen).to(DEVICE)
+    loss = (spikes.float() * weights).sum() + 0.1 * layer.V.sum()
+    if case.has_w:
+        loss = loss + 0.1 * layer.w.sum()
+    loss.backward()
+    grads = {"x": x.grad, "V0": V0.grad}
+    if case.has_w:
+        grads["w0"] = w0.grad
+    grads.update({f"param {k}": getattr(layer, k).grad for k in learnable})
+    return spikes.detach(), layer.V.detach(), grads
+
+
+def _assert_same_run(default, checkpointed, rtol: float = 1e-6):
+    spikes_d, V_d, grads_d = default
+    spikes_c, V_c, grads_c = checkpointed
+    assert spikes_d.sum() > 0, "test data: no spikes"
+    assert_close("spikes", spikes_d, spikes_c, atol=0.0)
+    assert_close("V_last", V_d, V_c, atol=0.0)
+    for name, ref in grads_d.items():
+        scale = ref.abs().max().item()
+        assert scale > 0, f"grad {name} is all zero"
+        assert_close(f"grad {name}", ref, grads_c[name], atol=rtol * scale)
+
+
+@pytest.mark.parametrize("model", list(CASES))
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+@pytest.mark.parametrize("every", [1, 4, 13, 40])
+def test_checkpoint_matches_default_fused(model, reset, every):
+    """K = 1, a K that does not divide T = 13 (last segment short), K = T and K > T."""
+    case = CASES[model]
+    x, V0, w0 = _inputs(case, 13, 2, torch.float32, seed=every)
+    default = _train_step(case, "triton", x, V0, w0, spk_reset=reset)
+    checkpointed = _train_step(case, "triton", x, V0, w0, spk_reset=reset, checkpoint_every=every)
+    _assert_same_run(default, checkpointed)
+
+
+@pytest.mark.parametrize("model", ["AdExIF", "AdExIFRef", "LIF"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_checkpoint_matches_default_half(model, dtype):
+    """bf16/fp16 input: x is re-read in its own dtype and widened as the forward does."""
+    case = CASES[model]
+    x, V0, w0 = _inputs(case, 10, 2, dtype, seed=3)
+    default = _train_step(case, "triton", x, V0, w0)
+    checkpointed = _train_step(case, "triton", x, V0, w0, checkpoint_every=3)
+    _assert_same_run(default, checkpointed, rtol=1e-2)  # grad x is rounded to x's dtype
+
+
+@pytest.mark.parametrize("model", ["AdExIF", "AdExIFRef", "ExpIF"])
+def test_checkpoint_learnable_and_tbptt(model):
+    """Every parameter learnable (the tau_w term reads the recomputed w), two chunks."""
+    case = CASES[model]
+    learnable = tuple(k for k in case.cls.param_names if k != "R" or case.has_w)
+    x, V0, w0 = _inputs(case, 12, 3, torch.float32, seed=5)
+    default = _train_step(case, "triton", x, V0, w0, learnable, chunks=2)
+    checkpointed = _train_step(case, "triton", x, V0, w0, learnable, chunks=2, checkpoint_every=5)
+    _assert_same_run(default, checkpointed, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["AdExIF", "AdExIFRef"])
+def test_checkpoint_detach_reset(model):
+    case = CASES[model]
+    x, V0, w0 = _inputs(case, 11, 2, torch.float32, seed=6)
+    default = _train_step(case, "triton", x, V0, w0, detach_reset=True)
+    checkpointed = _train_step(case, "triton", x, V0, w0, detach_reset=True, checkpoint_every=4)
+    _assert_same_run(default, checkpointed)
+
+
+@pytest.mark.parametrize("model", ["AdExIF", "ExpIFRef"])
+def test_checkpoint_reference_backend(model):
+    """The reference backend checkpoints with torch.utils.checkpoint: same numbers."""
+    case = CASES[model]
+    x, V0, w0 = _inputs(case, 9, 2, torch.float32, seed=7)
+    default = _train_step(case, "reference", x, V0, w0, ("tau",))
+    checkpointed = _train_step(case, "reference", x, V0, w0, ("tau",), checkpoint_every=4)
+    _assert_same_run(default, checkpointed)
+
+
+def test_checkpoint_reference_gradcheck():
+    """float64 finite differences through the checkpointed reference (Ref model, a
+    parameter tensor). As in tests/test_gradcheck.py the surrogate's support (|u| < 1e-6) is
+    far inside the trajectory's distance to threshold, so the spikes are locally constant."""
+    gen = torch.Generator().manual_seed(8)
+    T, n = 9, 3
+    x = (torch.randn((T, n), generator=gen, dtype=torch.float64) * 5 + 40).requires_grad_()
+    V0 = (torch.rand(n, generator=gen, dtype=torch.float64) * 6 - 60).requires_grad_()
+    w0 = (torch.rand(n, generator=gen, dtype=torch.float64)).requires_grad_()
+    tau = torch.tensor([9.0, 11.0, 13.0], dtype=torch.float64, requires_grad=True)
+    tiny = adex.surrogate.ReluGrad(alpha=0.3, width=1e-6)
+
+    def run(x, V0, w0, tau, every=3):
+        return adex.adex_scan(
+            x, V0, w0, adex.AdExParams(tau=tau), dt=0.2, surrogate=tiny, backend="reference",
+            tau_ref=0.3, last_spike_time=torch.full_like(V0, -1e7), checkpoint_every=every,
+        )  # fmt: skip
+
+    with torch.no_grad():
+        states = adex.adex_scan(
+            x, V0, w0, adex.AdExParams(tau=tau), dt=0.2, surrogate=tiny, backend="reference",
+            tau_ref=0.3, last_spike_time=torch.full_like(V0, -1e7), return_states=True,
+        )  # fmt: skip
+    assert states.spikes.sum() > 0
+    theta = -55.0 - -68.0
+    assert ((states.V - -55.0) / theta).abs().min() > 1e-4, "trajectory too close to V_th"
+
+    def fn(x, V0, w0, tau):
+        out = run(x, V0, w0, tau)
+        return out.V, out.w
+
+    assert torch.autograd.gradcheck(fn, (x, V0, w0, tau), atol=1e-6, rtol=1e-4)
+
+
+def _saved_bytes(fn) -> tuple[int, int, int]:
+    """(bytes newly held for backward, bytes aliasing x, number of neuron-steps) of ``fn``,
+    summed over the tensors autograd packs; each storage counted once."""
+    packed: list[torch.Tensor] = []
+
+    def pack(t):
+        packed.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x, out = fn()
+    seen, new, alias = set(), 0, 0
+    x_ptr = x.untyped_storage().data_ptr()
+    for t in packed:
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen or storage.nbytes() == 0:
+            continue
+        seen.add(storage.data_ptr())
+        if storage.data_ptr() == x_ptr:
+            alias += storage.nbytes()
+        else:
+            new += storage.nbytes()
+    del out
+    return new, alias, x.numel()
+
+
+@pytest.mark.parametrize("model", ["AdExIF", "AdExIFRef", "LIF"])
+def test_saved_bytes_per_neuron_step(model):
+    """Default: the fp32 V (4 B per neuron-step; + the 1 B refractory mask for Ref models);
+    checkpoint_every=32: <= 0.5 B per neuron-step plus a reference to x (no copy)."""
+    case = CASES[model]
+    T, batch = 128, 2
+    x = _inputs(case, T, batch, torch.float32, seed=9)[0]
+    x.requires_grad_(True)
+    per_neuron = 8 + 40  # V0 (and w0) fp32, and the [10, N] packed parameters, once each
+
+    def run(**kwargs):
+        def fn():
+            layer = _layer(case, "triton", **kwargs)
+            layer.init_state(batch)
+            return x, layer(x)
+
+        new, alias, steps = _saved_bytes(fn)
+        return new / steps, alias / steps
+
+    mask = 1 if case.has_ref else 0
+    new, alias = run()
+    assert 4 + mask <= new <= 4 + mask + per_neuron / T
+    assert alias == 0
+    new, alias = run(checkpoint_every=32)
+    rows = 1 + case.has_w + case.has_ref
+    assert new <= 4 * rows / 32 + per_neuron / T
+    assert new <= 0.5
+    assert alias == 4  # x itself (fp32), kept by reference
+
+
+@pytest.mark.parametrize("model", list(CASES))
+@pytest.mark.parametrize("spike_dtype", [torch.uint8, torch.bool, torch.float16])
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_spike_dtype(model, spike_dtype, backend):
+    """The same spikes in the requested dtype; the states are unchanged."""
+    case = CASES[model]
+    x, V0, _ = _inputs(case, 9, 2, torch.float32, seed=10)
+    runs = []
+    for dtype in (None, spike_dtype):
+        layer = _layer(case, backend, spike_dtype=dtype)
+        layer.init_state(2)
+        layer.V = V0
+        with torch.no_grad():
+            spikes = layer(x)
+            last = layer.update(x[0])
+        runs.append((spikes, last, layer.V))
+    (s_ref, l_ref, V_ref), (s, last, V) = runs
+    assert s.dtype == spike_dtype and last.dtype == spike_dtype
+    assert s_ref.sum() > 0
+    assert torch.equal(s.to(torch.float32), s_ref) and torch.equal(last.to(torch.float32), l_ref)
+    assert torch.equal(V, V_ref)
+
+
+def test_float_spike_dtype_trains():
+    """A floating spike dtype other than x's keeps the surrogate gradient."""
+    case = CASES["AdExIF"]
+    x, V0, w0 = _inputs(case, 8, 2, torch.float32, seed=12)
+    default = _train_step(case, "triton", x, V0, w0)
+    half = _train_step(case, "triton", x, V0, w0, spike_dtype=torch.bfloat16)
+    assert_close("spikes", default[0], half[0], atol=0.0)
+    scale = default[2]["x"].abs().max().item()
+    assert_close("grad x", default[2]["x"], half[2]["x"], atol=1e-2 * scale)
+
+
+def test_integer_spikes_refuse_gradients():
+    layer = _layer(CASES["AdExIF"], "triton", spike_dtype=torch.uint8)
+    layer.init_state(1)
+    x = torch.full((3, 1, 2, 9), 30.0, device=DEVICE, requires_grad=True)
+    with pytest.raises(ValueError, match="carries no gradient"):
+        layer(x)
+    with pytest.raises(ValueError, match="carries no gradient"):
+        adex.adex_scan(x, torch.full((1, 2, 9), -60.0, device=DEVICE), None,
+                       spike_dtype=torch.bool, has_exp=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [torch.int32, torch.complex64, "uint8", 8])
+def test_bad_spike_dtype(bad):
+    with pytest.raises(TypeError, match="spike_dtype"):
+        adex.AdExIF(3, spike_dtype=bad)
+    with pytest.raises(TypeError, match="spike_dtype"):
+        adex.adex_scan(torch.zeros(2, 3), torch.zeros(3), torch.zeros(3), spike_dtype=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "4"])
+def test_bad_checkpoint_every(bad):
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        adex.LIF(3, checkpoint_every=bad)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        adex.adex_scan(torch.zeros(2, 3), torch.zeros(3), None, checkpoint_every=bad)
+
+
+def test_checkpoint_with_return_states_is_refused():
+    layer = _layer(CASES["AdExIF"], "triton", checkpoint_every=4)
+    layer.init_state(1)
+    x = torch.full((5, 1, 2, 9), 30.0, device=DEVICE, requires_grad=True)
+    with pytest.raises(ValueError, match="return_states"):
+        layer(x, return_states=True)
+
+
+def test_checkpoint_without_grad_saves_nothing():
+    """No gradient needed: neither V nor checkpoints are written, output unchanged."""
+    case = CASES["AdExIF"]
+    x, V0, _ = _inputs(case, 9, 2, torch.float32, seed=13)
+    outs = []
+    for every in (None, 4):
+        layer = _layer(case, "triton", checkpoint_every=every)
+        layer.init_state(2)
+        layer.V = V0
+        with torch.no_grad():
+            outs.append((layer(x), layer.V))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def _ckpt_fwd_args(has_w: bool, has_ref: bool, spike_dtype, requires_grad: bool):
+    gen = torch.Generator().manual_seed(14)
+    T, shape = 7, (2, 5)
+    x = (torch.randn((T, *shape), generator=gen) * 5 + 40).to(DEVICE)
+    V0 = (torch.rand(shape, generator=gen) * 6 - 60).to(DEVICE)
+    w0 = torch.rand(shape, generator=gen).to(DEVICE)
+    for t in (x, V0, w0):
+        t.requires_grad_(requires_grad)
+    packed = adex.AdExParams().packed(1, x.device)
+    t_last = torch.full(shape, -1e7, device=DEVICE)
+    sg = Sigmoid()
+    return (
+        x, V0, w0 if has_w else V0, packed, 0.2, adex.RUNAWAY_CEILING, sg.kind, list(sg.params),
+        False, has_w, True, False, False, t_last if has_ref else None,
+        0.5 if has_ref else -1.0, 3, False, spike_dtype, 3 if requires_grad else 0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("has_w", "has_ref", "spike_dtype", "requires_grad"),
+    [
+        (True, False, None, True),
+        (True, True, None, True),
+        (False, True, None, True),
+        (True, False, torch.uint8, False),
+        (False, False, torch.bool, False),
+    ],
+)
+def test_opcheck_memory_options(has_w, has_ref, spike_dtype, requires_grad):
+    """The custom op's fake implementation and autograd agree with the kernels."""
+    args = _ckpt_fwd_args(has_w, has_ref, spike_dtype, requires_grad)
+    torch.library.opcheck(torch.ops.adex.scan_fwd.default, args)
+
+
+def test_compile_checkpoint_mode_matches_eager():
+    """fullgraph torch.compile of a checkpointed layer: bitwise the eager result."""
+    torch._dynamo.reset()
+    case = CASES["AdExIF"]
+    x, V0, w0 = _inputs(case, 10, 2, torch.float32, seed=15)
+
+    def run(compiled: bool):
+        layer = _layer(case, "triton", learnable=("b",), checkpoint_every=4)
+        layer.init_state(2)
+        layer.V, layer.w = V0, w0
+        step = torch.compile(layer, fullgraph=True) if compiled else layer
+        xi = x.detach().clone().requires_grad_(True)
+        spikes = step(xi)
+        (spikes.sum() + layer.V.sum()).backward()
+        return spikes.detach(), xi.grad, layer.b.grad
+
+    eager, compiled = run(False), run(True)
+    assert eager[0].sum() > 0
+    for a, b in zip(eager, compiled, strict=True):
+        assert torch.equal(a, b)
