@@ -4,9 +4,12 @@ Runs every model (AdExIF, AdExIFRef, ExpIF, ExpIFRef, LIF) x both resets x fp32/
 (plain, learnable parameters) at a few sizes, compiled by Triton for the GPU (not
 interpreted), and compares spikes, per-step V and w, and every gradient (x, V0, w0 and the
 parameters) with the PyTorch reference run in float64 on the same input values. Prints one
-line per case and exits non-zero on any mismatch. Needs a CUDA device.
+line per case and exits non-zero on any mismatch. Then, per model, the memory options and
+loop pipelining against the default fused run on the same GPU: ``checkpoint_every``
+(recomputed backward), ``spike_dtype=torch.uint8``, and ``adex.kernels.launch.GPU_STAGES``
+(alone and with checkpoints). Needs a CUDA device.
 
-    python benchmarks/cuda_check.py [--quick]
+    python benchmarks/cuda_check.py [--quick] [--stages 3]
 """
 
 from __future__ import annotations
@@ -91,9 +94,76 @@ def run_case(model, spk_reset, dtype, learn, T, batch, n, seed, device):
     return ok, msg
 
 
+def run_mode_case(model, spk_reset, stages, T, batch, n, seed, device):
+    """Returns (ok, message): checkpoint mode, uint8 spikes and ``GPU_STAGES = stages`` (with
+    and without checkpoints) against the default fused run, all on ``device``, with every
+    parameter learnable."""
+    import adex
+    from adex.kernels import launch
+    from adex.surrogate import Sigmoid
+
+    has_w, has_exp, tau_ref, overrides = MODELS[model]
+    gen = torch.Generator().manual_seed(seed)
+    lif = model == "LIF"
+    drive = (1.5, 1.0) if lif else (60.0, 15.0) if has_w else (40.0, 10.0)  # spikes in T
+    x = (torch.randn(T, batch, n, generator=gen) * drive[1] + drive[0]).to(device)
+    V0 = torch.rand(batch, n, generator=gen) * (1.0 if lif else 10.0) - (0.0 if lif else 65.0)
+    V0 = V0.to(device)
+    w0 = torch.randn(batch, n, generator=gen).to(device) if has_w else None
+    G = torch.randn(T, batch, n, generator=gen).to(device)
+
+    def run(checkpoint_every=None, spike_dtype=None):
+        params = {k: torch.tensor(v, device=device, requires_grad=True)
+                  for k, v in adex.AdExParams(**overrides).items()}  # fmt: skip
+        leaves = [t.detach().clone().requires_grad_() for t in (x, V0, w0) if t is not None]
+        kw = dict(
+            dt=0.1,
+            surrogate=Sigmoid(),
+            spk_reset=spk_reset,
+            has_exp=has_exp,
+            backend="triton",
+            check_finite=False,
+            checkpoint_every=checkpoint_every,
+        )
+        if tau_ref is not None:
+            kw.update(tau_ref=tau_ref, last_spike_time=torch.full((batch, n), -1e7, device=device))
+        args = (*leaves, *([None] * (not has_w)), adex.AdExParams(**params))
+        if spike_dtype is not None:
+            with torch.no_grad():
+                return adex.adex_scan(*args, spike_dtype=spike_dtype, **kw).spikes, []
+        out = adex.adex_scan(*args, **kw)
+        loss = (out.spikes * G).sum() + 0.01 * out.V.sum()
+        grads = torch.autograd.grad(loss, leaves + list(params.values()), allow_unused=True)
+        return out.spikes, [g for g in grads if g is not None]
+
+    def worst(a, b):
+        return max(((p - q).abs().max() / (p.abs().max() + 1e-12)).item()
+                   for p, q in zip(a, b, strict=True))  # fmt: skip
+
+    spikes, grads = run()
+    errors = {}
+    errors["ckpt"] = (torch.equal(spikes, run(checkpoint_every=7)[0]),
+                      worst(grads, run(checkpoint_every=7)[1]))  # fmt: skip
+    errors["u8"] = (torch.equal(spikes, run(spike_dtype=torch.uint8)[0].float()), 0.0)
+    original = launch.GPU_STAGES
+    try:
+        launch.GPU_STAGES = stages
+        s_p, g_p = run()
+        s_pc, g_pc = run(checkpoint_every=7)
+    finally:
+        launch.GPU_STAGES = original
+    errors[f"stages{stages}"] = (torch.equal(spikes, s_p), worst(grads, g_p))
+    errors[f"stages{stages}+ckpt"] = (torch.equal(spikes, s_pc), worst(grads, g_pc))
+    ok = spikes.sum() > 0 and all(same and err < 1e-5 for same, err in errors.values())
+    msg = ", ".join(f"{k}: spikes {'=' if same else '!='} grad err {err:.1e}"
+                    for k, (same, err) in errors.items())  # fmt: skip
+    return bool(ok), f"{int(spikes.sum())} spikes; {msg}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
+    parser.add_argument("--stages", type=int, default=3, help="GPU_STAGES of the mode checks")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("cuda_check: needs a CUDA GPU (the CPU path is covered by the test suite)")
@@ -112,6 +182,13 @@ def main(argv=None) -> int:
                         failures += not ok
                         tag = f"T{T}-B{batch}-N{n} {model} {spk_reset} {str(dtype)[6:]}"
                         print(f"{'ok  ' if ok else 'FAIL'} {tag}{' learn' if learn else ''}: {msg}")
+    print(f"memory options and GPU_STAGES={args.stages} vs the default fused run (learnable):")
+    for model in MODELS:
+        spk_reset = "hard" if model.endswith("Ref") else "soft"
+        ok, msg = run_mode_case(model, spk_reset, args.stages, 40, 3, 1000, seed=5,
+                                device="cuda")  # fmt: skip
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} T40-B3-N1000 {model} {spk_reset} modes: {msg}")
     print(f"{failures} failed, {time.time() - start:.1f} s")
     return 1 if failures else 0
 

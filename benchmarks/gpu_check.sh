@@ -10,11 +10,12 @@
 #   ADEX_WHEELS          folder of wheels (pint, pytest, ...) for offline installs; default
 #                        shared/wheels when it exists
 #   PYTHON               interpreter (default: python, else python3)
-#   ADEX_TEST_TIMEOUT    seconds for the pytest run (default 120)
-#   ADEX_BENCH_BUDGET    roofline --budget-s (default 240)
-#   ADEX_BENCH_TIMEOUT   hard limit for the roofline run in seconds (default 300)
+#   ADEX_TEST_TIMEOUT    seconds for the pytest run (default 100)
+#   ADEX_CUDA_TIMEOUT    seconds for cuda_check.py (default 150)
+#   ADEX_BENCH_BUDGET    roofline --budget-s (default 220)
+#   ADEX_BENCH_TIMEOUT   hard limit for the roofline run in seconds (default 280)
 #   ADEX_GIT_COMMIT      commit to record when the copy has no .git
-# Defaults sum to < 10 minutes: ~20 s setup + 120 s tests + 90 s cuda_check + 300 s roofline.
+# Defaults sum to < 10 minutes: ~20 s setup + 100 s tests + 150 s cuda_check + 280 s roofline.
 set -u -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -26,9 +27,10 @@ exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
 PY="${PYTHON:-$(command -v python || command -v python3)}"
-TEST_TIMEOUT="${ADEX_TEST_TIMEOUT:-120}"
-BENCH_BUDGET="${ADEX_BENCH_BUDGET:-240}"
-BENCH_TIMEOUT="${ADEX_BENCH_TIMEOUT:-300}"
+TEST_TIMEOUT="${ADEX_TEST_TIMEOUT:-100}"
+CUDA_TIMEOUT="${ADEX_CUDA_TIMEOUT:-150}"
+BENCH_BUDGET="${ADEX_BENCH_BUDGET:-220}"
+BENCH_TIMEOUT="${ADEX_BENCH_TIMEOUT:-280}"
 WHEELS="${ADEX_WHEELS:-}"
 if [ -z "$WHEELS" ] && [ -d shared/wheels ]; then WHEELS=shared/wheels; fi
 START=$SECONDS
@@ -114,8 +116,8 @@ else
     echo "SKIPPED: pytest not available"
 fi
 
-section "cuda_check: every model x reset x fp32/bf16 x learnable, compiled, vs reference"
-timeout --kill-after=10 90 "$PY" benchmarks/cuda_check.py --quick
+section "cuda_check: every model x reset x fp32/bf16 x learnable vs reference; memory options, GPU_STAGES"
+timeout --kill-after=10 "$CUDA_TIMEOUT" "$PY" benchmarks/cuda_check.py --quick
 rc_cuda=$?
 echo "cuda_check exit code: $rc_cuda"
 
