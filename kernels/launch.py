@@ -18,6 +18,18 @@ GPU_BLOCK = 256
 (``benchmarks/roofline.py --blocks``); each value compiles its own kernel."""
 
 
+GPU_STAGES: int | None = None
+"""Software-pipelining depth of the per-step loops on a GPU (``tl.range(num_stages=...)``:
+the loads of the next ``GPU_STAGES - 1`` steps are issued before the current step is
+computed). None leaves the loops unannotated, as Triton compiles a loop without a dot by
+default. A module-level setting so that benchmarks can sweep it (``roofline.py``)."""
+
+
+def pipeline_stages(device: torch.device) -> int | None:
+    """``num_stages`` for the per-step loops on ``device`` (None under the interpreter)."""
+    return GPU_STAGES if device.type == "cuda" else None
+
+
 def block_config(n_elements: int, device: torch.device) -> tuple[int, int]:
     """(BLOCK, num_warps) for a 1-D scan over ``n_elements`` independent neurons.
 

@@ -14,7 +14,7 @@ from adex.kernels.device_math import (
     reset,
     surrogate_grad,
 )
-from adex.kernels.launch import block_config
+from adex.kernels.launch import block_config, pipeline_stages
 from adex.kernels.step import integrate_step
 
 # Bytes per neuron-step (fp32 I/O): read V (4; the next step's V is carried in registers),
@@ -69,6 +69,7 @@ def _adex_scan_bwd_kernel(
     HAS_GWLAST: tl.constexpr,
     RECOMPUTE: tl.constexpr,
     CKPT_ROWS: tl.constexpr,  # 1 + HAS_W + HAS_REF
+    NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
     BLOCK: tl.constexpr,
 ):
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -130,7 +131,7 @@ def _adex_scan_bwd_kernel(
             q_v = vseq_ptr + o_m
             q_w = wseq_ptr + o_m
             q_r = ref_ptr + o_m
-            for j in range(0, L):
+            for j in tl.range(0, L, num_stages=NUM_STAGES):
                 b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
                 b_t = tl.cast(k0 + t0 + j, tl.float32) * dt
                 b_v, b_w, b_tl, b_rf = integrate_step(
@@ -164,7 +165,7 @@ def _adex_scan_bwd_kernel(
         p_r = ref_ptr + last + o_m
         if PARAM_GRAD and HAS_W:
             p_wprev = wseq_ptr + last - M + o_m
-        for i in range(0, L):
+        for i in tl.range(0, L, num_stages=NUM_STAGES):
             # V before step t (stored V of step t-1, or V0 at t = 0)
             m_prev = m_m & (o_m * 0 + i < L - 1)
             b_vprev = tl.load(p_vprev, mask=m_prev, other=0.0)
@@ -404,6 +405,7 @@ def adex_scan_bwd(
         HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
         HAS_GWSEQ=grad_w_seq is not None, HAS_GVLAST=grad_v_last is not None,
         HAS_GWLAST=grad_w_last is not None, RECOMPUTE=recompute,
-        CKPT_ROWS=1 + has_w + has_ref, BLOCK=block, num_warps=num_warps,
+        CKPT_ROWS=1 + has_w + has_ref, NUM_STAGES=pipeline_stages(device), BLOCK=block,
+        num_warps=num_warps,
     )  # fmt: skip
     return grad_x, grad_v0, grad_w0, grad_par

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params
-from adex.kernels.launch import block_config
+from adex.kernels.launch import block_config, pipeline_stages
 from adex.kernels.step import integrate_step
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
@@ -48,6 +48,7 @@ def _adex_scan_fwd_kernel(
     STORE_W: tl.constexpr,
     CHECKPOINT: tl.constexpr,
     CKPT_ROWS: tl.constexpr,  # 1 + HAS_W + HAS_REF
+    NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
     BLOCK: tl.constexpr,
 ):
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -74,7 +75,7 @@ def _adex_scan_fwd_kernel(
     p_v = vseq_ptr + o_m
     p_w = wseq_ptr + o_m
     p_r = ref_ptr + o_m
-    for i in range(0, T):
+    for i in tl.range(0, T, num_stages=NUM_STAGES):
         if CHECKPOINT:
             if i % K == 0:  # rows of one checkpoint: V, then w (HAS_W), then t_last (HAS_REF)
                 p_c = ckpt_ptr + tl.cast(i // K, tl.int64) * CKPT_ROWS * M + o_m
@@ -184,6 +185,7 @@ def adex_scan_fwd(
         T, M, N, dt, ceiling, t0_step, tau_ref if has_ref else 0.0, max(checkpoint_every, 1),
         HARD_RESET=hard_reset, HAS_W=has_w, HAS_EXP=has_exp, HAS_REF=has_ref,
         STORE_V=store_v, STORE_W=store_w, CHECKPOINT=checkpoint_every > 0,
-        CKPT_ROWS=ckpt_rows, BLOCK=block, num_warps=num_warps,
+        CKPT_ROWS=ckpt_rows, NUM_STAGES=pipeline_stages(x.device), BLOCK=block,
+        num_warps=num_warps,
     )  # fmt: skip
     return spikes, v_seq, w_seq, v_last, w_last, ref_mask, t_last
