@@ -197,7 +197,7 @@ _REF_DOC = """
     ``tau_ref / dt``) V and w stay at their post-reset values, the input has no effect and
     its gradient is zero. The module keeps the step counter ``t_step`` and
     ``last_spike_time`` (ms) across calls; ``init_state`` / ``reset_state`` restart them.
-    The fused backward reads a 1-byte refractory mask per neuron-step saved by the forward.
+    The fused backward reads 1 bit of refractory flag per neuron-step saved by the forward.
 """
 
 

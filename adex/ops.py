@@ -69,7 +69,10 @@ def _(x, V0, w0, packed_params, dt, ceiling, surrogate_kind, surrogate_params, h
         f32(x.shape, store_w),
         f32(x.shape[1:]),
         f32(x.shape[1:], has_w),
-        x.new_empty(x.shape if has_ref and store_v else (0,), dtype=torch.uint8),
+        x.new_empty(
+            ((x.shape[0] + 7) // 8, *x.shape[1:]) if has_ref and store_v else (0,),
+            dtype=torch.uint8,
+        ),
         f32(x.shape[1:], has_ref),
     )
 

@@ -15,7 +15,7 @@ from adex.kernels.device_math import (
     surrogate_grad,
 )
 from adex.kernels.launch import block_config, pipeline_stages
-from adex.kernels.step import integrate_step
+from adex.kernels.step import integrate_step, load_flag_bit, store_flag_bit
 
 # Bytes per neuron-step (fp32 I/O): read V (4; the next step's V is carried in registers),
 # read grad spikes (4), write grad x (4): 12 B; 8 B with bf16/fp16 spikes and x.
@@ -34,7 +34,8 @@ def _adex_scan_bwd_kernel(
     gwseq_ptr,  # [T, M] grad of the w sequence (HAS_GWSEQ)
     gvlast_ptr,  # [M] grad of the final V (HAS_GVLAST)
     gwlast_ptr,  # [M] grad of the final w (HAS_GWLAST)
-    ref_ptr,  # [T, M] uint8 refractory mask of the forward (HAS_REF); RECOMPUTE: [K, M]
+    ref_ptr,  # [cdiv(T, 8), M] uint8 refractory bits of the forward (HAS_REF); RECOMPUTE:
+    # [cdiv(K, 8), M] scratch
     wseq_ptr,  # [T, M] fp32 stored w of every step (PARAM_GRAD and HAS_W); RECOMPUTE: [K, M]
     w0_ptr,  # [M] fp32 initial w (PARAM_GRAD and HAS_W)
     gpar_ptr,  # [10, M] out: fp32 per-element parameter gradients (PARAM_GRAD)
@@ -131,6 +132,7 @@ def _adex_scan_bwd_kernel(
             q_v = vseq_ptr + o_m
             q_w = wseq_ptr + o_m
             q_r = ref_ptr + o_m
+            b_bits = tl.zeros([BLOCK], dtype=tl.int32)
             for j in tl.range(0, L, num_stages=NUM_STAGES):
                 b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
                 b_t = tl.cast(k0 + t0 + j, tl.float32) * dt
@@ -145,8 +147,7 @@ def _adex_scan_bwd_kernel(
                     tl.store(q_w, b_w, mask=m_m)
                     q_w += M
                 if HAS_REF:
-                    tl.store(q_r, b_rf.to(tl.uint8), mask=m_m)
-                    q_r += M
+                    b_bits, q_r = store_flag_bit(q_r, b_bits, b_rf, j, L - 1, M, m_m)
                 p_x += M
             tl.debug_barrier()  # the scratch rows are read back below
         else:
@@ -154,7 +155,7 @@ def _adex_scan_bwd_kernel(
             if PARAM_GRAD and HAS_W:
                 b_w0 = tl.load(w0_ptr + o_m, mask=m_m, other=0.0)
 
-        last = tl.cast(L - 1, tl.int64) * M  # last row of the segment in vseq/wseq/ref
+        last = tl.cast(L - 1, tl.int64) * M  # last row of the segment in vseq/wseq
         g_last = tl.cast(t0 + L - 1, tl.int64) * M  # its row in the [T, M] gradients
         b_vnew = tl.load(vseq_ptr + last + o_m, mask=m_m, other=0.0)
         p_vprev = vseq_ptr + last - M + o_m
@@ -162,7 +163,6 @@ def _adex_scan_bwd_kernel(
         p_gv = gvseq_ptr + g_last + o_m
         p_gw = gwseq_ptr + g_last + o_m
         p_gx = gx_ptr + g_last + o_m
-        p_r = ref_ptr + last + o_m
         if PARAM_GRAD and HAS_W:
             p_wprev = wseq_ptr + last - M + o_m
         for i in tl.range(0, L, num_stages=NUM_STAGES):
@@ -211,11 +211,10 @@ def _adex_scan_bwd_kernel(
             b_lvr = b_big * b_dvdv  # adjoint of V' (after the reset)
             b_lwr = b_lw - b_lw * b_cw - b_big * b_p * b_R / b_tau  # adjoint of w'
             if HAS_REF:  # a refractory step kept V = V', w = w': identity, no input gradient
-                b_ref = tl.load(p_r, mask=m_m, other=0) != 0
+                b_ref = load_flag_bit(ref_ptr, L - 1 - i, M, o_m, m_m)
                 b_gx = tl.where(b_ref, 0.0, b_gx)
                 b_lvr = tl.where(b_ref, b_lv, b_lvr)
                 b_lwr = tl.where(b_ref, b_lw, b_lwr)
-                p_r -= M
             tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
             if PARAM_GRAD:
                 # direct dependence of this step's V_new and w_new on the parameters
@@ -342,7 +341,8 @@ def adex_scan_bwd(
         x_dtype: dtype of the returned ``grad_x``.
         dt, ceiling, hard_reset, has_w, has_exp: as in the forward.
         surrogate_kind, surrogate_params: ``Surrogate.kind`` and ``Surrogate.params``.
-        ref_mask: ``[T, *S]`` uint8 refractory mask from the forward (Ref models), or None.
+        ref_mask: ``[cdiv(T, 8), *S]`` uint8 refractory bits from the forward (Ref models),
+            or None.
         detach_reset: no gradient through the reset spike.
         w_seq, w0: ``[T, *S]`` stored w and ``[*S]`` initial w (fp32), needed for
             ``param_grad`` with w (the tau_w gradient reads w').
@@ -376,7 +376,8 @@ def adex_scan_bwd(
         v_seq = torch.empty((rows, M), dtype=torch.float32, device=device)
         w_seq = torch.empty((rows if param_grad and has_w else 0, M), dtype=torch.float32,
                             device=device)  # fmt: skip
-        ref_mask = torch.empty((rows if has_ref else 0, M), dtype=torch.uint8, device=device)
+        ref_rows = (rows + 7) // 8 if has_ref else 0  # 1 bit per step
+        ref_mask = torch.empty((ref_rows, M), dtype=torch.uint8, device=device)
     grad_x = torch.empty((T, *S), dtype=x_dtype, device=device)
     grad_v0 = torch.empty(S, dtype=torch.float32, device=device)
     grad_w0 = torch.empty(S if has_w else (0,), dtype=torch.float32, device=device)

@@ -8,13 +8,14 @@ import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params
 from adex.kernels.launch import block_config, pipeline_stages
-from adex.kernels.step import integrate_step
+from adex.kernels.step import integrate_step, store_flag_bit
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
 # gradient is needed: 12 B; 8 B with bf16/fp16 I/O, 1 B less per byte-wide spike dtype.
 # V is the only per-step tensor saved for backward: every quantity of the adjoint recursion
 # follows from consecutive V (spec 10, 14). In checkpoint mode nothing per step is saved:
-# the state (V, w, t_last) before every K-th step, 4-12 B per K neuron-steps.
+# the state (V, w, t_last) before every K-th step, 4-12 B per K neuron-steps. Refractory
+# models also save 1 bit per neuron-step (the refractory flags, packed 8 steps per byte).
 
 
 @triton.jit(do_not_specialize=["T", "k0", "K"])
@@ -30,7 +31,8 @@ def _adex_scan_fwd_kernel(
     wlast_ptr,  # [M] out: fp32 final w (HAS_W)
     tlast_ptr,  # [M] fp32 time of the last spike before x[0] (ms; HAS_REF)
     tlast_out_ptr,  # [M] out: fp32 time of the last spike after the scan (HAS_REF)
-    ref_ptr,  # [T, M] out: uint8 1 where the step was refractory (HAS_REF and STORE_V)
+    ref_ptr,  # [cdiv(T, 8), M] out: uint8, bit i % 8 of row i // 8 set where step i was
+    # refractory (HAS_REF and STORE_V)
     ckpt_ptr,  # [cdiv(T, K), C, M] out: fp32 state before steps 0, K, 2K, ... (CHECKPOINT)
     T,  # number of steps (runtime: no recompile per T)
     M,  # neurons x batch (flattened state size)
@@ -75,6 +77,7 @@ def _adex_scan_fwd_kernel(
     p_v = vseq_ptr + o_m
     p_w = wseq_ptr + o_m
     p_r = ref_ptr + o_m
+    b_bits = tl.zeros([BLOCK], dtype=tl.int32)  # refractory flags of the current 8 steps
     for i in tl.range(0, T, num_stages=NUM_STAGES):
         if CHECKPOINT:
             if i % K == 0:  # rows of one checkpoint: V, then w (HAS_W), then t_last (HAS_REF)
@@ -94,8 +97,7 @@ def _adex_scan_fwd_kernel(
         b_spike = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
         tl.store(p_s, b_spike.to(spk_ptr.dtype.element_ty), mask=m_m)
         if HAS_REF and STORE_V:
-            tl.store(p_r, b_ref.to(tl.uint8), mask=m_m)
-            p_r += M
+            b_bits, p_r = store_flag_bit(p_r, b_bits, b_ref, i, T - 1, M, m_m)
         if STORE_V:
             tl.store(p_v, b_v, mask=m_m)
             p_v += M
@@ -150,9 +152,10 @@ def adex_scan_fwd(
     Returns:
         ``(spikes [T, *S] spike_dtype, V_seq [T, *S] fp32 (the checkpoints in checkpoint
         mode) or [0], w_seq [T, *S] fp32 or [0],
-        V_last [*S] fp32, w_last [*S] fp32 or [0], refractory [T, *S] uint8 or [0],
-        last_spike_time [*S] fp32 or [0])``; the refractory mask is written when
-        ``tau_ref`` and ``store_v`` are set (the backward reads it: 1 B per neuron-step).
+        V_last [*S] fp32, w_last [*S] fp32 or [0], refractory [cdiv(T, 8), *S] uint8 or [0],
+        last_spike_time [*S] fp32 or [0])``; the refractory mask (bit ``t % 8`` of row
+        ``t // 8`` set where step t was refractory) is written when ``tau_ref`` and
+        ``store_v`` are set (the backward reads it: 1 bit per neuron-step).
     """
     if checkpoint_every and (store_v or store_w):
         raise ValueError("checkpoint_every replaces the stored sequences: store_v/w must be off")
@@ -171,7 +174,8 @@ def adex_scan_fwd(
     w_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_w else empty()
     has_ref = tau_ref is not None
     store_ref = has_ref and store_v
-    ref_mask = torch.empty(x.shape if store_ref else (0,), dtype=torch.uint8, device=x.device)
+    ref_shape = ((T + 7) // 8, *S) if store_ref else (0,)  # 1 bit per neuron-step
+    ref_mask = torch.empty(ref_shape, dtype=torch.uint8, device=x.device)
     t_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_ref else empty()
     ckpt_rows = 1 + has_w + has_ref
     if checkpoint_every:

@@ -60,3 +60,23 @@ def integrate_step(
             b_wn = tl.where(b_ref, b_wr, b_wn)
         b_tlast = tl.where(b_vn >= b_vth, b_t, b_tlast)
     return b_vn, b_wn, b_tlast, b_ref
+
+
+@triton.jit
+def store_flag_bit(p_r, b_bits, b_flag, i, last, M, m_m):
+    """Pack one int1 flag per neuron-step into bytes: bit ``i % 8`` of row ``i // 8`` of a
+    ``[cdiv(T, 8), M]`` uint8 tensor. Accumulates into ``b_bits`` (int32) and stores the byte
+    at ``p_r`` after the 8th step of a row or at step ``last``. Returns ``(b_bits, p_r)``."""
+    b_bits = b_bits | (b_flag.to(tl.int32) << (i % 8))
+    if (i % 8 == 7) | (i == last):
+        tl.store(p_r, b_bits.to(tl.uint8), mask=m_m)
+        p_r += M
+        b_bits = b_bits & 0
+    return b_bits, p_r
+
+
+@triton.jit
+def load_flag_bit(ref_ptr, row, M, o_m, m_m):
+    """The flag of step ``row`` stored by :func:`store_flag_bit`, as int1 ``[BLOCK]``."""
+    b_byte = tl.load(ref_ptr + tl.cast(row // 8, tl.int64) * M + o_m, mask=m_m, other=0)
+    return ((b_byte.to(tl.int32) >> (row % 8)) & 1) != 0

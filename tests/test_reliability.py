@@ -464,8 +464,9 @@ def err(a, b):
     return (a.double() - b.double()).abs().max().item()
 
 
+flags = ref_mask[:, lanes].int()  # 8 steps per byte
 report = {
-    "n_spikes": int(s.sum()), "n_refractory": int(ref_mask[:, lanes].sum()),
+    "n_spikes": int(s.sum()), "n_refractory": int(sum(((flags >> b) & 1).sum() for b in range(8))),
     "spikes": err(s, spikes[:, lanes]), "V": err(V, v_seq[:, lanes]),
     "w": err(W, w_seq[:, lanes]), "V_last": err(V[-1], v_last[lanes]),
     "w_last": err(W[-1], w_last[lanes]), "t_last": err(tl_ref, t_out[lanes]),
