@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import inspect
 import json
 import math
 import os
@@ -1008,38 +1009,53 @@ def v2_summary(report: dict) -> dict:
     return out
 
 
+SJ_IMPLEMENTATION_ENV = "SJ_IZHIKEVICH_CUDA_IMPLEMENTATION"
+"""SpikingJelly 2.0 picks its CUDA implementation of the Izhikevich op from this variable
+(auto, cuda, triton, torch), read when spikingjelly is imported."""
+
+
 def spikingjelly_factory(torch, smoke: bool):
-    """(callable(x, V0, w0) -> spikes, note) for SpikingJelly's multi-step IzhikevichNode with
-    its cupy or triton backend, or (None, reason)."""
+    """(callable(x, V0, w0) -> spikes, note) for SpikingJelly's fused multi-step
+    IzhikevichNode, or (None, reason). SpikingJelly 2.0 selects the implementation with
+    ``SJ_IZHIKEVICH_CUDA_IMPLEMENTATION`` (set to 'triton' here unless already set); older
+    releases take ``backend='triton'`` or ``'cupy'``."""
     if smoke:
-        return None, "n/a: SpikingJelly's cupy/triton backends need CUDA"
+        return None, "n/a: SpikingJelly's fused backends need CUDA"
+    os.environ.setdefault(SJ_IMPLEMENTATION_ENV, "triton")
     try:
+        import spikingjelly
         from spikingjelly.activation_based import functional, neuron
     except Exception as err:
-        return None, f"n/a: spikingjelly not importable ({type(err).__name__})"
-    try:
-        probe = neuron.IzhikevichNode(step_mode="m", backend="torch")
-        backends = [b for b in ("triton", "cupy") if b in probe.supported_backends]
-    except Exception as err:
-        return None, f"n/a: IzhikevichNode failed ({type(err).__name__}: {err})"
-    for backend in backends:
+        return None, f"n/a: spikingjelly not importable ({type(err).__name__}: {err})"
+    version = getattr(spikingjelly, "__version__", "?")
+    if "backend" in inspect.signature(neuron.IzhikevichNode.__init__).parameters:
         try:
-            node = neuron.IzhikevichNode(step_mode="m", backend=backend).cuda()
+            probe = neuron.IzhikevichNode(step_mode="m", backend="torch")
+            configs = [({"backend": b}, f"backend={b}") for b in ("triton", "cupy")
+                       if b in probe.supported_backends]  # fmt: skip
+        except Exception as err:
+            return None, f"n/a: IzhikevichNode failed ({type(err).__name__}: {err})"
+    else:  # 2.0: one multi-step op, implementation chosen by the environment variable
+        configs = [({}, f"{SJ_IMPLEMENTATION_ENV}={os.environ[SJ_IMPLEMENTATION_ENV]}")]
+    last = "none tried"
+    for kwargs, label in configs:
+        try:
+            node = neuron.IzhikevichNode(step_mode="m", **kwargs).cuda()
             probe_x = torch.zeros((2, 1, 64), device="cuda", requires_grad=True)
             node(probe_x).sum().backward()
             functional.reset_net(node)
         except Exception as err:
-            last = f"{backend}: {type(err).__name__}"
+            last = f"{label}: {type(err).__name__}: {err}"
             continue
 
         def run(x, V0, w0, node=node):
             functional.reset_net(node)  # SpikingJelly's own initial state (v = v_reset)
             return node(x)
 
-        return run, f"SpikingJelly IzhikevichNode backend={backend} (own model and init)"
-    if not backends:
+        return run, f"SpikingJelly {version} IzhikevichNode {label} (own model and init)"
+    if not configs:
         return None, "n/a: IzhikevichNode has no cupy/triton multi-step backend here"
-    return None, f"n/a: no SpikingJelly backend ran ({last})"
+    return None, f"n/a: no SpikingJelly configuration ran ({last})"
 
 
 def add_speedups(report: dict) -> None:
