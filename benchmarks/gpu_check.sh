@@ -7,8 +7,9 @@
 # Environment (all optional):
 #   OUT                  output folder (default benchmarks/results); everything printed is
 #                        also written to $OUT/gpu_check.log
-#   ADEX_WHEELS          folder of wheels (pint, pytest, ...) for offline installs; default
-#                        shared/wheels when it exists
+#   ADEX_WHEELS          folder of wheels for the offline machine (pint and its dependencies,
+#                        optionally spikingjelly for the peer rows); default .whl (filled by
+#                        benchmarks/fetch_wheels.sh, carried with the call), else shared/wheels
 #   PYTHON               interpreter (default: python, else python3)
 #   ADEX_TEST_TIMEOUT    seconds for the pytest run (default 100)
 #   ADEX_CUDA_TIMEOUT    seconds for cuda_check.py (default 150)
@@ -32,6 +33,7 @@ CUDA_TIMEOUT="${ADEX_CUDA_TIMEOUT:-150}"
 BENCH_BUDGET="${ADEX_BENCH_BUDGET:-220}"
 BENCH_TIMEOUT="${ADEX_BENCH_TIMEOUT:-280}"
 WHEELS="${ADEX_WHEELS:-}"
+if [ -z "$WHEELS" ] && [ -d .whl ]; then WHEELS=.whl; fi
 if [ -z "$WHEELS" ] && [ -d shared/wheels ]; then WHEELS=shared/wheels; fi
 START=$SECONDS
 rc_tests=-1
@@ -39,11 +41,14 @@ rc_bench=-1
 
 section() { echo; echo "=== $* (t=$((SECONDS - START)) s) ==="; }
 
-wheel_install() {  # wheel_install PACKAGE...: offline install from $WHEELS, if given
-    if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
-        "$PY" -m pip install --no-index --find-links "$WHEELS" "$@"
+wheel_install() {  # wheel_install: every wheel of $WHEELS into $SITE, on PYTHONPATH (offline)
+    if [ -n "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+        SITE="${TMPDIR:-/tmp}/adex_site"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$SITE" "$WHEELS"/*.whl && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
+            && echo "installed $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
     else
-        echo "no wheels folder (set ADEX_WHEELS): cannot install $*"
+        echo "no wheels folder (run benchmarks/fetch_wheels.sh and carry .whl, or set ADEX_WHEELS)"
         return 1
     fi
 }
@@ -67,13 +72,17 @@ if [ -z "${ADEX_GIT_COMMIT:-}" ]; then
 fi
 echo "commit: $ADEX_GIT_COMMIT"
 
-section "pint"
+section "wheels and pint"
+if [ -n "$WHEELS" ]; then
+    wheel_install || echo "WARNING: installing the wheels of $WHEELS failed"
+fi
 if "$PY" -c "import pint" 2>/dev/null; then
     "$PY" -c "import pint; print('pint', pint.__version__)"
 else
-    echo "pint is missing (adex imports it for its units); trying wheels at '${WHEELS:-<none>}'"
-    wheel_install pint || echo "WARNING: pint still missing: importing adex will fail below"
+    echo "WARNING: pint is missing (adex imports it): run benchmarks/fetch_wheels.sh and carry .whl"
 fi
+"$PY" -c "import spikingjelly; print('spikingjelly', spikingjelly.__version__)" 2>/dev/null \
+    || echo "spikingjelly not importable: the roofline's peer rows will say n/a"
 
 section "install adex"
 if "$PY" -m pip install --no-deps --no-build-isolation -e . >"$OUT/pip_install.log" 2>&1; then
@@ -94,7 +103,7 @@ fi
 section "correctness: fused kernels vs reference on CUDA (timeout ${TEST_TIMEOUT} s)"
 if ! "$PY" -c "import pytest" 2>/dev/null; then
     echo "pytest is missing; trying wheels"
-    wheel_install pytest || true
+    wheel_install || true
 fi
 if "$PY" -c "import pytest" 2>/dev/null; then
     IGNORE=()
