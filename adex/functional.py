@@ -262,13 +262,22 @@ def adex_scan(
     store_v = (needs_grad and not checkpointing) or return_states
     store_w = (return_states or (param_grad and not checkpointing)) and has_w
     has_ref = tau_ref is not None
-    spikes, v_seq, w_seq, v_last, w_last, _, t_last = torch.ops.adex.scan_fwd(
-        x.contiguous(), V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING,
-        surrogate.kind, list(surrogate.params), hard, has_w, has_exp, store_v, store_w,
-        last_spike_time.detach().to(torch.float32).contiguous() if has_ref else None,
-        float(tau_ref) if has_ref else -1.0, t0_step, detach_reset, spike_dtype,
-        checkpoint_every or 0,
-    )  # fmt: skip
+    x = x.contiguous()
+    t_last0 = last_spike_time.detach().to(torch.float32).contiguous() if has_ref else None
+    if needs_grad or compiling:  # the custom op: autograd and torch.compile see through it
+        spikes, v_seq, w_seq, v_last, w_last, _, t_last = torch.ops.adex.scan_fwd(
+            x, V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING,
+            surrogate.kind, list(surrogate.params), hard, has_w, has_exp, store_v, store_w,
+            t_last0, float(tau_ref) if has_ref else -1.0, t0_step, detach_reset, spike_dtype,
+            checkpoint_every or 0,
+        )  # fmt: skip
+    else:  # eager, no gradient: the launcher itself (the op's dispatch costs more than a step)
+        from adex.kernels import adex_scan_fwd
+
+        spikes, v_seq, w_seq, v_last, w_last, _, t_last = adex_scan_fwd(
+            x, V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING, hard, has_w, has_exp,
+            store_v, store_w, float(tau_ref) if has_ref else None, t_last0, t0_step, spike_dtype,
+        )  # fmt: skip
     # w_seq is also written (4 B per neuron-step more) for parameter gradients
     V, w = (v_seq, w_seq) if return_states else (v_last, w_last)
     w = w if has_w else None

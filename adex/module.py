@@ -280,6 +280,8 @@ class SpikingNeuron(nn.Module):
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         target = (*leading, *state_shape)
+        if x.shape == target:  # the common case, without the broadcast check's cost
+            return x
         body = tuple(x.shape[len(leading) :])
         try:
             ok = torch.broadcast_shapes(body, state_shape) == state_shape

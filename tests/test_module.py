@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICE
 from helpers import assert_close
 
 import adex
@@ -642,3 +643,27 @@ def test_triton_without_w(has_exp):
     assert out.w is None
     assert torch.equal(out.spikes, ref.spikes)
     assert_close("V", ref.V, out.V, 1e-4, 1e-6)
+
+
+@pytest.mark.parametrize("cls", [adex.AdExIF, adex.AdExIFRef, adex.LIF])
+def test_no_grad_launch_matches_custom_op(cls):
+    """Without a gradient adex_scan calls the launcher directly (no custom-op dispatch);
+    it must give the custom op's results bit for bit, for update() and a sequence."""
+    gen = torch.Generator().manual_seed(21)
+    lif = cls is adex.LIF
+    x = (torch.randn(12, 2, 5, generator=gen) * 10 + (8 if lif else 50)).to(DEVICE)
+    lo, width = (0.3, 1.0) if lif else (-58.0, 8.0)  # near threshold: spikes within T
+    V0 = (torch.rand(2, 5, generator=gen) * width + lo).to(DEVICE)
+    runs = []
+    for grad in (False, True):
+        layer = cls(5, backend="triton").to(DEVICE)
+        layer.init_state(2)
+        layer.V = V0
+        xi = x.clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            seq = layer(xi, return_states=True)
+            last = layer.update(xi[0])
+        runs.append([seq.spikes, seq.V, last, layer.V])
+    assert runs[0][0].sum() > 0
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a.detach(), b.detach())
