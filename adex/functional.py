@@ -6,6 +6,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 from adex.params import RUNAWAY_CEILING, AdExParams
