@@ -6,7 +6,7 @@ interpreted), and compares spikes, per-step V and w, and every gradient (x, V0, 
 parameters) with the PyTorch reference run in float64 on the same input values. Prints one
 line per case and exits non-zero on any mismatch. Then, per model, the memory options and
 loop pipelining against the default fused run on the same GPU: ``checkpoint_every``
-(recomputed backward), ``spike_dtype=torch.uint8``, and ``adex.kernels.launch.GPU_STAGES``
+(recomputed backward), ``spike_dtype`` uint8 and bool, and ``adex.kernels.launch.GPU_STAGES``
 (alone and with checkpoints). Needs a CUDA device.
 
     python benchmarks/cuda_check.py [--quick] [--stages 3]
@@ -145,6 +145,7 @@ def run_mode_case(model, spk_reset, stages, T, batch, n, seed, device):
     errors["ckpt"] = (torch.equal(spikes, run(checkpoint_every=7)[0]),
                       worst(grads, run(checkpoint_every=7)[1]))  # fmt: skip
     errors["u8"] = (torch.equal(spikes, run(spike_dtype=torch.uint8)[0].float()), 0.0)
+    errors["bool"] = (torch.equal(spikes, run(spike_dtype=torch.bool)[0].float()), 0.0)
     original = launch.GPU_STAGES
     try:
         launch.GPU_STAGES = stages
