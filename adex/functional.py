@@ -44,6 +44,18 @@ class RefScanResult(NamedTuple):
     last_spike_time: Tensor
 
 
+def check_memory_options(spike_dtype: object, checkpoint_every: object) -> None:
+    """Raise on a ``spike_dtype`` outside :data:`SPIKE_DTYPES` (TypeError) or a
+    ``checkpoint_every`` that is not None or an int >= 1 (ValueError)."""
+    if spike_dtype is not None and spike_dtype not in SPIKE_DTYPES:
+        raise TypeError(f"spike_dtype must be None or one of {SPIKE_DTYPES}, got {spike_dtype!r}")
+    if checkpoint_every is not None and (
+        isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+        or checkpoint_every < 1
+    ):  # fmt: skip
+        raise ValueError(f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}")
+
+
 def resolve_backend(backend: str, x: Tensor) -> str:
     """'triton' or 'reference' for ``backend`` on ``x``; raises where it cannot run."""
     if backend not in BACKENDS:
@@ -197,22 +209,12 @@ def adex_scan(
         last_spike_time = _check_tensor("last_spike_time", last_spike_time, state_shape, x.device)
     if not compiling and (isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0):
         raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
-    if spike_dtype is not None and spike_dtype not in SPIKE_DTYPES:
-        raise TypeError(f"spike_dtype must be None or one of {SPIKE_DTYPES}, got {spike_dtype!r}")
-    if checkpoint_every is not None:
-        if (
-            isinstance(checkpoint_every, bool)
-            or not isinstance(checkpoint_every, int)
-            or (checkpoint_every < 1)
-        ):
-            raise ValueError(
-                f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}"
-            )
-        if return_states:
-            raise ValueError(
-                "checkpoint_every cannot be combined with return_states=True: the per-step V "
-                "and w it would return are what the low-memory mode avoids storing"
-            )
+    check_memory_options(spike_dtype, checkpoint_every)
+    if checkpoint_every is not None and return_states:
+        raise ValueError(
+            "checkpoint_every cannot be combined with return_states=True: the per-step V "
+            "and w it would return are what the low-memory mode avoids storing"
+        )
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or V0.requires_grad or (w0 is not None and w0.requires_grad)
         or (packed_params is not None and packed_params.requires_grad)
@@ -257,8 +259,7 @@ def adex_scan(
         packed_params = params.packed(n_neurons, x.device)
     V0f = V0.to(torch.float32).contiguous()
     w0f = w0.to(torch.float32).contiguous() if has_w else V0f
-    param_grad = torch.is_grad_enabled() and packed_params.requires_grad
-    needs_grad = needs_grad or param_grad
+    param_grad = torch.is_grad_enabled() and packed_params.requires_grad  # implies needs_grad
     checkpointing = checkpoint_every is not None
     store_v = (needs_grad and not checkpointing) or return_states
     store_w = (return_states or (param_grad and not checkpointing)) and has_w

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adex.functional import BACKENDS, FLOAT_DTYPES, SPIKE_DTYPES, adex_scan
+from adex.functional import BACKENDS, FLOAT_DTYPES, adex_scan, check_memory_options
 from adex.init import make_state
 from adex.params import PARAM_KINDS, AdExParams
 from adex.surrogate import ReluGrad, Surrogate
@@ -88,17 +88,7 @@ class SpikingNeuron(nn.Module):
         dt = to_canonical(dt, "time", "dt")
         if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be a finite time > 0 ms, got {dt!r}")
-        if spike_dtype is not None and spike_dtype not in SPIKE_DTYPES:
-            raise TypeError(
-                f"spike_dtype must be None or one of {SPIKE_DTYPES}, got {spike_dtype!r}"
-            )
-        if checkpoint_every is not None and (
-            isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-            or checkpoint_every < 1
-        ):  # fmt: skip
-            raise ValueError(
-                f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}"
-            )
+        check_memory_options(spike_dtype, checkpoint_every)
         self.spike_dtype = spike_dtype
         self.checkpoint_every = checkpoint_every
         self.spk_reset = spk_reset

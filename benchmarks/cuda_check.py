@@ -142,8 +142,8 @@ def run_mode_case(model, spk_reset, stages, T, batch, n, seed, device):
 
     spikes, grads = run()
     errors = {}
-    errors["ckpt"] = (torch.equal(spikes, run(checkpoint_every=7)[0]),
-                      worst(grads, run(checkpoint_every=7)[1]))  # fmt: skip
+    s_c, g_c = run(checkpoint_every=7)
+    errors["ckpt"] = (torch.equal(spikes, s_c), worst(grads, g_c))
     errors["u8"] = (torch.equal(spikes, run(spike_dtype=torch.uint8)[0].float()), 0.0)
     errors["bool"] = (torch.equal(spikes, run(spike_dtype=torch.bool)[0].float()), 0.0)
     original = launch.GPU_STAGES

@@ -168,19 +168,20 @@ def adex_scan_fwd(
         return x.new_empty(0, dtype=torch.float32)
 
     spikes = torch.empty_like(x, dtype=x.dtype if spike_dtype is None else spike_dtype)
-    v_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_v else empty()
+    has_ref = tau_ref is not None
+    ckpt_rows = 1 + has_w + has_ref
+    if checkpoint_every:  # V_seq holds the checkpoints: cdiv(T, K) states of ckpt_rows rows
+        v_shape = (-(-T // checkpoint_every), ckpt_rows, *S)
+        v_seq = torch.empty(v_shape, dtype=torch.float32, device=x.device)
+    else:
+        v_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_v else empty()
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=x.device) if store_w else empty()
     v_last = torch.empty(S, dtype=torch.float32, device=x.device)
     w_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_w else empty()
-    has_ref = tau_ref is not None
     store_ref = has_ref and store_v
     ref_shape = ((T + 7) // 8, *S) if store_ref else (0,)  # 1 bit per neuron-step
     ref_mask = torch.empty(ref_shape, dtype=torch.uint8, device=x.device)
     t_last = torch.empty(S, dtype=torch.float32, device=x.device) if has_ref else empty()
-    ckpt_rows = 1 + has_w + has_ref
-    if checkpoint_every:
-        n_seg = -(-T // checkpoint_every)  # segments of K steps, the last one may be short
-        v_seq = torch.empty((n_seg, ckpt_rows, *S), dtype=torch.float32, device=x.device)
     block, num_warps = block_config(M, x.device)
     grid = (triton.cdiv(M, block),)
     _adex_scan_fwd_kernel[grid](
