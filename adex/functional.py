@@ -1,22 +1,28 @@
-"""``adex_scan``: the validated functional entry point of the multi-step AdEx scan."""
+"""The functional entry points of the multi-step AdEx scan: ``adex_scan`` (validated, for
+any caller) and ``run_scan`` (the per-call work shared with the modules: backend choice,
+finiteness check, the backend's scan)."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.utils.checkpoint
 from torch import Tensor
 
-from adex.params import RUNAWAY_CEILING, AdExParams
-from adex.reference import adex_scan_reference
+from adex.params import AdExParams
+from adex.reference import reference_scan
+from adex.spec import BACKENDS, FLOAT_DTYPES, KERNEL_DTYPES, ScanOutput, ScanSpec, spec_for_call
 from adex.surrogate import ReluGrad, Surrogate
 
-BACKENDS = ("auto", "triton", "reference")
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-FLOAT_DTYPES = (*KERNEL_DTYPES, torch.float64)
-SPIKE_DTYPES = (*FLOAT_DTYPES, torch.uint8, torch.bool)
+try:
+    from adex.fused import fused_scan
+except ImportError:  # no Triton on this platform (resolve_backend says so when asked)
+    fused_scan = None
+
+SCAN_BACKENDS = {"triton": fused_scan, "reference": reference_scan}
+"""The backends' scans, with one signature ``(x, state0, params, spec, *, t0_step, packed)``
+and one result (``adex.fused.ScanOutput``)."""
 
 
 class ScanResult(NamedTuple):
@@ -44,22 +50,16 @@ class RefScanResult(NamedTuple):
     last_spike_time: Tensor
 
 
-def check_memory_options(spike_dtype: object, checkpoint_every: object) -> None:
-    """Raise on a ``spike_dtype`` outside :data:`SPIKE_DTYPES` (TypeError) or a
-    ``checkpoint_every`` that is not None or an int >= 1 (ValueError)."""
-    if spike_dtype is not None and spike_dtype not in SPIKE_DTYPES:
-        raise TypeError(f"spike_dtype must be None or one of {SPIKE_DTYPES}, got {spike_dtype!r}")
-    if checkpoint_every is not None and (
-        isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
-        or checkpoint_every < 1
-    ):  # fmt: skip
-        raise ValueError(f"checkpoint_every must be None or an int >= 1, got {checkpoint_every!r}")
-
-
 def resolve_backend(backend: str, x: Tensor) -> str:
-    """'triton' or 'reference' for ``backend`` on ``x``; raises where it cannot run."""
+    """'triton' or 'reference' for ``backend`` ('auto', 'triton', 'reference') on ``x``;
+    raises where it cannot run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _backend_for(backend, x)
+
+
+def _backend_for(backend: str, x: Tensor) -> str:
+    """:func:`resolve_backend` for a backend name a spec validated already."""
     if backend == "auto":
         return "triton" if x.is_cuda and x.dtype in KERNEL_DTYPES else "reference"
     if backend == "triton":
@@ -83,6 +83,83 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     return backend
 
 
+def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExParams],
+             spec: ScanSpec, *,
+             t0_step: int = 0, packed: Tensor | None = None, check_state: bool = True,
+             extra_check: Tensor | None = None) -> ScanOutput:  # fmt: skip
+    """One call of a validated scan: choose the backend, check finiteness, run.
+
+    Args:
+        x: ``[T, *S]`` input current (mA), shape and dtype already checked.
+        state0: ``[C, *S]`` state before ``x[0]`` (rows V, w, last-spike time as far as
+            ``spec`` has them).
+        params, packed: the parameters (or a zero-argument callable returning them, called
+            only when the backend reads them), and their packed ``[10, N]`` form when cached.
+        spec: the scan's settings.
+        t0_step: global step index of ``x[0]``.
+        check_state: with ``spec.check_finite``, check the state's V and w rows too (the
+            modules skip it for states that adex produced itself).
+        extra_check: a 0-dim bool tensor that must be False (e.g. a learnable-parameter
+            constraint), read in the same host sync as the finiteness check; the caller
+            explains a failure (``FiniteCheckError`` names no tensor then).
+    """
+    backend = _backend_for(spec.backend, x)
+    if not torch.compiler.is_compiling() and (spec.check_finite or extra_check is not None):
+        _check_finite(x, state0, spec, check_state and spec.check_finite, extra_check)
+    if spec.spike_dtype is not None and not spec.spike_dtype.is_floating_point:
+        _refuse_gradient(x, state0, params, packed, spec.spike_dtype)
+    if callable(params) and (backend == "reference" or packed is None):
+        params = params()
+    if backend == "triton" and state0.dtype != torch.float32:
+        state0 = state0.to(torch.float32)
+    return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed)
+
+
+def _refuse_gradient(x: Tensor, state0: Tensor, params, packed: Tensor | None,
+                     spike_dtype: torch.dtype) -> None:  # fmt: skip
+    """Integer spikes carry no gradient: raise when one is required."""
+    if not torch.is_grad_enabled():
+        return
+    if packed is not None:
+        params_grad = packed.requires_grad
+    else:
+        params = params() if callable(params) else params
+        params_grad = any(isinstance(v, Tensor) and v.requires_grad for _, v in params.items())
+    if x.requires_grad or state0.requires_grad or params_grad:
+        raise ValueError(
+            f"spike_dtype={spike_dtype} carries no gradient, but one is required (an input "
+            "or parameter requires grad): use a floating spike dtype for training, or "
+            "torch.no_grad() for simulation"
+        )
+
+
+class ExtraCheckError(ValueError):
+    """Raised by :func:`run_scan` when its ``extra_check`` is True."""
+
+
+def _check_finite(x: Tensor, state0: Tensor, spec: ScanSpec, check_state: bool,
+                  extra: Tensor | None) -> None:  # fmt: skip
+    """One host sync for every check; the failing tensor is named only on failure."""
+    rows = state0[: 1 + spec.has_w].detach() if check_state else None
+    bad = None
+    if spec.check_finite:
+        bad = ~torch.isfinite(x.detach()).all()
+        if rows is not None:
+            bad = bad | ~torch.isfinite(rows).all()
+    if extra is not None:
+        bad = extra if bad is None else bad | extra
+    if not bool(bad):
+        return
+    if spec.check_finite:
+        names = [("x", x)] + ([("V0", rows[0])] if rows is not None else [])
+        if rows is not None and spec.has_w:
+            names.append(("w0", rows[1]))
+        for name, t in names:
+            if not bool(torch.isfinite(t.detach()).all()):
+                raise ValueError(f"{name} contains NaN or inf")
+    raise ExtraCheckError("extra check failed")
+
+
 def _check_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.device) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -95,11 +172,22 @@ def _check_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.de
     return t
 
 
-def _in_size(params: AdExParams) -> tuple[int, ...] | None:
-    shapes = {tuple(v.shape) for _, v in params.items() if isinstance(v, Tensor) and v.dim() > 0}
-    if len(shapes) > 1:
-        raise ValueError(f"per-neuron parameters disagree in shape: {sorted(shapes)}")
-    return shapes.pop() if shapes else None
+def stack_state(V: Tensor, w: Tensor | None, last_spike_time: Tensor | None,
+                dtype: torch.dtype) -> Tensor:  # fmt: skip
+    """The state block ``[C, *S]`` in ``dtype``: V, then w and the last-spike time (not
+    differentiable) where given."""
+    rows = [V.to(dtype)]
+    if w is not None:
+        rows.append(w.to(dtype))
+    if last_spike_time is not None:
+        rows.append(last_spike_time.detach().to(dtype))
+    return torch.stack(rows)
+
+
+def state_dtype(x_dtype: torch.dtype, V_dtype: torch.dtype) -> torch.dtype:
+    """The state block's dtype: float64 when x or V is (the float64 reference), else
+    float32 (the kernels' and the reference's compute dtype for every other input)."""
+    return torch.float64 if torch.float64 in (x_dtype, V_dtype) else torch.float32
 
 
 def adex_scan(
@@ -174,7 +262,6 @@ def adex_scan(
         (torch.Size([100, 4]), torch.Size([4]))
     """
     params = AdExParams() if params is None else params
-    surrogate = ReluGrad() if surrogate is None else surrogate
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
@@ -183,136 +270,36 @@ def adex_scan(
         raise ValueError(f"x must be [T, *state_shape] with T >= 1, got shape {tuple(x.shape)}")
     if not isinstance(params, AdExParams):
         raise TypeError(f"params must be an AdExParams, got {type(params).__name__}")
-    if not isinstance(surrogate, Surrogate):
-        raise TypeError(f"surrogate must be an adex.surrogate.Surrogate, got {surrogate!r}")
-    if spk_reset not in ("soft", "hard"):
-        raise ValueError(f"spk_reset must be 'soft' or 'hard', got {spk_reset!r}")
-    compiling = torch.compiler.is_compiling()  # scalars may be symbolic while tracing
-    if not compiling and not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
-        raise ValueError(f"dt must be a finite number of ms > 0, got {dt!r}")
+    spec = spec_for_call(
+        has_w=w0 is not None, has_exp=has_exp, tau_ref=tau_ref, spk_reset=spk_reset,
+        surrogate=ReluGrad() if surrogate is None else surrogate, dt=dt,
+        detach_reset=detach_reset, spike_dtype=spike_dtype, checkpoint_every=checkpoint_every,
+        backend=backend, check_finite=check_finite, return_states=return_states,
+    )  # fmt: skip
     state_shape = tuple(x.shape[1:])
     V0 = _check_tensor("V0", V0, state_shape, x.device)
     if w0 is not None:
         w0 = _check_tensor("w0", w0, state_shape, x.device)
-    in_size = _in_size(params)
+    in_size = params.neuron_shape()
     if in_size is not None and state_shape[len(state_shape) - len(in_size) :] != in_size:
         raise ValueError(
             f"per-neuron parameters have shape {in_size}, which must be the trailing "
             f"dims of the state shape {state_shape}"
         )
     if tau_ref is not None:
-        finite = compiling or (isinstance(tau_ref, int | float) and math.isfinite(tau_ref))
-        if not (finite and tau_ref >= 0):
-            raise ValueError(f"tau_ref must be a finite number of ms >= 0, got {tau_ref!r}")
         if last_spike_time is None:
             raise ValueError("last_spike_time ([*S], ms) is required with tau_ref")
         last_spike_time = _check_tensor("last_spike_time", last_spike_time, state_shape, x.device)
+    compiling = torch.compiler.is_compiling()  # scalars may be symbolic while tracing
     if not compiling and (isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0):
         raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
-    check_memory_options(spike_dtype, checkpoint_every)
-    if checkpoint_every is not None and return_states:
-        raise ValueError(
-            "checkpoint_every cannot be combined with return_states=True: the per-step V "
-            "and w it would return are what the low-memory mode avoids storing"
-        )
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or V0.requires_grad or (w0 is not None and w0.requires_grad)
-        or (packed_params is not None and packed_params.requires_grad)
-        or any(isinstance(v, Tensor) and v.requires_grad for _, v in params.items())
-    )  # fmt: skip
-    if needs_grad and spike_dtype is not None and not spike_dtype.is_floating_point:
-        raise ValueError(
-            f"spike_dtype={spike_dtype} carries no gradient, but one is required (an input "
-            "or parameter requires grad): use a floating spike dtype for training, or "
-            "torch.no_grad() for simulation"
-        )
-    checkpoint_every = checkpoint_every if needs_grad else None
-    if check_finite and not compiling:
-        for name, t in (("x", x), ("V0", V0), ("w0", w0)):
-            if t is not None and not bool(torch.isfinite(t.detach()).all()):
-                raise ValueError(f"{name} contains NaN or inf")
-
-    hard = spk_reset == "hard"
-    if resolve_backend(backend, x) == "reference":
-        kwargs = dict(params=params, dt=float(dt), surrogate=surrogate, hard_reset=hard,
-                      has_exp=has_exp, detach_reset=detach_reset, tau_ref=tau_ref)  # fmt: skip
-        if checkpoint_every is None:
-            out = adex_scan_reference(x, V0, w0, last_spike_time=last_spike_time,
-                                      t0_step=t0_step, **kwargs)  # fmt: skip
-            spikes, V, w = out[:3]
-            t_last = out[3] if tau_ref is not None else None
-            if not return_states:
-                V, w = V[-1], None if w is None else w[-1]
-        else:
-            spikes, V, w, t_last = _checkpointed_reference(
-                x, V0, w0, last_spike_time, t0_step, checkpoint_every, kwargs
-            )
-        if spike_dtype is not None:
-            spikes = spikes.to(spike_dtype)
-        if tau_ref is not None:
-            return RefScanResult(spikes, V, w, t_last)
-        return ScanResult(spikes, V, w)
-
-    has_w = w0 is not None
-    n_neurons = math.prod(in_size) if in_size is not None else 1
-    if packed_params is None:
-        packed_params = params.packed(n_neurons, x.device)
-    V0f = V0.to(torch.float32).contiguous()
-    w0f = w0.to(torch.float32).contiguous() if has_w else V0f
-    param_grad = torch.is_grad_enabled() and packed_params.requires_grad  # implies needs_grad
-    checkpointing = checkpoint_every is not None
-    store_v = (needs_grad and not checkpointing) or return_states
-    store_w = (return_states or (param_grad and not checkpointing)) and has_w
-    has_ref = tau_ref is not None
-    x = x.contiguous()
-    t_last0 = last_spike_time.detach().to(torch.float32).contiguous() if has_ref else None
-    if needs_grad or compiling:  # the custom op: autograd and torch.compile see through it
-        spikes, v_seq, w_seq, v_last, w_last, _, t_last = torch.ops.adex.scan_fwd(
-            x, V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING,
-            surrogate.kind, list(surrogate.params), hard, has_w, has_exp, store_v, store_w,
-            t_last0, float(tau_ref) if has_ref else -1.0, t0_step, detach_reset, spike_dtype,
-            checkpoint_every or 0,
-        )  # fmt: skip
-    else:  # eager, no gradient: the launcher itself (the op's dispatch costs more than a step)
-        from adex.kernels import adex_scan_fwd
-
-        spikes, v_seq, w_seq, v_last, w_last, _, t_last = adex_scan_fwd(
-            x, V0f, w0f, packed_params, float(dt), RUNAWAY_CEILING, hard, has_w, has_exp,
-            store_v, store_w, float(tau_ref) if has_ref else None, t_last0, t0_step, spike_dtype,
-        )  # fmt: skip
-    # w_seq is also written (4 B per neuron-step more) for parameter gradients
-    V, w = (v_seq, w_seq) if return_states else (v_last, w_last)
-    w = w if has_w else None
-    if has_ref:
-        return RefScanResult(spikes, V, w, t_last)
-    return ScanResult(spikes, V, w)
-
-
-def _checkpointed_reference(
-    x: Tensor,
-    V0: Tensor,
-    w0: Tensor | None,
-    last_spike_time: Tensor | None,
-    t0_step: int,
-    every: int,
-    kwargs: dict,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The reference scan in segments of ``every`` steps under ``torch.utils.checkpoint``:
-    only the state between segments (and ``x``) is kept for backward.
-
-    Returns ``(spikes [T, *S], V_last, w_last or None, last_spike_time or None)``."""
-
-    def segment(x_seg, V, w, t_last, k0):
-        out = adex_scan_reference(x_seg, V, w, last_spike_time=t_last, t0_step=k0, **kwargs)
-        return (out[0], out[1][-1], None if w is None else out[2][-1],
-                out[3] if t_last is not None else None)  # fmt: skip
-
-    spikes = []
-    V, w, t_last = V0, w0, last_spike_time
-    for start in range(0, x.shape[0], every):
-        s, V, w, t_last = torch.utils.checkpoint.checkpoint(
-            segment, x[start : start + every], V, w, t_last, t0_step + start,
-            use_reentrant=False,
-        )  # fmt: skip
-        spikes.append(s)
-    return torch.cat(spikes), V, w, t_last
+    state0 = stack_state(V0, w0, last_spike_time if spec.has_ref else None,
+                         state_dtype(x.dtype, V0.dtype))  # fmt: skip
+    out = run_scan(x, state0, params, spec, t0_step=t0_step, packed=packed_params)
+    if return_states:
+        V, w = out.v_seq, out.w_seq
+    else:
+        V, w = out.state[0], out.state[spec.w_row] if spec.has_w else None
+    if spec.has_ref:
+        return RefScanResult(out.spikes, V, w, out.state[spec.t_row].detach())
+    return ScanResult(out.spikes, V, w)

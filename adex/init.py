@@ -6,6 +6,7 @@ w: mA) when the initializer is called for a state of that kind.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,8 +19,22 @@ def _magnitude(value: Any, kind: str, name: str) -> float:
     return float(value)
 
 
+def _finite(value: float, name: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: initial values must be finite, got {value}")
+    return value
+
+
 class Initializer:
-    """Base class: ``init(shape, kind, dtype, device) -> tensor`` in canonical units."""
+    """Base class: ``init(shape, kind, dtype, device) -> tensor`` in canonical units.
+
+    ``resolved(kind, name)`` returns an equivalent initializer whose values are plain
+    canonical numbers (units stripped, checked finite), so that calling it costs no unit
+    parsing; the modules resolve their initializers once, at construction."""
+
+    def resolved(self, kind: str, name: str) -> Initializer:
+        """This initializer with canonical-unit float values for a state of ``kind``."""
+        return self
 
     def __call__(
         self,
@@ -37,6 +52,9 @@ class Constant(Initializer):
     def __init__(self, value: Any):
         self.value = value
 
+    def resolved(self, kind: str, name: str) -> Constant:
+        return Constant(_finite(_magnitude(self.value, kind, "Constant"), name))
+
     def __call__(self, shape, kind="voltage", dtype=torch.float32, device=None):
         return torch.full(shape, _magnitude(self.value, kind, "Constant"), dtype=dtype,
                           device=device)  # fmt: skip
@@ -50,6 +68,10 @@ class Uniform(Initializer):
 
     def __init__(self, low: Any, high: Any):
         self.low, self.high = low, high
+
+    def resolved(self, kind: str, name: str) -> Uniform:
+        low = _finite(_magnitude(self.low, kind, "Uniform.low"), name)
+        return Uniform(low, _finite(_magnitude(self.high, kind, "Uniform.high"), name))
 
     def __call__(self, shape, kind="voltage", dtype=torch.float32, device=None):
         low = _magnitude(self.low, kind, "Uniform.low")
@@ -65,6 +87,10 @@ class Normal(Initializer):
 
     def __init__(self, mean: Any, std: Any):
         self.mean, self.std = mean, std
+
+    def resolved(self, kind: str, name: str) -> Normal:
+        mean = _finite(_magnitude(self.mean, kind, "Normal.mean"), name)
+        return Normal(mean, _finite(_magnitude(self.std, kind, "Normal.std"), name))
 
     def __call__(self, shape, kind="voltage", dtype=torch.float32, device=None):
         mean = _magnitude(self.mean, kind, "Normal.mean")
@@ -96,3 +122,19 @@ def make_state(
         raise ValueError(
             f"{name} gave shape {tuple(value.shape)}, which does not broadcast to {shape}"
         ) from err
+
+
+def resolve_initializer(init: Any, kind: str, name: str) -> tuple[Any, bool]:
+    """``init`` with its units resolved once: an :class:`Initializer` with canonical values,
+    a quantity or number as a :class:`Constant`; tensors, arrays and other callables are
+    kept (a callable's result is converted when it is called). Returns ``(initializer,
+    trusted)``: ``trusted`` when its values are known finite without looking at them."""
+    try:
+        if isinstance(init, Initializer):
+            return init.resolved(kind, name), type(init) in (Constant, Uniform, Normal)
+        if is_quantity(init) or (isinstance(init, int | float) and not isinstance(init, bool)):
+            return Constant(_finite(float(to_canonical(init, kind, name)), name)), True
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        raise type(err)(msg if msg.startswith(name) else f"{name}: {msg}") from err
+    return init, False

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adex.functional import BACKENDS, FLOAT_DTYPES, adex_scan, check_memory_options
-from adex.init import make_state
-from adex.params import PARAM_KINDS, AdExParams
+from adex.functional import ExtraCheckError, run_scan, stack_state, state_dtype
+from adex.init import Constant, make_state, resolve_initializer
+from adex.params import PACKED_ROWS, PARAM_KINDS, AdExParams, packed_violations
+from adex.spec import FLOAT_DTYPES, ScanSpec
 from adex.surrogate import ReluGrad, Surrogate
 from adex.units import CANONICAL, to_canonical
 
@@ -40,10 +41,35 @@ def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
     return size
 
 
+def _spec_setting(name: str, doc: str, convert=None) -> property:
+    """A module attribute that reads the spec's field ``name`` and, when assigned, rebuilds
+    (and so validates) the spec."""
+
+    def get(self):
+        return getattr(self._spec, name)
+
+    def set_(self, value):
+        self._set_spec(**{name: convert(value) if convert else value})
+
+    return property(get, set_, doc=doc)
+
+
+def _to_ms(name: str):
+    def convert(value):
+        return None if value is None else to_canonical(value, "time", name)
+
+    return convert
+
+
 class SpikingNeuron(nn.Module):
     """Base of the AdEx family: parameters in canonical units, state, single- and multi-step
-    dynamics through :func:`adex.adex_scan`. Subclasses (``adex.AdExIF``, ``adex.ExpIF``,
-    ``adex.LIF``) fix the model flags and BrainPy's signature and defaults.
+    dynamics through the validated :class:`adex.spec.ScanSpec` built at construction.
+    Subclasses (``adex.AdExIF``, ``adex.ExpIF``, ``adex.LIF``, the Ref models) fix the model
+    flags and BrainPy's signature and defaults.
+
+    The state is one block ``[C, *state_shape]``: V (mV), then w (mA, AdEx models), then the
+    last-spike time (ms, Ref models); ``V``, ``w`` and ``last_spike_time`` are views of it,
+    assignable.
 
     Attributes:
         has_w: the model has the adaptation current w (AdEx models).
@@ -56,6 +82,16 @@ class SpikingNeuron(nn.Module):
     has_exp: ClassVar[bool] = True
     has_ref: ClassVar[bool] = False
     param_names: ClassVar[tuple[str, ...]] = tuple(PARAM_KINDS)
+
+    spk_fun = _spec_setting("surrogate", "Surrogate spike function (``adex.surrogate``).")
+    spk_reset = _spec_setting("spk_reset", "'soft' or 'hard' reset.")
+    dt = _spec_setting("dt", "Time step (ms); assignable as a quantity.", _to_ms("dt"))
+    backend = _spec_setting("backend", "'auto', 'triton' or 'reference'.")
+    check_finite = _spec_setting("check_finite", "Reject NaN/inf inputs and states.")
+    detach_reset = _spec_setting("detach_reset", "No gradient through the reset spike.")
+    spike_dtype = _spec_setting("spike_dtype", "dtype of the returned spikes (None: x's).")
+    checkpoint_every = _spec_setting("checkpoint_every", "Low-memory BPTT interval K.")
+    tau_ref = _spec_setting("tau_ref", "Refractory period (ms) or None.", _to_ms("tau_ref"))
 
     def __init__(
         self,
@@ -78,35 +114,33 @@ class SpikingNeuron(nn.Module):
         super().__init__()
         self.in_size = _in_size_tuple(in_size)
         params = AdExParams.from_values(params, self.in_size)
-        self.spk_fun = ReluGrad() if spk_fun is None else spk_fun
-        if not isinstance(self.spk_fun, Surrogate):
-            raise TypeError(f"spk_fun must be an adex.surrogate.Surrogate, got {spk_fun!r}")
-        if spk_reset not in ("soft", "hard"):
-            raise ValueError(f"spk_reset must be 'soft' or 'hard', got {spk_reset!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        dt = to_canonical(dt, "time", "dt")
-        if not (isinstance(dt, int | float) and math.isfinite(dt) and dt > 0):
-            raise ValueError(f"dt must be a finite time > 0 ms, got {dt!r}")
-        check_memory_options(spike_dtype, checkpoint_every)
-        self.spike_dtype = spike_dtype
-        self.checkpoint_every = checkpoint_every
-        self.spk_reset = spk_reset
-        self.dt = float(dt)
-        self.backend = backend
-        self.name = name
-        self.check_finite = check_finite
-        self.detach_reset = bool(detach_reset)
-        self.tau_ref: float | None = None
         if self.has_ref:
             tau_ref = to_canonical(tau_ref, "time", "tau_ref")
-            if not (isinstance(tau_ref, int | float) and math.isfinite(tau_ref) and tau_ref >= 0):
+            if not isinstance(tau_ref, int | float) or isinstance(tau_ref, bool):
                 raise ValueError(f"tau_ref must be a finite scalar time >= 0 ms, got {tau_ref!r}")
-            self.tau_ref = float(tau_ref)
+        self._spec = ScanSpec(
+            has_w=self.has_w, has_exp=self.has_exp, tau_ref=tau_ref if self.has_ref else None,
+            spk_reset=spk_reset, surrogate=ReluGrad() if spk_fun is None else spk_fun,
+            dt=to_canonical(dt, "time", "dt"), detach_reset=detach_reset,
+            spike_dtype=spike_dtype, checkpoint_every=checkpoint_every, backend=backend,
+            check_finite=check_finite,
+        )  # fmt: skip
+        self._spec_states = (
+            self._spec.with_return_states(True) if checkpoint_every is None else None
+        )
+        self.name = name
         self.t_step = 0
-        self.last_spike_time: Tensor | None = None
         self.V_initializer = V_initializer
         self.w_initializer = w_initializer
+        self._inits = [resolve_initializer(V_initializer, "voltage", "V_initializer")]
+        if self.has_w:
+            self._inits.append(resolve_initializer(w_initializer, "current", "w_initializer"))
+        self._init_learnable(params, learnable)
+        self._state: Tensor | None = None  # the state block [C, *S]
+        self._loose: list[Tensor | None] | None = None  # assigned rows, not yet stacked
+        self._state_trusted = False  # finite by construction (adex made it)
+
+    def _init_learnable(self, params: AdExParams, learnable: Any) -> None:
         learnable = (learnable,) if isinstance(learnable, str) else tuple(learnable)
         for key in learnable:
             if key not in self.param_names:
@@ -127,38 +161,74 @@ class SpikingNeuron(nn.Module):
                 self.register_buffer(key, value)
             else:
                 self._scalar_params[key] = value
+        self._param_buffers = [k for k in PARAM_KINDS if k in self._buffers]
+        rows = torch.tensor([PACKED_ROWS[k] for k in learnable], dtype=torch.int64)
+        self.register_buffer("_learn_rows", rows, persistent=False)
         self.register_buffer("_packed", torch.empty(0), persistent=False)
         self._repack()
-        self._V: Tensor | None = None
-        self._w: Tensor | None = None
+
+    # -- settings ----------------------------------------------------------------------------
+
+    def _set_spec(self, **changes: Any) -> None:
+        """Rebuild the spec with ``changes`` (validated by ``ScanSpec``)."""
+        fields = {f: getattr(self._spec, f) for f in ("has_w", "has_exp", "tau_ref", "spk_reset",
+                  "surrogate", "dt", "detach_reset", "spike_dtype", "checkpoint_every",
+                  "backend", "check_finite")}  # fmt: skip
+        if "tau_ref" in changes and not self.has_ref:
+            raise AttributeError(f"{type(self).__name__} has no refractory period")
+        fields.update(changes)
+        self._spec = ScanSpec(**fields)
+        states = self._spec.checkpoint_every is None
+        self._spec_states = self._spec.with_return_states(True) if states else None
 
     # -- parameters --------------------------------------------------------------------------
 
     @property
     def params(self) -> AdExParams:
-        """The parameters in canonical units (tensors for per-neuron values)."""
+        """The parameters in canonical units (tensors for per-neuron values), validated."""
+        return AdExParams(**self._param_values())
+
+    def _live_params(self) -> AdExParams:
+        """The current parameters (learnable ones included) without re-validation: the
+        per-call constraint check runs on the packed tensor."""
+        return AdExParams.trusted(self._param_values())
+
+    def _param_values(self) -> dict[str, Any]:
         values = dict(self._scalar_params)
         for key in PARAM_KINDS:
             if key not in values:
                 values[key] = getattr(self, key)
-        return AdExParams(**values)
+        return values
+
+    @property
+    def n_neurons(self) -> int:
+        """Neurons per sample, ``prod(in_size)``."""
+        return math.prod(self.in_size)
 
     def _repack(self) -> None:
+        """Pack the parameters (fixed values and the current learnable ones) once, as the
+        ``[10, N]`` fp32 base that every call starts from."""
         self._params_cache = self.params
         self._packed_versions = self._buffer_versions()
-        if self.learnable:  # packed per call instead, differentiably
-            return
-        n = math.prod(self.in_size)
-        has_tensor = any(isinstance(v, Tensor) for _, v in self._params_cache.items())
-        self._packed = self._params_cache.packed(n if has_tensor else 1, self._packed.device)
+        n = self._params_cache.n_neurons()  # 1 when every value is a scalar
+        with torch.no_grad():
+            self._packed = self._params_cache.packed(n, self._packed.device).detach()
 
     def _buffer_versions(self) -> tuple[int, ...]:
-        return tuple(self._buffers[k]._version for k in PARAM_KINDS if k in self._buffers)
+        return tuple(self._buffers[k]._version for k in self._param_buffers)
 
-    def _current_params(self) -> None:
-        """Re-pack if a parameter buffer changed in place (load_state_dict, ``fill_``)."""
+    def _packed_for_call(self) -> Tensor:
+        """The packed parameters of this call: the cached base, with the learnable rows
+        written in by one differentiable ``index_copy``."""
         if not torch.compiler.is_compiling() and self._buffer_versions() != self._packed_versions:
-            self._repack()
+            self._repack()  # a parameter buffer changed in place (load_state_dict, fill_)
+        if not self.learnable:
+            return self._packed
+        base = self._packed
+        n = base.shape[1]
+        rows = torch.stack([getattr(self, k).to(torch.float32).reshape(-1).expand(n)
+                            for k in self.learnable])  # fmt: skip
+        return base.index_copy(0, self._learn_rows, rows)
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
@@ -167,12 +237,10 @@ class SpikingNeuron(nn.Module):
         for key, value in kept.items():
             setattr(self, key, value.to(device))
         self._repack()
-        if self.last_spike_time is not None:
-            self.last_spike_time = self.last_spike_time.to(device)
-        if self._V is not None:
-            self._V = self._V.to(device)
-        if self._w is not None:
-            self._w = self._w.to(device)
+        if self._state is not None:
+            self._state = self._state.to(device)
+        if self._loose is not None:
+            self._loose = [None if r is None else r.to(device) for r in self._loose]
         return self
 
     # -- state -------------------------------------------------------------------------------
@@ -190,21 +258,30 @@ class SpikingNeuron(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        """Create V (mV) and w (mA) shaped ``(batch_size, *in_size)`` (or ``in_size``) from
-        the initializers, on ``device`` (default: the module's device) in ``dtype``.
+        """Create the state shaped ``(batch_size, *in_size)`` (or ``in_size``) from the
+        initializers: V (mV), w (mA), on ``device`` (default: the module's) in ``dtype``.
 
         Also restarts the clock (``t_step = 0``: the next step runs at t = 0 ms) and, for the
         Ref models, sets ``last_spike_time`` to -1e7 ms as BrainPy does."""
         shape = self._state_shape(batch_size)
         device = self._packed.device if device is None else torch.device(device)
-        self._V = make_state(self.V_initializer, shape, "voltage", "V_initializer", dtype, device)
-        if self.has_w:
-            self._w = make_state(
-                self.w_initializer, shape, "current", "w_initializer", dtype, device
-            )
-        self.t_step = 0
+        constants = [init.value if isinstance(init, Constant) else None for init, _ in self._inits]
         if self.has_ref:
-            self.last_spike_time = torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device)
+            constants.append(NEVER_SPIKED)
+        if all(c is not None for c in constants):  # one small copy, no initializer calls
+            values = torch.tensor(constants, dtype=dtype, device=device)
+            block = values.view(-1, *([1] * len(shape))).expand(len(constants), *shape)
+            self._state = block.contiguous()
+        else:
+            rows = [make_state(init, shape, kind, name, dtype, device) for (init, _), kind, name
+                    in zip(self._inits, ("voltage", "current"), ("V_initializer", "w_initializer"),
+                           strict=False)]  # fmt: skip
+            if self.has_ref:
+                rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
+            self._state = torch.stack(rows)
+        self._loose = None
+        self._state_trusted = all(trusted for _, trusted in self._inits)
+        self.t_step = 0
 
     def reset_state(
         self,
@@ -229,44 +306,89 @@ class SpikingNeuron(nn.Module):
             )
         return value
 
+    def _row(self, i: int | None) -> Tensor | None:
+        if i is None:
+            return None
+        if self._state is not None:
+            return self._state[i]
+        return None if self._loose is None else self._loose[i]
+
+    def _set_row(self, i: int, value: Tensor) -> None:
+        """Replace one row; the block is restacked at the next call (rows may change shape
+        one at a time, as separate V and w assignments do)."""
+        if self._loose is None:
+            rows = [None] * self._spec.n_state if self._state is None else list(self._state)
+        else:
+            rows = self._loose
+        rows[i] = value
+        self._loose, self._state, self._state_trusted = rows, None, False
+
     @property
     def V(self) -> Tensor | None:
         """Membrane potential (mV) after the last step, pre-reset; assignable."""
-        return self._V
+        return self._row(0)
 
     @V.setter
     def V(self, value: Any) -> None:
-        self._V = self._checked_state(value, "voltage", "V")
+        self._set_row(0, self._checked_state(value, "voltage", "V"))
 
     @property
     def w(self) -> Tensor | None:
         """Adaptation current (mA) after the last step; assignable."""
-        return self._w
+        return self._row(self._spec.w_row)
 
     @w.setter
     def w(self, value: Any) -> None:
         if not self.has_w:
             raise AttributeError(f"{type(self).__name__} has no adaptation current w")
-        self._w = self._checked_state(value, "current", "w")
+        self._set_row(self._spec.w_row, self._checked_state(value, "current", "w"))
 
-    def _require_state(self) -> tuple[Tensor, Tensor | None]:
-        if self._V is None or (self.has_w and self._w is None):
+    @property
+    def last_spike_time(self) -> Tensor | None:
+        """Ref models: time of each neuron's last spike (ms; -1e7 after ``init_state``),
+        not differentiable; assignable. None for models without a refractory period."""
+        row = self._row(self._spec.t_row)
+        return None if row is None else row.detach()
+
+    @last_spike_time.setter
+    def last_spike_time(self, value: Any) -> None:
+        if not self.has_ref:
+            raise AttributeError(f"{type(self).__name__} has no refractory period")
+        self._set_row(self._spec.t_row, self._checked_state(value, "time", "last_spike_time"))
+
+    def _require_state(self, x_dtype: torch.dtype) -> Tensor:
+        """The state block, stacked from assigned rows where needed."""
+        if self._state is not None:
+            return self._state
+        rows = self._loose
+        if rows is None or any(r is None for r in rows):
             raise RuntimeError(f"{type(self).__name__}: call init_state(batch_size) first")
-        if self.has_w and self._V.shape != self._w.shape:
-            raise ValueError(f"V {tuple(self._V.shape)} and w {tuple(self._w.shape)} differ")
-        return self._V, self._w
+        names = (
+            ["V"] + (["w"] if self.has_w else []) + (["last_spike_time"] if self.has_ref else [])
+        )
+        for name, r in zip(names[1:], rows[1:], strict=True):
+            if r.shape != rows[0].shape:
+                raise ValueError(f"V {tuple(rows[0].shape)} and {name} {tuple(r.shape)} differ")
+        if any(r.device != rows[0].device for r in rows):
+            raise ValueError("V, w (and last_spike_time) are on different devices")
+        t_last = rows[self._spec.t_row] if self.has_ref else None
+        w = rows[1] if self.has_w else None
+        return stack_state(rows[0], w, t_last, state_dtype(x_dtype, rows[0].dtype))
 
     # -- dynamics ----------------------------------------------------------------------------
 
-    def _input(self, x: Any, state: Tensor, leading: tuple[int, ...]) -> Tensor:
-        """``x`` in mA, checked and expanded to ``(*leading, *state.shape)``."""
-        state_shape = tuple(state.shape)
-        x = to_canonical(x, "current", "x")
-        if isinstance(x, int | float | np.ndarray) and not isinstance(x, bool):
-            x = torch.as_tensor(x, device=state.device)
-            x = x.to(torch.float32) if x.dtype == torch.float64 else x
+    def _input(self, x: Any, state_shape: tuple[int, ...], device: torch.device,
+               leading: tuple[int, ...]) -> Tensor:  # fmt: skip
+        """``x`` in mA, checked and expanded to ``(*leading, *state_shape)``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor (mA) or a current quantity, got {type(x)}")
+            x = to_canonical(x, "current", "x")
+            if isinstance(x, int | float | np.ndarray) and not isinstance(x, bool):
+                x = torch.as_tensor(x, device=device)
+                x = x.to(torch.float32) if x.dtype == torch.float64 else x
+            if not isinstance(x, Tensor):
+                raise TypeError(
+                    f"x must be a torch.Tensor (mA) or a current quantity, got {type(x)}"
+                )
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         target = (*leading, *state_shape)
@@ -284,86 +406,97 @@ class SpikingNeuron(nn.Module):
             )
         return x.expand(target)
 
-    def _run(self, x: Tensor, V: Tensor, w: Tensor | None, return_states: bool):
-        if V.device != x.device:
+    def _run(self, x: Tensor, state: Tensor, return_states: bool):
+        if state.device != x.device:
             raise ValueError(
-                f"x is on {x.device} but the state is on {V.device}; call .to() on the "
+                f"x is on {x.device} but the state is on {state.device}; call .to() on the "
                 "layer or init_state(device=...)"
             )
-        self._current_params()
+        spec = self._spec if not return_states else self._spec_states
+        if spec is None:
+            spec = self._spec.with_return_states(True)  # raises: checkpoint mode
+        packed = self._packed_for_call()
         params = self._params_cache
-        if self.learnable:  # re-validated: an optimizer step may have broken a constraint
-            try:
-                params = self.params
-            except ValueError as err:
-                raise ValueError(
-                    f"{type(self).__name__}: {err}; a learnable parameter left its valid "
-                    "range (clamp it after optimizer steps)"
-                ) from err
-        out = adex_scan(
-            x, V, w, params, dt=self.dt, surrogate=self.spk_fun,
-            spk_reset=self.spk_reset, has_exp=self.has_exp, return_states=return_states,
-            backend=self.backend, check_finite=self.check_finite,
-            detach_reset=self.detach_reset, tau_ref=self.tau_ref,
-            last_spike_time=self.last_spike_time,
-            t0_step=self.t_step if self.has_ref else 0,  # an int guard would recompile
-            packed_params=None if self.learnable or self._packed.device != x.device
-            else self._packed,
-            spike_dtype=self.spike_dtype, checkpoint_every=self.checkpoint_every,
-        )  # fmt: skip
+        violations = None
+        if self.learnable:  # an optimizer step may have broken a constraint
+            params = self._live_params  # built only if the backend reads them
+            if not torch.compiler.is_compiling():
+                with torch.no_grad():
+                    violations = packed_violations(packed)
+        try:
+            out = run_scan(x, state, params, spec, t0_step=self.t_step if self.has_ref else 0,
+                           packed=packed if packed.device == x.device else None,
+                           check_state=not self._state_trusted, extra_check=violations)  # fmt: skip
+        except ExtraCheckError:
+            self._raise_invalid_params()
+        if return_states:  # V and w are the sequences' last rows (their gradient flows there)
+            rows = [out.v_seq[-1]] + ([out.w_seq[-1]] if self.has_w else [])
+            self._state, self._loose = None, rows + ([out.state[-1]] if self.has_ref else [])
+        else:
+            self._state, self._loose = out.state, None
+        self._state_trusted = True
         # the step counter; models without tau_ref never read it, and do not touch it while
         # torch.compile traces (an int attribute would be guarded on: a recompile per call)
         if self.has_ref or not torch.compiler.is_compiling():
             self.t_step += x.shape[0]
-        if self.has_ref:
-            self.last_spike_time = out.last_spike_time
         return out
+
+    def _raise_invalid_params(self) -> None:
+        try:
+            self.params  # noqa: B018 (validates, naming the parameter)
+        except ValueError as err:
+            raise ValueError(
+                f"{type(self).__name__}: {err}; a learnable parameter left its valid "
+                "range (clamp it after optimizer steps)"
+            ) from err
+        raise ValueError(f"{type(self).__name__}: a learnable parameter is out of range")
 
     def update(self, x: Any = 0.0) -> Tensor:
         """One step (BrainPy's ``update``): returns the spikes of the new V, shaped like the
         state, in ``x``'s dtype (or ``spike_dtype``); advances ``V`` and ``w``. ``x`` (mA)
         broadcasts to the state shape."""
-        V, w = self._require_state()
-        x = self._input(x, V, ())
-        out = self._run(x.unsqueeze(0), V, w, return_states=False)
-        self._V, self._w = out.V, out.w
-        return out.spikes[0]
+        x_dtype = x.dtype if isinstance(x, Tensor) else torch.float32
+        state = self._require_state(x_dtype)
+        x = self._input(x, tuple(state.shape[1:]), state.device, ())
+        return self._run(x.unsqueeze(0), state, return_states=False).spikes[0]
 
     def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
         """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA) in one fused scan.
 
         Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``), or with
-        ``return_states=True`` a :class:`StateSequence` of per-step spikes, V and w, all
+        ``return_states=True`` a :class:`StateSequence` with the per-step V and w, all
         differentiable. The final state is left in ``V`` and ``w`` (differentiable too:
         consecutive calls give truncated BPTT).
         """
-        V, w = self._require_state()
-        x_seq = to_canonical(x_seq, "current", "x_seq")
-        if isinstance(x_seq, np.ndarray):
-            x_seq = torch.as_tensor(x_seq, device=V.device)
+        x_dtype = x_seq.dtype if isinstance(x_seq, Tensor) else torch.float32
+        state = self._require_state(x_dtype)
+        state_shape = tuple(state.shape[1:])
         if not isinstance(x_seq, Tensor):
-            raise TypeError(
-                f"x_seq must be a tensor (or current quantity) shaped [T, *state], got "
-                f"{type(x_seq).__name__}"
-            )
-        if x_seq.dim() != V.dim() + 1:
+            x_seq = to_canonical(x_seq, "current", "x_seq")
+            if isinstance(x_seq, np.ndarray):
+                x_seq = torch.as_tensor(x_seq, device=state.device)
+            if not isinstance(x_seq, Tensor):
+                raise TypeError(
+                    f"x_seq must be a tensor (or current quantity) shaped [T, *state], got "
+                    f"{type(x_seq).__name__}"
+                )
+        if x_seq.dim() != len(state_shape) + 1 or x_seq.shape[0] == 0:
             raise ValueError(
-                f"x_seq must be [T, *state_shape] = [T, {', '.join(map(str, V.shape))}], got "
-                f"shape {tuple(x_seq.shape)} (a missing time axis? use update() for one step)"
+                f"x_seq must be [T, *state_shape] = [T, {', '.join(map(str, state_shape))}] "
+                f"with T >= 1, got shape {tuple(x_seq.shape)} (a missing time axis? use "
+                "update() for one step)"
             )
-        x_seq = self._input(x_seq, V, (x_seq.shape[0],))
-        out = self._run(x_seq, V, w, return_states)
+        x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
+        out = self._run(x_seq, state, return_states)
         if return_states:
-            self._V, self._w = out.V[-1], None if out.w is None else out.w[-1]
-            return StateSequence(out.spikes, out.V, out.w)
-        self._V, self._w = out.V, out.w
+            return StateSequence(out.spikes, out.v_seq, out.w_seq)
         return out.spikes
 
     def get_spike(self, V: Tensor | None = None) -> Tensor:
         """``H((V - V_th)/(V_th - V_reset))`` with the surrogate gradient (default: the stored
         V)."""
         if V is None:
-            V, _ = self._require_state()
+            V = self._require_state(torch.float32)[0]
         p = self._params_cache.cast(V.dtype, V.device)
         return self.spk_fun((V - p["V_th"]) / (p["V_th"] - p["V_reset"]))
 

@@ -1,8 +1,11 @@
-"""The fused kernels as opaque ``torch.library`` custom ops, with autograd on top.
+"""The fused kernels as opaque ``torch.library`` custom ops, for ``torch.compile``.
 
-``adex::scan_fwd`` and ``adex::scan_bwd`` wrap the Triton launchers; both have fake
-(meta) implementations so ``torch.compile`` traces through them without a graph break, and
-``scan_fwd`` differentiates through ``scan_bwd``. Only ``ctx`` bookkeeping lives here.
+``adex::scan_fwd`` and ``adex::scan_bwd`` wrap the Triton launchers; both have fake (meta)
+implementations so ``torch.compile`` traces through them without a graph break, and
+``scan_fwd`` differentiates through ``scan_bwd`` with ``adex.fused.fused_backward``, the
+backward the eager path runs too. The scan's settings travel as ``ScanSpec.key`` (a
+string); absent tensors are empty at this boundary only (an op returns tensors), None
+everywhere else.
 """
 
 from __future__ import annotations
@@ -10,200 +13,125 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adex.kernels import adex_scan_bwd, adex_scan_fwd
+from adex.fused import fused_backward
+from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
+from adex.kernels.scan_fwd import adex_scan_fwd
+from adex.spec import ScanSpec
 
-_FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _or_empty(t: Tensor | None, like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A distinct empty tensor for an absent output (custom ops return no None, and
+    outputs may not alias each other)."""
+    return like.new_empty(0, dtype=dtype) if t is None else t
+
+
+def _or_none(t: Tensor) -> Tensor | None:
+    return None if t.numel() == 0 else t
 
 
 @torch.library.custom_op("adex::scan_fwd", mutates_args=())
-def scan_fwd(
-    x: Tensor,
-    V0: Tensor,
-    w0: Tensor,
-    packed_params: Tensor,
-    dt: float,
-    ceiling: float,
-    surrogate_kind: int,
-    surrogate_params: list[float],
-    hard_reset: bool,
-    has_w: bool,
-    has_exp: bool,
-    store_v: bool,
-    store_w: bool,
-    last_spike_time: Tensor | None = None,
-    tau_ref: float = -1.0,
-    t0_step: int = 0,
-    detach_reset: bool = False,
-    spike_dtype: torch.dtype | None = None,
-    checkpoint_every: int = 0,
-) -> _FwdOut:
-    """Fused forward scan; see ``adex.kernels.adex_scan_fwd``. ``surrogate_*`` and
-    ``detach_reset`` are only read by the backward; ``tau_ref < 0`` means no refractory
-    period (``last_spike_time`` is then ignored). With ``checkpoint_every`` > 0 the second
-    output holds the state checkpoints and the backward keeps ``x`` to recompute."""
-    has_ref = tau_ref >= 0
-    return adex_scan_fwd(
-        x, V0, w0, packed_params, dt, ceiling, hard_reset, has_w, has_exp, store_v, store_w,
-        tau_ref if has_ref else None, last_spike_time if has_ref else None, t0_step,
-        spike_dtype, checkpoint_every,
-    )  # fmt: skip
+def scan_fwd(x: Tensor, state0: Tensor, packed: Tensor, spec: str, needs_grad: bool,
+             param_grad: bool, t0_step: int) -> _FwdOut:  # fmt: skip
+    """Fused forward scan (``adex.kernels.adex_scan_fwd``) under the plan of ``spec`` (a
+    ``ScanSpec.key``) for ``needs_grad``/``param_grad``. Returns ``(spikes, state, v_seq,
+    w_seq, ref_bits, checkpoints)``, empty where the plan writes none."""
+    s = ScanSpec.from_key(spec)
+    out = adex_scan_fwd(x, state0, packed, s, s.plan(needs_grad, param_grad), t0_step)
+    return (out.spikes, out.state, _or_empty(out.v_seq, x), _or_empty(out.w_seq, x),
+            _or_empty(out.ref_bits, x, torch.uint8), _or_empty(out.checkpoints, x))  # fmt: skip
 
 
 @scan_fwd.register_fake
-def _(x, V0, w0, packed_params, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
-      has_w, has_exp, store_v, store_w, last_spike_time=None, tau_ref=-1.0, t0_step=0,
-      detach_reset=False, spike_dtype=None, checkpoint_every=0):  # fmt: skip
-    has_ref = tau_ref >= 0
+def _(x, state0, packed, spec, needs_grad, param_grad, t0_step):
+    s = ScanSpec.from_key(spec)
+    plan = s.plan(needs_grad, param_grad)
+    T, S = x.shape[0], x.shape[1:]
 
-    def f32(shape, present=True):
+    def f32(shape, present):
         return x.new_empty(shape if present else (0,), dtype=torch.float32)
 
-    if checkpoint_every > 0:
-        n_seg = -(-x.shape[0] // checkpoint_every)
-        v_out = f32((n_seg, 1 + has_w + has_ref, *x.shape[1:]))
-    else:
-        v_out = f32(x.shape, store_v)
+    K = plan.checkpoint_every
     return (
-        torch.empty_like(x, dtype=x.dtype if spike_dtype is None else spike_dtype),
-        v_out,
-        f32(x.shape, store_w),
-        f32(x.shape[1:]),
-        f32(x.shape[1:], has_w),
-        x.new_empty(
-            ((x.shape[0] + 7) // 8, *x.shape[1:]) if has_ref and store_v else (0,),
-            dtype=torch.uint8,
-        ),
-        f32(x.shape[1:], has_ref),
+        torch.empty_like(x, dtype=x.dtype if s.spike_dtype is None else s.spike_dtype),
+        f32(state0.shape, True),
+        f32(x.shape, plan.store_v),
+        f32(x.shape, plan.store_w),
+        x.new_empty(((T + 7) // 8, *S) if plan.store_ref else (0,), dtype=torch.uint8),
+        f32((-(-T // K) if K else 0, s.n_state, *S), bool(K)),
     )
 
 
 @torch.library.custom_op("adex::scan_bwd", mutates_args=())
 def scan_bwd(
-    v_seq: Tensor,
-    V0: Tensor,
-    packed_params: Tensor,
+    state0: Tensor,
+    packed: Tensor,
+    v_seq: Tensor | None,
+    w_seq: Tensor | None,
+    ref_bits: Tensor | None,
+    checkpoints: Tensor | None,
+    x: Tensor | None,
     grad_spikes: Tensor | None,
     grad_v_seq: Tensor | None,
     grad_w_seq: Tensor | None,
-    grad_v_last: Tensor | None,
-    grad_w_last: Tensor | None,
+    grad_state: Tensor | None,
+    spec: str,
+    needs_grad: bool,
+    param_grad: bool,
     x_dtype: torch.dtype,
-    dt: float,
-    ceiling: float,
-    surrogate_kind: int,
-    surrogate_params: list[float],
-    hard_reset: bool,
-    has_w: bool,
-    has_exp: bool,
-    ref_mask: Tensor | None = None,
-    detach_reset: bool = False,
-    w_seq: Tensor | None = None,
-    w0: Tensor | None = None,
-    param_grad: bool = False,
-    x: Tensor | None = None,
-    checkpoint_every: int = 0,
-    tau_ref: float = -1.0,
-    t0_step: int = 0,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fused backward scan; see ``adex.kernels.adex_scan_bwd`` (``tau_ref < 0``: none)."""
-    return adex_scan_bwd(
-        v_seq, V0, packed_params,
-        grad_spikes, grad_v_seq, grad_w_seq, grad_v_last, grad_w_last,
-        x_dtype, dt, ceiling, surrogate_kind, tuple(surrogate_params),
-        hard_reset, has_w, has_exp, ref_mask, detach_reset, w_seq, w0, param_grad,
-        x, checkpoint_every, tau_ref if tau_ref >= 0 else None, t0_step,
-    )  # fmt: skip
+    T: int,
+    t0_step: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused backward scan (``adex.kernels.adex_scan_bwd``). Returns ``(grad_x,
+    grad_state0, grad_params)``; ``grad_params`` is empty without ``param_grad``."""
+    s = ScanSpec.from_key(spec)
+    saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x)
+    out = adex_scan_bwd(saved, packed, s, s.plan(needs_grad, param_grad), grad_spikes,
+                        grad_v_seq, grad_w_seq, grad_state, x_dtype, T, t0_step)  # fmt: skip
+    return out.grad_x, out.grad_state0, _or_empty(out.grad_params, state0)
 
 
 @scan_bwd.register_fake
-def _(v_seq, V0, packed_params, grad_spikes, grad_v_seq, grad_w_seq, grad_v_last,
-      grad_w_last, x_dtype, dt, ceiling, surrogate_kind, surrogate_params, hard_reset,
-      has_w, has_exp, ref_mask=None, detach_reset=False, w_seq=None, w0=None,
-      param_grad=False, x=None, checkpoint_every=0, tau_ref=-1.0, t0_step=0):  # fmt: skip
-    state = V0.new_empty(V0.shape, dtype=torch.float32)
-    w_grad = V0.new_empty(V0.shape if has_w else (0,), dtype=torch.float32)
-    par_grad = V0.new_empty((10, *V0.shape) if param_grad else (0,), dtype=torch.float32)
-    seq_shape = x.shape if checkpoint_every > 0 else v_seq.shape
-    return V0.new_empty(seq_shape, dtype=x_dtype), state, w_grad, par_grad
+def _(state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, grad_spikes, grad_v_seq,
+      grad_w_seq, grad_state, spec, needs_grad, param_grad, x_dtype, T, t0_step):  # fmt: skip
+    S = state0.shape[1:]
+    grad_par = state0.new_empty((10, *S) if param_grad else (0,), dtype=torch.float32)
+    return (state0.new_empty((T, *S), dtype=x_dtype),
+            state0.new_empty(state0.shape, dtype=torch.float32), grad_par)  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output):
-    (x, V0, w0, packed, dt, ceiling, kind, sg_params, hard, has_w, has_exp, store_v, _,
-     _t_last, tau_ref, t0_step, detach_reset, _, checkpoint_every) = _with_defaults(
-        inputs)  # fmt: skip
+    x, state0, packed, spec, needs_grad, param_grad, t0_step = inputs
+    _, _, v_seq, w_seq, ref_bits, checkpoints = output
     ctx.set_materialize_grads(False)
-    ctx.checkpoint_every = checkpoint_every
-    ctx.tau_ref = tau_ref
-    ctx.t0_step = t0_step
-    if checkpoint_every > 0:  # the checkpoints, and x to recompute from them
-        ctx.mark_non_differentiable(output[1])  # internal state, not a per-step output
-        ctx.save_for_backward(output[1], V0, packed, x)
-    else:  # parameter gradients with w read w' (the tau_w term): the caller stores w_seq
-        ctx.save_for_backward(output[1], V0, packed, output[5], output[2], w0)
-    ctx.store_v = store_v
-    ctx.has_ref = tau_ref >= 0
-    ctx.config = dict(
-        x_dtype=x.dtype, dt=dt, ceiling=ceiling, surrogate_kind=kind,
-        surrogate_params=list(sg_params), hard_reset=hard, has_w=has_w, has_exp=has_exp,
-        detach_reset=detach_reset,
+    ctx.mark_non_differentiable(ref_bits, checkpoints)
+    ctx.spec, ctx.t0_step = spec, t0_step
+    ctx.plan = ScanSpec.from_key(spec).plan(needs_grad, param_grad)
+    ctx.x_dtype, ctx.T = x.dtype, x.shape[0]
+    ctx.save_for_backward(state0, packed, v_seq, w_seq, ref_bits, checkpoints,
+                          x if ctx.plan.checkpoint_every else None)  # fmt: skip
+
+
+def _launch_op(saved, packed, spec, plan, g_spikes, g_v_seq, g_w_seq, g_state, x_dtype, T,
+               t0_step):  # fmt: skip
+    """``adex_scan_bwd``'s signature over the ``adex::scan_bwd`` op."""
+    grad_x, grad_state0, grad_par = scan_bwd(
+        saved.state0, packed, saved.v_seq, saved.w_seq, saved.ref_bits, saved.checkpoints,
+        saved.x, g_spikes, g_v_seq, g_w_seq, g_state, spec.key, plan.needs_grad,
+        plan.param_grad, x_dtype, T, t0_step,
     )  # fmt: skip
+    return grad_x, grad_state0, grad_par if plan.param_grad else None
 
 
-def _with_defaults(inputs: tuple) -> tuple:
-    """``scan_fwd``'s inputs with its trailing defaults filled in."""
-    defaults = (None, -1.0, 0, False, None, 0)
-    missing = 19 - len(inputs)
-    return tuple(inputs) + defaults[len(defaults) - missing :] if missing else tuple(inputs)
-
-
-def _present(grad: Tensor | None) -> Tensor | None:
-    """An incoming gradient, contiguous, or None where it is absent or empty."""
-    if grad is None or grad.numel() == 0:
-        return None
-    return grad.contiguous()
-
-
-def _backward(ctx, g_spikes, g_v_seq, g_w_seq, g_v_last, g_w_last, _g_ref, _g_t_last):
-    recompute = ctx.checkpoint_every > 0
-    if not (ctx.store_v or recompute):
-        raise RuntimeError(
-            "adex::scan_fwd ran without saving V (no input required grad at call time); "
-            "cannot backpropagate through it"
-        )
-    need = ctx.needs_input_grad
-    has_w = ctx.config["has_w"]
-    param_grad = need[3]
-    grads = (_present(g_spikes), _present(g_v_seq), _present(g_w_seq), _present(g_v_last),
-             _present(g_w_last))  # fmt: skip
-    if recompute:  # no per-step V/w outputs: their gradient slots hold the checkpoints'
-        checkpoints, V0, packed, x = ctx.saved_tensors
-        grads = (grads[0], None, None, grads[3], grads[4])
-        grad_x, grad_v0, grad_w0, grad_par = scan_bwd(
-            checkpoints, V0, packed, *grads, param_grad=param_grad, x=x,
-            checkpoint_every=ctx.checkpoint_every, tau_ref=ctx.tau_ref, t0_step=ctx.t0_step,
-            **ctx.config,
-        )  # fmt: skip
-    else:
-        v_seq, V0, packed, ref_mask, w_seq, w0 = ctx.saved_tensors
-        if param_grad and has_w and w_seq.numel() == 0:
-            raise RuntimeError("parameter gradients with w need scan_fwd(store_w=True)")
-        grad_x, grad_v0, grad_w0, grad_par = scan_bwd(
-            v_seq, V0, packed, *grads,
-            ref_mask=ref_mask if ctx.has_ref else None,
-            w_seq=w_seq if param_grad and has_w else None,
-            w0=w0 if param_grad and has_w else None,
-            param_grad=param_grad,
-            **ctx.config,
-        )  # fmt: skip
-    grad_packed = None
-    if param_grad:  # per-element [10, *S] -> per-neuron [10, N], summed over the batch
-        grad_packed = grad_par.reshape(10, -1, packed.shape[1]).sum(1)
-    return (
-        grad_x if need[0] else None,
-        grad_v0 if need[1] else None,
-        grad_w0 if need[2] and has_w else None,
-        grad_packed,
-    ) + (None,) * 15
+def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, _g_ckpt):
+    state0, packed, v_seq, w_seq, ref_bits, checkpoints, x = ctx.saved_tensors
+    saved = SavedForBackward(state0, _or_none(v_seq), _or_none(w_seq), _or_none(ref_bits),
+                             _or_none(checkpoints), x)  # fmt: skip
+    grads = fused_backward(ScanSpec.from_key(ctx.spec), ctx.plan, saved, packed,
+                           ctx.needs_input_grad[:3], ctx.x_dtype, ctx.T, ctx.t0_step,
+                           (g_spikes, g_state, g_v_seq, g_w_seq), _launch_op)  # fmt: skip
+    return (*grads, None, None, None, None)
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)

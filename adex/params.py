@@ -93,6 +93,34 @@ class AdExParams:
             converted[name] = _as_param(magnitude, name, in_size)
         return cls(**converted)
 
+    @classmethod
+    def trusted(cls, values: Mapping[str, ParamValue]) -> AdExParams:
+        """Build from canonical values that were validated already (no checks, no host
+        sync): the modules' per-call parameters, whose constraints are checked on the
+        packed tensor (:func:`packed_violations`)."""
+        if torch.compiler.is_compiling():  # traced: the plain constructor (its tensor checks
+            return cls(**values)  # are skipped while tracing)
+        params = object.__new__(cls)
+        for name, default in _DEFAULTS.items():
+            object.__setattr__(params, name, values.get(name, default))
+        return params
+
+    def n_neurons(self) -> int:
+        """Neurons per sample of the per-neuron values (1 when every value is a scalar).
+        Raises ``ValueError`` when per-neuron values disagree in shape."""
+        shape = self.neuron_shape()
+        return 1 if shape is None else math.prod(shape)
+
+    def neuron_shape(self) -> tuple[int, ...] | None:
+        """The shape of the per-neuron (non-scalar tensor) values, or None without any.
+        Raises ``ValueError`` when they disagree."""
+        shapes = {
+            tuple(v.shape) for _, v in self.items() if isinstance(v, torch.Tensor) and v.dim() > 0
+        }
+        if len(shapes) > 1:
+            raise ValueError(f"per-neuron parameters disagree in shape: {sorted(shapes)}")
+        return shapes.pop() if shapes else None
+
     def items(self) -> list[tuple[str, ParamValue]]:
         """(name, value) pairs in field order."""
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
@@ -141,6 +169,22 @@ class AdExParams:
             else:
                 out[name] = value
         return out
+
+
+_DEFAULTS = {f.name: f.default for f in fields(AdExParams)}
+
+PACKED_ROWS = {name: row for row, name in enumerate(PARAM_KINDS)}
+"""Row of each parameter in the packed ``[10, N]`` layout (``AdExParams`` field order)."""
+
+
+def packed_violations(packed: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor, True where the packed parameters ``[10, N]`` break a model
+    constraint (tau, tau_w, delta_T > 0, V_th > V_reset, all finite): the same rules as
+    :meth:`AdExParams.validate`, as one device-side reduction (no host sync)."""
+    r = PACKED_ROWS
+    positive = packed[[r["tau"], r["tau_w"], r["delta_T"]]] > 0
+    ordered = packed[r["V_th"]] > packed[r["V_reset"]]
+    return ~(positive.all() & ordered.all() & torch.isfinite(packed).all())
 
 
 def _as_param(value: Any, name: str, in_size: tuple[int, ...]) -> ParamValue:

@@ -9,13 +9,30 @@ Autograd through it gives BrainPy's BPTT gradients.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 
 from adex.exprel import exprel
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.surrogate import Surrogate
+
+
+class _Values(NamedTuple):
+    """The ten parameters as plain values in the compute dtype (floats or tensors)."""
+
+    R: object
+    tau: object
+    tau_w: object
+    V_th: object
+    V_reset: object
+    V_rest: object
+    V_T: object
+    delta_T: object
+    a: object
+    b: object
+
 
 EXP_CLAMP = 20.0
 """The exponent of the AdEx exponential term is clamped at this value (as BrainPy does)."""
@@ -144,7 +161,7 @@ def adex_scan_reference(
         ``last_spike_time`` ``[*S]``.
     """
     compute = torch.float64 if torch.float64 in (x.dtype, V0.dtype) else torch.float32
-    p = SimpleNamespace(**params.cast(compute, x.device))
+    p = _Values(**params.cast(compute, x.device))
     V = V0.to(compute)
     w = None if w0 is None else w0.to(compute)
     spikes, Vs, ws = [], [], []
@@ -177,3 +194,64 @@ def adex_scan_reference(
     if tau_ref is not None:
         return torch.stack(spikes), torch.stack(Vs), w_seq, t_last
     return torch.stack(spikes), torch.stack(Vs), w_seq
+
+
+def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, spec, *,
+                   t0_step: int = 0, packed: torch.Tensor | None = None):  # fmt: skip
+    """The reference backend with the fused backend's signature and result
+    (``adex.fused.fused_scan``): the state as one block ``[C, *S]`` (V, then w and the
+    last-spike time as far as the model has them), settings from the ``ScanSpec``.
+    ``packed`` is accepted for the common signature and not read (the reference computes
+    with ``params`` in its own dtype, float64 included). With ``spec.checkpoint_every``
+    (and a gradient needed) each K-step segment runs under ``torch.utils.checkpoint``.
+
+    Returns an ``adex.fused.ScanOutput``."""
+    from adex.spec import ScanOutput
+
+    V0 = state0[0]
+    w0 = state0[spec.w_row] if spec.has_w else None
+    t_last = state0[spec.t_row].detach() if spec.has_ref else None
+    kwargs = dict(params=params, dt=spec.dt, surrogate=spec.surrogate,
+                  hard_reset=spec.hard_reset, has_exp=spec.has_exp,
+                  detach_reset=spec.detach_reset, tau_ref=spec.tau_ref)  # fmt: skip
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or state0.requires_grad
+        or any(isinstance(v, torch.Tensor) and v.requires_grad for _, v in params.items())
+    )  # fmt: skip
+    if spec.checkpoint_every and needs_grad:
+        spikes, V, w, t_last = _checkpointed(x, V0, w0, t_last, t0_step, spec.checkpoint_every,
+                                             kwargs)  # fmt: skip
+        v_seq = w_seq = None
+    else:
+        out = adex_scan_reference(x, V0, w0, last_spike_time=t_last, t0_step=t0_step, **kwargs)
+        spikes, v_seq, w_seq = out[:3]
+        V, w = v_seq[-1], None if w_seq is None else w_seq[-1]
+        t_last = out[3] if spec.has_ref else None
+        if not spec.return_states:
+            v_seq = w_seq = None
+    if spec.spike_dtype is not None:
+        spikes = spikes.to(spec.spike_dtype)
+    rows = [V] + ([w] if spec.has_w else []) + ([t_last.to(V.dtype)] if spec.has_ref else [])
+    return ScanOutput(spikes, torch.stack(rows), v_seq, w_seq)
+
+
+def _checkpointed(x, V0, w0, last_spike_time, t0_step: int, every: int, kwargs: dict):
+    """The reference scan in segments of ``every`` steps under ``torch.utils.checkpoint``:
+    only the state between segments (and ``x``) is kept for backward.
+
+    Returns ``(spikes [T, *S], V_last, w_last or None, last_spike_time or None)``."""
+
+    def segment(x_seg, V, w, t_last, k0):
+        out = adex_scan_reference(x_seg, V, w, last_spike_time=t_last, t0_step=k0, **kwargs)
+        return (out[0], out[1][-1], None if w is None else out[2][-1],
+                out[3] if t_last is not None else None)  # fmt: skip
+
+    spikes = []
+    V, w, t_last = V0, w0, last_spike_time
+    for start in range(0, x.shape[0], every):
+        s, V, w, t_last = torch.utils.checkpoint.checkpoint(
+            segment, x[start : start + every], V, w, t_last, t0_step + start,
+            use_reentrant=False,
+        )  # fmt: skip
+        spikes.append(s)
+    return torch.cat(spikes), V, w, t_last

@@ -87,6 +87,16 @@ class Surrogate:
         args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.param_names)
         return f"{type(self).__name__}({args})"
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # the hyper-parameters are read into a layer's ScanSpec once, at construction: a
+        # later change would be silently ignored, so it is refused
+        if name in type(self).param_names and name in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is fixed at construction; build a new "
+                f"surrogate (e.g. layer.spk_fun = {type(self).__name__}({name}=...))"
+            )
+        object.__setattr__(self, name, value)
+
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.params == other.params  # type: ignore[union-attr]
 

@@ -1,12 +1,20 @@
-"""One forward step of the AdEx family on a block of neurons, shared by the forward scan and
-the backward scan's recomputation (low-memory mode): both must produce the same V."""
+"""One step of the AdEx family on a block of neurons, as device functions: the forward step
+(shared by the forward scan and the backward scan's recomputation in low-memory mode: both
+must produce the same V), its recomputed factors, its adjoint and its parameter-gradient
+terms (the backward scan is a loop over these), and the refractory-flag packing."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exp_term, exprel, reset
+from adex.kernels.device_math import (
+    exp_term,
+    exprel,
+    exprel_derivative,
+    reset,
+    surrogate_grad,
+)
 
 
 @triton.jit
@@ -80,3 +88,174 @@ def load_flag_bit(ref_ptr, row, M, o_m, m_m):
     """The flag of step ``row`` stored by :func:`store_flag_bit`, as int1 ``[BLOCK]``."""
     b_byte = tl.load(ref_ptr + tl.cast(row // 8, tl.int64) * M + o_m, mask=m_m, other=0)
     return ((b_byte.to(tl.int32) >> (row % 8)) & 1) != 0
+
+
+@triton.jit
+def step_factors(
+    b_vprev,  # [BLOCK] fp32 stored V before the step (V_{t-1}, or V0)
+    b_vnew,  # [BLOCK] fp32 stored V after the step (V_t)
+    b_tau, b_vth, b_vreset, b_vT, b_dT, b_theta,
+    dt,  # fp32 ms
+    HARD_RESET: tl.constexpr,
+    HAS_EXP: tl.constexpr,
+):  # fmt: skip
+    """The forward quantities of one step that its adjoint needs, recomputed from the stored
+    V before and after it (F is recovered from consecutive V, not saved).
+
+    Returns ``(V', s_prev, u_prev, z, E, slope, J, zJ, phi, P, F, dV/dV', runaway)``: the
+    post-reset V, the previous spike and its scaled variable, the exponential term's
+    ``z = (V' - V_T)/delta_T``, ``E = exp(min(z, 20))`` and the clamp's slope (zeros
+    without HAS_EXP), the Jacobian ``J`` and ``zJ = dt J``, ``phi = exprel(dt J)``,
+    ``P = dt phi`` (zero on a runaway step), ``F = (V_t - V')/P``, the step's derivative
+    ``dV_t/dV'`` including the second-order term through ``J(V')`` (zero on a runaway step)
+    and the int1 runaway flag (all false without HAS_EXP)."""
+    b_vr, b_sprev, b_uprev = reset(b_vprev, b_vth, b_vreset, b_theta, HARD_RESET)
+    b_z = tl.zeros_like(b_vr)
+    b_e = tl.zeros_like(b_vr)
+    b_slope = tl.zeros_like(b_vr)
+    if HAS_EXP:
+        b_z, b_e, b_slope = exp_term(b_vr, b_vT, b_dT)
+        b_jac = (-1.0 + b_e * b_slope) / b_tau
+        b_djac = b_e * b_slope / (b_tau * b_dT)  # dJ/dV'
+    else:
+        b_jac = -1.0 / b_tau
+        b_djac = 0.0
+    b_zj = dt * b_jac
+    b_phi = exprel(b_zj)
+    b_p = dt * b_phi
+    b_f = (b_vnew - b_vr) / b_p  # F_V(V'), recovered from consecutive V
+    b_dvdv = 1.0 + b_p * b_jac + dt * dt * exprel_derivative(b_zj, b_phi) * b_djac * b_f
+    b_run = b_z > 1e30  # all false
+    if HAS_EXP:
+        # a runaway step stored the constant V_th (adex.params.RUNAWAY_CEILING): nothing
+        # flows through its V; zero the factors too, which may be inf there
+        b_run = (b_vnew == b_vth) & (b_z > 0.0)
+        b_p = tl.where(b_run, 0.0, b_p)
+        b_dvdv = tl.where(b_run, 0.0, b_dvdv)
+    return b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f, b_dvdv, b_run
+
+
+@triton.jit
+def step_adjoint(
+    b_lv,  # [BLOCK] adjoint of the stored V_t (output gradients of step t included)
+    b_lw,  # [BLOCK] adjoint of w_t
+    b_ref,  # [BLOCK] int1: step t was refractory (read with HAS_REF)
+    b_vprev, b_sprev, b_uprev, b_p, b_dvdv,  # from step_factors
+    b_R, b_tau, b_vreset, b_a, b_b, b_theta, b_cw,
+    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
+    SURROGATE: tl.constexpr,
+    HARD_RESET: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    DETACH_RESET: tl.constexpr,
+):  # fmt: skip
+    """The BPTT adjoint of one step, from the adjoints of its outputs (V_t, w_t) to those
+    of its inputs (V_{t-1}, w_{t-1}) through the exponential-Euler V, the w update, the
+    refractory hold and the reset at the start of the step (with its surrogate).
+
+    Returns ``(grad_x, lambda_V', lambda_w', lambda_V_{t-1}, lambda_w_{t-1}, lambda_big)``:
+    the gradient of the step's input current, the adjoints after the reset (read by the
+    parameter gradients), the adjoints carried to the previous step and the total adjoint
+    of V_t (w_t reads V_t too)."""
+    b_big = b_lv
+    if HAS_W:
+        b_big += b_lw * b_a * b_cw
+    b_gx = b_big * b_p * b_R / b_tau
+    b_lvr = b_big * b_dvdv  # adjoint of V' (after the reset)
+    b_lwr = b_lw - b_lw * b_cw - b_big * b_p * b_R / b_tau  # adjoint of w'
+    if HAS_REF:  # a refractory step kept V = V', w = w': identity, no input gradient
+        b_gx = tl.where(b_ref, 0.0, b_gx)
+        b_lvr = tl.where(b_ref, b_lv, b_lvr)
+        b_lwr = tl.where(b_ref, b_lw, b_lwr)
+    # through the reset at the start of step t (spike of V_{t-1}, with its surrogate)
+    if DETACH_RESET:
+        b_lv_prev = b_lvr
+    else:
+        b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+        if HARD_RESET:
+            b_lv_prev = b_lvr - b_lvr * (b_vprev - b_vreset) * b_sig
+        else:
+            b_lv_prev = b_lvr - b_lvr * b_theta * b_sig
+        if HAS_W:
+            b_lv_prev += b_lwr * b_b * b_sig
+    b_lw_prev = b_lw
+    if HAS_W:
+        b_lw_prev = b_lwr
+    return b_gx, b_lvr, b_lwr, b_lv_prev, b_lw_prev, b_big
+
+
+@triton.jit
+def step_param_grads(
+    g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b,  # accumulators
+    b_gsg,  # [BLOCK] surrogate-weighted spike gradient of step t (0 without spike grads)
+    b_u,  # [BLOCK] (V_t - V_th)/theta
+    b_lw,  # [BLOCK] adjoint of w_t (before step_adjoint)
+    b_big, b_lvr, b_lwr, b_ref,  # from step_adjoint (b_ref read with HAS_REF)
+    b_vprev, b_vnew, b_wprev,  # stored V_{t-1}, V_t and w_{t-1} (HAS_W)
+    b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f, b_run,
+    b_R, b_tau, b_vreset, b_vrest, b_dT, b_a, b_b, b_theta, b_cw,
+    b_dcw,  # d c_w / d tau_w
+    dt,
+    sg0, sg1, sg2, sg3,
+    SURROGATE: tl.constexpr,
+    HARD_RESET: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_EXP: tl.constexpr,
+    HAS_REF: tl.constexpr,
+    DETACH_RESET: tl.constexpr,
+    HAS_GSPK: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Add one step's direct dependence on the ten parameters (packed-row order) to their
+    accumulators: the returned spike, the exponential-Euler V, the w update and the reset.
+    Returns the ten accumulators."""
+    if HAS_GSPK:  # u = (V - V_th)/(V_th - V_reset)
+        g_vth -= b_gsg * (1.0 + b_u)
+        g_vreset += b_gsg * b_u
+    b_upd = tl.full([BLOCK], 1.0, tl.float32)  # 1 where w was updated (not refractory)
+    if HAS_REF:
+        b_upd = tl.where(b_ref, 0.0, b_upd)
+    b_int = b_upd  # 1 where V was integrated (not refractory, not runaway)
+    if HAS_EXP:
+        b_int = tl.where(b_run, 0.0, b_int)
+    # the factors below are selected, not multiplied by 0: on a refractory or runaway
+    # step exprel(dt J) may be inf, and 0 * inf would be NaN
+    b_on = b_int > 0.0
+    b_lam = tl.where(b_on, b_big, 0.0)  # adjoint of V_new where it was integrated
+    b_pi = tl.where(b_on, b_p, 0.0)
+    b_fi = tl.where(b_on, b_f, 0.0)
+    b_acc = tl.where(b_on, dt * dt * exprel_derivative(b_zj, b_phi) * b_fi, 0.0)  # dV/dJ
+    b_inet = b_tau * b_fi + (b_vr - b_vrest)  # R (x - w') = tau F + (V' - V_rest) - ...
+    if HAS_EXP:
+        b_inet -= b_dT * b_e
+        b_em = b_e * b_slope
+        g_vT -= b_lam * (b_acc * b_em / (b_dT * b_tau) + b_pi * b_em / b_tau)
+        g_dT += b_lam * (b_pi * (b_e - b_em * b_z) - b_acc * b_em * b_z / b_dT) / b_tau
+    g_R += b_lam * b_pi * b_inet / (b_R * b_tau)
+    g_tau -= b_lam * (b_acc * b_jac + b_pi * b_fi) / b_tau
+    g_vrest += b_lam * b_pi / b_tau
+    if HAS_EXP:  # a runaway step stored V_new = V_th
+        g_vth += tl.where(b_run, b_big, 0.0) * b_upd
+    if HAS_W:
+        b_wr = b_wprev + b_b * b_sprev
+        b_lwu = b_lw * b_upd
+        g_a += b_lwu * b_cw * (b_vnew - b_vrest)
+        g_vrest -= b_lwu * b_cw * b_a
+        g_tau_w += b_lwu * b_dcw * (b_a * (b_vnew - b_vrest) - b_wr)
+    # the reset at the start of this step: V' and w' depend on V_th, V_reset, b
+    if DETACH_RESET:
+        b_gpre = 0.0
+    else:
+        b_gpre = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE)
+    if HARD_RESET:
+        b_k = (b_vprev - b_vreset) * b_gpre / b_theta
+        g_vth += b_lvr * b_k * (1.0 + b_uprev)
+        g_vreset += b_lvr * (b_sprev - b_k * b_uprev)
+    else:
+        g_vth += b_lvr * (b_gpre * (1.0 + b_uprev) - b_sprev)
+        g_vreset += b_lvr * (b_sprev - b_gpre * b_uprev)
+    if HAS_W:
+        g_b += b_lwr * b_sprev
+        g_vth -= b_lwr * b_b * b_gpre * (1.0 + b_uprev) / b_theta
+        g_vreset += b_lwr * b_b * b_gpre * b_uprev / b_theta
+    return g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b

@@ -748,19 +748,12 @@ def test_fused_matches_reference_fuzz(case: FuzzCase):
 
 def test_fuzz_comparison_can_fail(monkeypatch):
     """The comparison catches a wrong fused result: a kernel run with dt off by 1% fails."""
-    real = adex.functional.torch.ops.adex.scan_fwd
+    real = adex.fused.adex_scan_fwd
 
-    class _Ops:  # stands in for torch.ops.adex inside adex.functional: dt * 1.01
-        def scan_fwd(self, x, V0, w0, packed, dt, *rest):
-            return real(x, V0, w0, packed, dt * 1.01, *rest)
+    def skewed(x, state0, packed, spec, plan, t0_step=0):  # the forward kernel at dt * 1.01
+        return real(x, state0, packed, dataclasses.replace(spec, dt=spec.dt * 1.01), plan, t0_step)
 
-    class _Torch:
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-        ops = type("ops", (), {"adex": _Ops()})()
-
-    monkeypatch.setattr(adex.functional, "torch", _Torch())
+    monkeypatch.setattr(adex.fused, "adex_scan_fwd", skewed)
     with pytest.raises(AssertionError):
         check_case(dataclasses.replace(_DEFAULT_ADEX, T=8, shape=(9,)))
 

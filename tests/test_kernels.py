@@ -22,6 +22,8 @@ from helpers import assert_close
 
 import adex
 from adex.kernels.launch import INTERPRETED
+from adex.kernels.scan_bwd import SavedForBackward
+from adex.spec import ScanSpec
 from adex.surrogate import ReluGrad, Surrogate
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -437,11 +439,13 @@ def test_launchers_write_every_output(monkeypatch, shape, model, reset, store):
     monkeypatch.setattr(BWD_MODULE, "torch", bwd_torch)
 
     store_seq = store == "seq"
-    fwd_out = adex.kernels.adex_scan_fwd(
-        x, V0, V0 if w0 is None else w0, packed, case.dt, adex.RUNAWAY_CEILING, hard, has_w,
-        case.has_exp, store_seq, store_seq and has_w,
-    )  # fmt: skip
-    spikes, v_seq, w_seq, v_last, w_last = fwd_out[:5]  # (refractory outputs follow)
+    spec = ScanSpec(has_w=has_w, has_exp=case.has_exp, spk_reset=reset, dt=case.dt)
+    # the per-step sequences are written when returned (and V when a gradient is needed)
+    plan = spec.with_return_states(True).plan(True, False) if store_seq else spec.plan(False, False)
+    state0 = torch.stack([V0, w0]) if has_w else V0[None]
+    fwd_out = adex.kernels.adex_scan_fwd(x, state0, packed, spec, plan)
+    spikes, v_seq, w_seq = fwd_out.spikes, fwd_out.v_seq, fwd_out.w_seq
+    v_last, w_last = fwd_out.state[0], fwd_out.state[1] if has_w else None
     assert fwd_torch.calls >= 2, "the poisoning did not reach the forward launcher"
     ref = adex.adex_scan_reference(
         x.double(), V0.double(), None if w0 is None else w0.double(), params, dt=case.dt,
@@ -467,7 +471,7 @@ def test_launchers_write_every_output(monkeypatch, shape, model, reset, store):
         if store_seq:
             assert_close("w_seq", ref[2], w_seq, atol=W_ATOL)
     if not store_seq:
-        assert v_seq.numel() == 0 and w_seq.numel() == 0
+        assert v_seq is None and w_seq is None
         return
 
     # backward: all incoming gradients present except grad_w_seq (and those of w without w)
@@ -475,18 +479,20 @@ def test_launchers_write_every_output(monkeypatch, shape, model, reset, store):
     GW = cotangents((T, *shape), torch.float32, 62, n=1)[0]
     GVL, GWL = GVL[-1].contiguous(), GW[-1].contiguous()
     sg = ReluGrad()
-    bwd_out = adex.kernels.adex_scan_bwd(
-        v_seq, V0, packed, G, GV, None, GVL, GWL if has_w else None, x.dtype, case.dt,
-        adex.RUNAWAY_CEILING, sg.kind, sg.params, hard, has_w, case.has_exp,
-    )  # fmt: skip
-    grad_x, grad_v0, grad_w0 = bwd_out[:3]  # (a parameter gradient may follow)
-    assert bwd_torch.calls >= 3, "the poisoning did not reach the backward launcher"
+    g_state = torch.stack([GVL, GWL]) if has_w else GVL[None]
+    saved = SavedForBackward(state0, v_seq, None, None, None, None)
+    bwd_out = adex.kernels.adex_scan_bwd(saved, packed, spec, plan, G, GV, None, g_state,
+                                         x.dtype, T)  # fmt: skip
+    grad_x, grad_state0 = bwd_out.grad_x, bwd_out.grad_state0
+    grad_v0, grad_w0 = grad_state0[0], grad_state0[1] if has_w else None
+    assert bwd_out.grad_params is None
+    assert bwd_torch.calls >= 2, "the poisoning did not reach the backward launcher"
     _no_nan("grad_x", grad_x)
     _no_nan("grad_V0", grad_v0)
     if has_w:
         _no_nan("grad_w0", grad_w0)
     else:
-        assert grad_w0.numel() == 0
+        assert grad_state0.shape[0] == 1
 
     xr = x.double().requires_grad_(True)
     V0r = V0.double().requires_grad_(True)

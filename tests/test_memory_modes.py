@@ -15,6 +15,7 @@ from conftest import DEVICE
 from helpers import ModelCase, assert_close, family_cases
 
 import adex
+from adex.spec import ScanSpec
 from adex.surrogate import Sigmoid
 
 CASES = family_cases(tau_ref=0.6)
@@ -310,12 +311,10 @@ def _ckpt_fwd_args(has_w: bool, has_ref: bool, spike_dtype, requires_grad: bool)
         t.requires_grad_(requires_grad)
     packed = adex.AdExParams().packed(1, x.device)
     t_last = torch.full(shape, -1e7, device=DEVICE)
-    sg = Sigmoid()
-    return (
-        x, V0, w0 if has_w else V0, packed, 0.2, adex.RUNAWAY_CEILING, sg.kind, list(sg.params),
-        False, has_w, True, False, False, t_last if has_ref else None,
-        0.5 if has_ref else -1.0, 3, False, spike_dtype, 3 if requires_grad else 0,
-    )  # fmt: skip
+    spec = ScanSpec(has_w=has_w, tau_ref=0.5 if has_ref else None, surrogate=Sigmoid(),
+                    dt=0.2, spike_dtype=spike_dtype, checkpoint_every=3)  # fmt: skip
+    rows = [V0] + ([w0] if has_w else []) + ([t_last] if has_ref else [])
+    return (x, torch.stack(rows), packed, spec.key, requires_grad, False, 3)
 
 
 @pytest.mark.parametrize(

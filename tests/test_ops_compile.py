@@ -14,6 +14,7 @@ from helpers import assert_close
 from torch import nn
 
 import adex
+from adex.spec import ScanSpec
 from adex.surrogate import ReluGrad, Sigmoid
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,15 +31,15 @@ def _inputs(T: int, shape: tuple[int, ...], seed: int, requires_grad: bool):
 
 
 def _fwd_args(store_v: bool, has_w: bool, hard: bool, *, requires_grad: bool, seed: int = 0):
+    """scan_fwd's arguments; ``store_v``: the spec returns the per-step states."""
     T, shape = 6, (2, 7)
     x, V0, w0 = _inputs(T, shape, seed, requires_grad)
     params = adex.AdExParams(V_th=torch.linspace(-56.0, -53.0, 7, dtype=torch.float64))
     packed = params.packed(7, x.device)
-    sg = Sigmoid(alpha=3.0)
-    return (
-        x, V0, w0 if has_w else V0, packed, 0.1, adex.RUNAWAY_CEILING, sg.kind,
-        list(sg.params), hard, has_w, True, store_v, store_v and has_w,
-    )  # fmt: skip
+    spec = ScanSpec(has_w=has_w, spk_reset="hard" if hard else "soft",
+                    surrogate=Sigmoid(alpha=3.0), dt=0.1, return_states=store_v)  # fmt: skip
+    state0 = torch.stack([V0, w0]) if has_w else V0[None]
+    return (x, state0, packed, spec.key, requires_grad, False, 0)
 
 
 FWD_SETS = [
@@ -57,11 +58,11 @@ def test_opcheck_scan_fwd(store_v, has_w, hard, requires_grad):
     torch.library.opcheck(torch.ops.adex.scan_fwd.default, args)
 
 
-BWD_SETS = [  # which incoming gradients are present: spikes, V_seq, w_seq, V_last, w_last
-    pytest.param((1, 1, 1, 1, 1), True, False, id="all-w-soft"),
-    pytest.param((1, 0, 0, 1, 0), True, True, id="spikes+Vlast-w-hard"),
-    pytest.param((0, 1, 1, 0, 0), True, False, id="seq-only-w-soft"),
-    pytest.param((1, 1, 0, 0, 0), False, True, id="spikes+Vseq-now-hard"),
+BWD_SETS = [  # which incoming gradients are present: spikes, V_seq, w_seq, final state
+    pytest.param((1, 1, 1, 1), True, False, id="all-w-soft"),
+    pytest.param((1, 0, 0, 1), True, True, id="spikes+Vlast-w-hard"),
+    pytest.param((0, 1, 1, 0), True, False, id="seq-only-w-soft"),
+    pytest.param((1, 1, 0, 0), False, True, id="spikes+Vseq-now-hard"),
 ]
 
 
@@ -70,18 +71,19 @@ def test_opcheck_scan_bwd(present, has_w, hard):
     T, shape = 6, (2, 7)
     x, V0, w0 = _inputs(T, shape, 1, requires_grad=False)
     packed = adex.AdExParams().packed(1, x.device)
-    out = adex.kernels.adex_scan_fwd(
-        x, V0, w0, packed, 0.1, adex.RUNAWAY_CEILING, hard, has_w, True, True, has_w
-    )
+    spec = ScanSpec(has_w=has_w, spk_reset="hard" if hard else "soft", dt=0.1,
+                    return_states=True)  # fmt: skip
+    plan = spec.plan(True, False)
+    state0 = torch.stack([V0, w0]) if has_w else V0[None]
+    out = adex.kernels.adex_scan_fwd(x, state0, packed, spec, plan)
     gen = torch.Generator().manual_seed(2)
-    grads = [torch.randn(t.shape, generator=gen).to(DEVICE) for t in (x, x, x, V0, V0)]
+    grads = [torch.randn(t.shape, generator=gen).to(DEVICE) for t in (x, x, x, state0)]
     grads = [g if p else None for g, p in zip(grads, present, strict=True)]
     if not has_w:
-        grads[2] = grads[4] = None
-    sg = ReluGrad()
+        grads[2] = None
     args = (
-        out[1], V0, packed, *grads, torch.float32, 0.1, adex.RUNAWAY_CEILING, sg.kind,
-        list(sg.params), hard, has_w, True,
+        state0, packed, out.v_seq, None, None, None, None, *grads, spec.key, True, False,
+        torch.float32, T, 0,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.adex.scan_bwd.default, args)
 

@@ -313,8 +313,8 @@ def test_kernel_source_uses_int64_offsets():
         assert not re.search(r"\bi \* M\b|\bt \* M\b", src), f"{name}: a step * M product"
     # segment starts (the whole scan without checkpoints) and checkpoint rows in 64 bits
     assert "tl.cast(L - 1, tl.int64) * M" in bwd and "tl.cast(t0 + L - 1, tl.int64) * M" in bwd
-    assert "tl.cast(t0, tl.int64) * M" in bwd and "tl.cast(seg, tl.int64) * CKPT_ROWS * M" in bwd
-    assert "tl.cast(i // K, tl.int64) * CKPT_ROWS * M" in fwd
+    assert "tl.cast(t0, tl.int64) * M" in bwd and "tl.cast(seg, tl.int64) * C * M" in bwd
+    assert "tl.cast(i // K, tl.int64) * C * M" in fwd
     assert re.search(r"p_x \+= M", fwd) and re.search(r"p_vprev -= M", bwd)
 
 
@@ -325,6 +325,8 @@ import torch
 import triton
 import triton.runtime.interpreter as interp
 import adex
+from adex.kernels.scan_bwd import SavedForBackward
+from adex.spec import ScanSpec
 from adex.surrogate import ReluGrad
 
 M, T = int(sys.argv[1]), int(sys.argv[2])
@@ -422,24 +424,31 @@ GVL = fill((M,), torch.randn(L, generator=gen) * 0.05)
 GWL = fill((M,), torch.randn(L, generator=gen) * 0.05)
 
 sg = ReluGrad()
-spikes, v_seq, w_seq, v_last, w_last, ref_mask, t_out = adex.kernels.adex_scan_fwd(
-    x, V0, w0, packed, DT, adex.RUNAWAY_CEILING, True, True, True, True, True, TAU_REF,
-    t_last, 0)
+state0 = sparse_empty((3, M), torch.float32)  # the state block: V, w, last-spike time
+for row, t in enumerate((V0, w0, t_last)):
+    state0[row, lanes] = t[lanes]
+g_state = sparse_empty((3, M), torch.float32)  # the final state's gradient (V, w rows)
+g_state[0, lanes], g_state[1, lanes] = GVL[lanes], GWL[lanes]
+spec = ScanSpec(tau_ref=TAU_REF, spk_reset="hard", dt=DT, surrogate=sg, return_states=True)
+plan = spec.plan(True, PARAM_GRAD)  # V, w and the refractory flags of every step
+fwd = adex.kernels.adex_scan_fwd(x, state0, packed, spec, plan)
+spikes, v_seq, w_seq, ref_mask = fwd.spikes, fwd.v_seq, fwd.w_seq, fwd.ref_bits
+v_last, w_last, t_out = fwd.state[0], fwd.state[1], fwd.state[2]
 print("forward done", flush=True)
 if CHECKPOINT:  # checkpoint rows at seg * 3 * M, x re-read at t * M: both past 2^31
     GV = None
-    spikes_c, ckpt = adex.kernels.adex_scan_fwd(
-        x, V0, w0, packed, DT, adex.RUNAWAY_CEILING, True, True, True, False, False, TAU_REF,
-        t_last, 0, None, 1)[:2]
-    assert torch.equal(spikes_c[:, lanes], spikes[:, lanes])
-    gx, gv0, gw0, gpar = adex.kernels.adex_scan_bwd(
-        ckpt, V0, packed, G, None, None, GVL, GWL, x.dtype, DT, adex.RUNAWAY_CEILING,
-        sg.kind, sg.params, True, True, True, None, False, None, None, PARAM_GRAD, x, 1,
-        TAU_REF, 0)
+    spec_c = ScanSpec(tau_ref=TAU_REF, spk_reset="hard", dt=DT, surrogate=sg, checkpoint_every=1)
+    plan_c = spec_c.plan(True, PARAM_GRAD)
+    fwd_c = adex.kernels.adex_scan_fwd(x, state0, packed, spec_c, plan_c)
+    assert torch.equal(fwd_c.spikes[:, lanes], spikes[:, lanes])
+    saved = SavedForBackward(state0, None, None, None, fwd_c.checkpoints, x)
+    gx, gstate0, gpar = adex.kernels.adex_scan_bwd(saved, packed, spec_c, plan_c, G, None,
+                                                   None, g_state, x.dtype, T)
 else:
-    gx, gv0, gw0, gpar = adex.kernels.adex_scan_bwd(
-        v_seq, V0, packed, G, GV, None, GVL, GWL, x.dtype, DT, adex.RUNAWAY_CEILING, sg.kind,
-        sg.params, True, True, True, ref_mask, False, w_seq, w0, PARAM_GRAD)
+    saved = SavedForBackward(state0, v_seq, w_seq, ref_mask, None, None)
+    gx, gstate0, gpar = adex.kernels.adex_scan_bwd(saved, packed, spec, plan, G, GV, None,
+                                                   g_state, x.dtype, T)
+gv0, gw0 = gstate0[0], gstate0[1]
 print("backward done", flush=True)
 
 # the float64 reference on the same neurons
