@@ -1,4 +1,5 @@
-"""The ``adex`` command line (``adex.cli``) and the Naud et al. (2008) presets it simulates.
+"""The ``adex`` command line (``adex.cli``), the Naud et al. (2008) presets and their
+simulation (``adex.patterns``).
 
 Commands run in-process through ``adex.cli.main(argv)`` (importing torch in a subprocess
 takes seconds); one subprocess checks ``python -m adex``.
@@ -15,6 +16,7 @@ import torch
 
 import adex
 from adex import cli
+from adex.patterns import adaptation_index, simulate_patterns
 from adex.presets import naud2008, naud2008_table1, stacked_module_kwargs
 
 PATTERNS = [
@@ -82,10 +84,15 @@ def test_module_kwargs_build_a_layer_equal_to_the_stacked_one():
 
 
 def test_adaptation_index():
-    assert cli.adaptation_index([1.0, 2.0, 3.0, 4.0]) == 0.0
-    assert math.isnan(cli.adaptation_index([1.0, 2.0]))
+    assert adaptation_index([1.0, 2.0, 3.0, 4.0]) == 0.0
+    assert math.isnan(adaptation_index([1.0, 2.0]))
     # ISIs 1, 2, 4: each term (2-1)/(2+1) = (4-2)/(4+2) = 1/3
-    assert cli.adaptation_index([0.0, 1.0, 3.0, 7.0]) == pytest.approx(1 / 3)
+    assert adaptation_index([0.0, 1.0, 3.0, 7.0]) == pytest.approx(1 / 3)
+
+
+def test_simulate_patterns_needs_one_step():
+    with pytest.raises(ValueError, match="shorter than one step"):
+        simulate_patterns(list(naud2008.values()), duration_ms=0.01, dt_ms=0.1)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -201,6 +208,10 @@ def test_roofline_path_points_at_the_checkout():
         (("nosuch",), "adex: error: argument COMMAND: invalid choice: 'nosuch'"),
         (("patterns", "--duration", "abc"), "adex patterns: error: argument --duration"),
         (("patterns", "--duration", "-5"), "adex patterns: error: --duration must be > 0"),
+        (
+            ("patterns", "--duration", "0.01"),
+            "adex patterns: error: --duration 0.01 ms is shorter than one step of 0.1 ms",
+        ),
         (("patterns", "--bogus"), "adex patterns: error: unrecognized arguments: --bogus"),
         (("patterns", "--backend", "gpu"), "adex patterns: error: argument --backend"),
         (("demo", "--epochs", "0"), "adex demo: error: --epochs must be >= 1"),
