@@ -1,60 +1,295 @@
-"""Host-side cost of one ``layer.update(x)`` call, with the kernel launch itself stubbed out.
+"""Host-side (Python) cost of adex's calls, with every Triton launch stubbed out, against
+plain PyTorch baselines measured in the same run.
 
-What the T=1 launch-overhead target depends on besides the GPU: the Python work around the
-launch (input and state checks, ``adex_scan``'s validation, output allocation, dispatch). The
-Triton kernel is replaced by a no-op so that the figure is host time only, on any machine
-(CPU tensors; no GPU needed). With ``check_finite=True`` it includes the finiteness
-reductions computed on the CPU tensors. It is NOT a GPU timing: on a GPU, Triton's own launch
-(argument binding) comes on top; ``roofline.py`` measures the whole call there.
+These are CPU HOST TIMES WITH THE KERNEL LAUNCHES STUBBED, NOT GPU TIMINGS: the figures are
+the Python work around the kernels (module and ``adex_scan`` checks, parameter packing,
+output allocation, custom-op and autograd dispatch) on tiny CPU tensors. On a GPU, Triton's
+own launch (argument binding) and the kernels come on top; ``roofline.py`` measures there.
 
-    python benchmarks/host_overhead.py [--calls 2000] [--batch 64] [--neurons 1024]
+How the launches are stubbed: ``TRITON_INTERPRET=1`` is set before ``adex`` is imported, so
+every ``@triton.jit`` kernel is a ``triton.runtime.interpreter.InterpretedFunction``, and
+``kernel[grid](...)`` ends in ``InterpretedFunction.run``; that method is replaced by one that
+only counts the launch. Nothing of adex's own is patched or named, so the stub holds whatever
+adex's internals are called. Kernel outputs are left as allocated (``torch.empty``:
+uninitialized, possibly NaN), which sets what each row times:
+
+- ``init_state``: ``layer.init_state(batch)`` alone (AdExIF, ``in_size`` neurons).
+- no-grad forward: ``layer(x)`` under ``torch.no_grad()``, ``x`` ``[T, batch, in_size]``.
+  With ``check_finite=False`` the state is carried over from call to call (garbage, never
+  read). With the default ``check_finite=True`` the garbage state would fail the NaN check, so
+  each call first restores a finite state through the public ``layer.V`` / ``layer.w``
+  setters; those setters are timed alone too and the forward's figure is the difference.
+- training call: ``layer.init_state(batch)``, ``layer(x).sum().backward()`` with ``x``
+  requiring grad, for ``AdExIF(n, backend="triton")`` (fixed) and
+  ``learnable=("tau", "b")``; ``init_state`` gives a finite state every call, so both
+  ``check_finite`` settings are timed. Gradients accumulate across calls (no zeroing).
+- baselines: ``torch.sigmoid(nn.Linear(n, n)(x)).sum().backward()`` on the same ``x`` shape
+  (the training call's), and a trivial ``torch.library.custom_op`` returning
+  ``torch.empty_like(x)`` called under ``torch.no_grad()`` (the no-grad forward's).
+- ``update()``: one step (T=1) at the size of the NOTES.md table (64 x 1024 neurons),
+  ``check_finite=False``, no grad, the state carried over.
+
+Each figure is the median over ``--rounds`` rounds of ``--calls`` calls (per-call mean per
+round) after one warm-up round, the cases interleaved within each round; one thread
+(``torch.set_num_threads(1)``), ``time.perf_counter``. Then the ratios against the targets
+(training <= 2x the baseline, ``init_state`` <= 30 us, no-grad forward <= 1.5x the bare custom
+op) with PASS/FAIL for both ``check_finite`` settings.
+
+    python benchmarks/host_overhead.py [--rounds 7] [--calls 300] [--batch 4] [--neurons 16]
+        [--steps 8] [--update-batch 64] [--update-neurons 1024] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
+import statistics
+import sys
 import time
+from collections.abc import Callable
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # adex's launchers accept CPU tensors
+# before adex (and triton) are imported: the kernels become InterpretedFunctions, whose launch
+# is stubbed below, and adex's launchers accept CPU tensors
+os.environ["TRITON_INTERPRET"] = "1"
+
+TARGETS = {"train_ratio": 2.0, "init_state_us": 30.0, "fwd_nograd_ratio": 1.5}
+CF = (False, True)  # the check_finite settings, in column order
+_LAUNCHES = [0]
+_BARE_OP: list[Callable] = []
+
+
+def stub_triton_launches() -> None:
+    """Replace the interpreter's launch by a counter: ``kernel[grid](...)`` does nothing."""
+    from triton.runtime import interpreter
+
+    if not callable(getattr(interpreter.InterpretedFunction, "run", None)):
+        raise RuntimeError("triton.runtime.interpreter.InterpretedFunction.run not found")
+
+    def run(self, *args, grid, warmup, **kwargs):
+        if not warmup:
+            _LAUNCHES[0] += 1
+
+    interpreter.InterpretedFunction.run = run
+
+
+def bare_custom_op() -> Callable:
+    """A trivial custom op (defined once per process): ``torch.empty_like(x)``."""
+    if not _BARE_OP:
+        import torch
+
+        # the schema is given: the annotations are strings here (``from __future__``)
+        @torch.library.custom_op(
+            "adex_host_bench::empty_like", mutates_args=(), schema="(Tensor x) -> Tensor"
+        )
+        def empty_like(x):
+            return torch.empty_like(x)
+
+        _BARE_OP.append(empty_like)
+    return _BARE_OP[0]
+
+
+def build_cases(args) -> dict[str, tuple[Callable[[], object], bool]]:
+    """key -> (one call, grad enabled); every call only through adex's public API."""
+    import torch
+    from torch import nn
+
+    import adex
+
+    T, B, N = args.steps, args.batch, args.neurons
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(T, B, N, generator=gen) * 30
+    x_grad = x.clone().requires_grad_(True)
+    cases: dict[str, tuple[Callable[[], object], bool]] = {}
+
+    init_layer = adex.AdExIF(N, backend="triton")
+    cases["init_state"] = (lambda: init_layer.init_state(B), False)
+
+    for cf in CF:
+        fwd = adex.AdExIF(N, backend="triton", check_finite=cf)
+        fwd.init_state(B)
+        V0, w0 = fwd.V.clone(), fwd.w.clone()
+
+        def setters(layer=fwd, V0=V0, w0=w0):
+            layer.V = V0
+            layer.w = w0
+
+        if cf:  # the garbage state would fail the NaN check: restore a finite one first
+
+            def setters_fwd(layer=fwd, setters=setters):
+                setters()
+                return layer(x)
+
+            cases[f"setters_fwd_nograd_cf{cf}"] = (setters_fwd, False)
+        else:
+            cases[f"fwd_nograd_cf{cf}"] = (lambda layer=fwd: layer(x), False)
+        cases[f"setters_cf{cf}"] = (setters, False)
+
+        for kind, extra in (("fixed", {}), ("learnable", {"learnable": ("tau", "b")})):
+            layer = adex.AdExIF(N, backend="triton", check_finite=cf, **extra)
+
+            def train(layer=layer):
+                layer.init_state(B)
+                layer(x_grad).sum().backward()
+
+            cases[f"train_{kind}_cf{cf}"] = (train, True)
+
+    lin = nn.Linear(N, N)
+    cases["baseline_linear_sigmoid"] = (lambda: torch.sigmoid(lin(x)).sum().backward(), True)
+    op = bare_custom_op()
+    cases["baseline_custom_op"] = (lambda: op(x), False)
+
+    upd = adex.AdExIF(args.update_neurons, backend="triton", check_finite=False)
+    upd.init_state(args.update_batch)
+    x_upd = torch.rand(args.update_batch, args.update_neurons, generator=gen) * 30
+    cases["update_T1"] = (lambda: upd.update(x_upd), False)
+    return cases
+
+
+def time_cases(cases, rounds: int, calls: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Median us per call of each case, and the Triton launches one call makes."""
+    import torch
+
+    launches = {}
+    for key, (fn, grad) in cases.items():
+        with torch.set_grad_enabled(grad):
+            before = _LAUNCHES[0]
+            fn()
+            launches[key] = _LAUNCHES[0] - before
+    samples: dict[str, list[float]] = {key: [] for key in cases}
+    for r in range(rounds + 1):  # round 0 warms up
+        for key, (fn, grad) in cases.items():
+            with torch.set_grad_enabled(grad):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                elapsed = time.perf_counter() - start
+            if r:
+                samples[key].append(elapsed / calls * 1e6)
+    return {key: statistics.median(v) for key, v in samples.items()}, launches
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calls", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--neurons", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds (median); + 1 warm-up")
+    ap.add_argument("--calls", type=int, default=300, help="calls per round")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--neurons", type=int, default=16, help="AdExIF in_size")
+    ap.add_argument("--steps", type=int, default=8, help="T of the forward and training calls")
+    ap.add_argument("--update-batch", type=int, default=64)
+    ap.add_argument("--update-neurons", type=int, default=1024)
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
+    stub_triton_launches()
     import torch
+    import triton
 
-    import adex
-    import adex.kernels.scan_fwd as scan_fwd
-
-    class NoLaunch:  # kernel[grid](...) does nothing: the outputs stay uninitialized
-        def __getitem__(self, grid):
-            return lambda *a, **k: None
-
-    scan_fwd._adex_scan_fwd_kernel = NoLaunch()
     torch.set_num_threads(1)
-    x = torch.rand(args.batch, args.neurons) * 30
-    for check_finite in (False, True):
-        for grad in (False, True):
-            layer = adex.AdExIF(args.neurons, backend="triton", check_finite=check_finite)
-            layer.init_state(args.batch)
-            V0, w0 = layer.V.clone(), layer.w.clone()
-            xi = x.clone().requires_grad_(grad)
-            timings = []
-            for _ in range(2):  # the first round warms up
-                start = time.perf_counter()
-                for _ in range(args.calls):
-                    # the stubbed kernel leaves garbage states: restore them without the
-                    # validating setters, whose cost is not part of update()
-                    layer._V, layer._w = V0, w0
-                    layer.update(xi)
-                timings.append((time.perf_counter() - start) / args.calls)
-            print(f"update() host time, check_finite={check_finite!s:5} grad={grad!s:5}: "
-                  f"{timings[-1] * 1e6:7.1f} us per call (kernel launch stubbed)")  # fmt: skip
+    cases = build_cases(args)
+    us, launches = time_cases(cases, args.rounds, args.calls)
+    if launches["update_T1"] < 1 or launches["train_fixed_cfFalse"] < 2:
+        raise RuntimeError(f"the stub saw no Triton launches ({launches}): is adex on Triton?")
+    for cf in CF:  # no-grad forward with the defaults: setters + forward, less the setters
+        if cf:
+            us[f"fwd_nograd_cf{cf}"] = us[f"setters_fwd_nograd_cf{cf}"] - us[f"setters_cf{cf}"]
+            launches[f"fwd_nograd_cf{cf}"] = launches[f"setters_fwd_nograd_cf{cf}"]
+
+    base_train, base_op = us["baseline_linear_sigmoid"], us["baseline_custom_op"]
+    ratios, checks = {}, {}
+    for cf in CF:
+        for kind in ("fixed", "learnable"):
+            key = f"train_{kind}_cf{cf}_over_baseline"
+            ratios[key] = us[f"train_{kind}_cf{cf}"] / base_train
+            checks[key] = ratios[key] <= TARGETS["train_ratio"]
+        key = f"fwd_nograd_cf{cf}_over_custom_op"
+        ratios[key] = us[f"fwd_nograd_cf{cf}"] / base_op
+        checks[key] = ratios[key] <= TARGETS["fwd_nograd_ratio"]
+    checks["init_state_us"] = us["init_state"] <= TARGETS["init_state_us"]
+
+    T, B, N = args.steps, args.batch, args.neurons
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+    print("adex host overhead: CPU HOST TIME per call, every Triton launch stubbed (nothing")
+    print("executes; outputs uninitialized). NOT a GPU timing.")
+    print(f"python {env['python']}, torch {env['torch']}, triton {env['triton']}, "
+          f"{env['threads']} thread; AdExIF in_size={N}, batch={B}, T={T}; median of "
+          f"{args.rounds} rounds x {args.calls} calls after 1 warm-up round")  # fmt: skip
+    print()
+
+    def cell(key: str) -> str:
+        return f"{us[key]:9.1f}" if key in us else f"{'-':>9}"
+
+    rows = [
+        ("init_state(batch)", "init_state", "init_state"),
+        ("no-grad forward", "fwd_nograd_cfFalse", "fwd_nograd_cfTrue"),
+        ("  V/w setters + no-grad forward", None, "setters_fwd_nograd_cfTrue"),
+        ("  V/w setters alone", "setters_cfFalse", "setters_cfTrue"),
+        ("training call, fixed", "train_fixed_cfFalse", "train_fixed_cfTrue"),
+        ("training call, learnable (tau, b)", "train_learnable_cfFalse", "train_learnable_cfTrue"),
+        ("baseline: Linear + sigmoid fwd+bwd", "baseline_linear_sigmoid", None),
+        ("baseline: bare custom_op, no grad", "baseline_custom_op", None),
+        (f"update(), T=1, {args.update_batch} x {args.update_neurons}", "update_T1", None),
+    ]
+    print(f"{'us per call':<40} {'cf=False':>9} {'cf=True':>9}  launches/call")
+    for label, k_false, k_true in rows:
+        n = launches.get(k_false or k_true, 0)
+        a = cell(k_false) if k_false else f"{'-':>9}"
+        b = cell(k_true) if k_true else f"{'-':>9}"
+        if k_false == k_true:  # independent of check_finite
+            b = f"{'(same)':>9}"
+        print(f"{label:<40} {a} {b}  {n}")
+    print("(cf = check_finite; the cf=True no-grad forward = setters + forward - setters)")
+    print()
+
+    def verdict(key: str) -> str:
+        return "PASS" if checks[key] else "FAIL"
+
+    print(f"{'target':<40} {'cf=False':>14} {'cf=True':>14}")
+    for label, stem, limit in (
+        ("training fixed / baseline", "train_fixed", TARGETS["train_ratio"]),
+        ("training learnable / baseline", "train_learnable", TARGETS["train_ratio"]),
+    ):
+        label = f"{label} (<= {limit:g}x)"
+        cells = [f"{stem}_cf{cf}_over_baseline" for cf in CF]
+        print(f"{label:<40} " + " ".join(f"{ratios[k]:6.2f}x {verdict(k)}" for k in cells))
+    label = f"no-grad forward / custom op (<= {TARGETS['fwd_nograd_ratio']:g}x)"
+    cells = [f"fwd_nograd_cf{cf}_over_custom_op" for cf in CF]
+    print(f"{label:<40} " + " ".join(f"{ratios[k]:6.2f}x {verdict(k)}" for k in cells))
+    label = f"init_state (<= {TARGETS['init_state_us']:g} us)"
+    print(f"{label:<40} {us['init_state']:6.1f}us {verdict('init_state_us')}")
+
+    if args.json:
+        report = {
+            "note": "CPU host time per call with every Triton launch stubbed; NOT GPU timings",
+            "settings": {
+                "rounds": args.rounds,
+                "calls": args.calls,
+                "batch": B,
+                "neurons": N,
+                "steps": T,
+                "update_batch": args.update_batch,
+                "update_neurons": args.update_neurons,
+            },
+            "environment": env,
+            "us_per_call": us,
+            "launches_per_call": launches,
+            "ratios": ratios,
+            "targets": TARGETS,
+            "pass": checks,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+        }
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        print(f"\nwrote {args.json}")
     return 0
 
 
