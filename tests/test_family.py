@@ -24,13 +24,17 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
+    EQUAL,
     FIXTURES,
     ModelCase,
+    Tolerance,
     assert_close,
+    compare_backends,
     family_cases,
     fixture_params,
     fixture_surrogate,
     load_fixture,
+    run_variant,
 )
 
 import adex
@@ -214,6 +218,13 @@ class Inputs:
     def leaves(self) -> list[torch.Tensor]:
         return [t for t in (self.x, self.V0, self.w0) if t is not None]
 
+    def states(self) -> dict[str, torch.Tensor | None]:
+        return {"x": self.x, "V0": self.V0, "w0": self.w0}
+
+    def cotangents(self) -> dict[str, torch.Tensor]:
+        """The loss sum(G spikes) + sum(GV V) (+ sum(Gw w) for the models with w)."""
+        return {"spikes": self.G, "V": self.GV, "w": self.Gw}
+
 
 def make_inputs(mc: ModelCase, T: int = 24, batch: int = 2, n: int = 5, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -237,20 +248,18 @@ class Result:
     layer: adex.SpikingNeuron
 
 
-def run_layer(model: str, inp: Inputs, backend: str, **kwargs) -> Result:
+def layer_factory(model: str, inp: Inputs, **kwargs):
+    """backend -> the model's layer over the inputs' neurons (``kwargs`` override)."""
     mc = MODELS[model]
-    layer = mc.cls(inp.x.shape[-1], **{**mc.kwargs, **kwargs}, dt=DT, backend=backend)
-    layer.init_state(inp.x.shape[1])
-    layer.V = inp.V0
-    if mc.has_w:
-        layer.w = inp.w0
-    out = layer(inp.x, return_states=True)
-    loss = (out.spikes * inp.G).sum() + (out.V * inp.GV).sum()
-    if mc.has_w:
-        loss = loss + (out.w * inp.Gw).sum()
-    grads = torch.autograd.grad(loss, inp.leaves())
-    return Result(out.spikes, out.V.detach(), None if out.w is None else out.w.detach(),
-                  list(grads), layer)  # fmt: skip
+    return lambda backend: mc.cls(inp.x.shape[-1], **{**mc.kwargs, **kwargs}, dt=DT,
+                                  backend=backend)  # fmt: skip
+
+
+def run_layer(model: str, inp: Inputs, backend: str, **kwargs) -> Result:
+    run = run_variant(layer_factory(model, inp, **kwargs), {"backend": backend}, inp.states(),
+                      inp.cotangents())  # fmt: skip
+    grads = [run.grads[k] for k in ("x", "V0", "w0") if k in run.grads]
+    return Result(run.out["spikes"], run.out["V"], run.out["w"], grads, run.module)
 
 
 def assert_spiky(spikes: torch.Tensor, min_spikes: int = 6) -> None:
@@ -269,23 +278,24 @@ def assert_grads_close(ref: list, out: list, rel: float) -> None:
         assert_close(f"grad {name}", r, o, rel * scale, rel)
 
 
+FUSED_TOL = {  # w and last_spike_time: None on both for the models without them
+    "spikes": EQUAL,
+    "V": Tolerance(1e-3, 1e-5),
+    "w": Tolerance(1e-4, 1e-5),
+    "last_spike_time": EQUAL,
+    "grads": Tolerance(1e-3, 1e-3, scaled=True),  # x, V0, w0
+}
+
+
 @pytest.mark.parametrize("model, reset, detach, surrogate", grid())
 def test_fused_matches_reference(model, reset, detach, surrogate):
     inp = make_inputs(MODELS[model])
     kw = dict(spk_reset=reset, detach_reset=detach, spk_fun=surrogate)
-    ref = run_layer(model, inp, "reference", **kw)
-    fused = run_layer(model, inp, "triton", **kw)
-    assert_spiky(ref.spikes)
-    assert torch.equal(fused.spikes, ref.spikes)
-    assert_close("V", ref.V, fused.V, 1e-3, 1e-5)
-    if MODELS[model].has_w:
-        assert_close("w", ref.w, fused.w, 1e-4, 1e-5)
-    else:
-        assert ref.w is None and fused.w is None
-    assert_grads_close(ref.grads, fused.grads, 1e-3)
-    assert fused.layer.t_step == ref.layer.t_step == inp.x.shape[0]
-    if MODELS[model].has_ref:
-        assert torch.equal(fused.layer.last_spike_time, ref.layer.last_spike_time)
+    runs = compare_backends(layer_factory(model, inp, **kw), inp.states(), inp.cotangents(),
+                            tol=FUSED_TOL)  # fmt: skip
+    ref, fused = runs["reference"], runs["triton"]
+    assert_spiky(ref.out["spikes"])
+    assert fused.module.t_step == ref.module.t_step == inp.x.shape[0]
 
 
 # -- refractory semantics ----------------------------------------------------------------------
