@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from helpers import assert_close, family_cases
+from helpers import EQUAL, Tolerance, assert_close, compare_backends, family_cases, run_variant
 from torch.autograd import gradcheck
 
 import adex
@@ -88,32 +88,21 @@ def build(model: str, kind: str, backend: str, n: int, learnable, seed: int = 0,
     return mc.cls(n, **values, dt=DT, backend=backend, learnable=learnable)
 
 
+def states_and_weights(x, V0, w0, G, GV, Gw) -> tuple[dict, dict]:
+    """(inputs, cotangents): the loss is on per-step spikes, V and w (w for the models with
+    w; w0 is their initial state, never a leaf)."""
+    return dict(x=x, V0=V0, w0=w0), dict(spikes=G, V=GV, w=Gw)
+
+
 def run_grads(layer, x, V0, w0, G, GV, Gw, leaves=True):
     """Loss on per-step spikes, V and w; returns (spikes, {param: grad}, [grad x, V0])."""
-    x = x.clone().requires_grad_(leaves)
-    V0 = V0.clone().requires_grad_(leaves)
-    layer.init_state(x.shape[1])
-    layer.V = V0
-    if layer.has_w:
-        layer.w = w0
-    out = layer(x, return_states=True)
-    loss = (out.spikes * G).sum() + (out.V * GV).sum()
-    if layer.has_w:
-        loss = loss + (out.w * Gw).sum()
-    names = [n for n, _ in layer.named_parameters()]
-    targets = [p for _, p in layer.named_parameters()] + ([x, V0] if leaves else [])
-    grads = torch.autograd.grad(loss, targets)
-    return out.spikes.detach(), dict(zip(names, grads, strict=False)), list(grads[len(names) :])
+    wrt = ("x", "V0") if leaves else ()
+    run = run_variant(lambda: layer, {}, *states_and_weights(x, V0, w0, G, GV, Gw), wrt=wrt)
+    params = {k: g for k, g in run.grads.items() if k not in wrt}
+    return run.out["spikes"], params, [run.grads[k] for k in wrt]
 
 
-def assert_param_grads_close(ref: dict, out: dict, rel: float = 1e-4) -> None:
-    assert ref.keys() == out.keys()
-    for name, r in ref.items():
-        o = out[name]
-        assert o.shape == r.shape, f"{name}: {tuple(o.shape)} vs {tuple(r.shape)}"
-        scale = float(r.abs().max())
-        assert scale > 0, f"d loss / d {name} is zero in the reference"
-        assert_close(f"d loss / d {name}", r, o, rel * scale, rel)
+PARAM_TOL = Tolerance(1e-4, 1e-4, scaled=True)  # of max |d loss / d param| (must be > 0)
 
 
 @pytest.mark.parametrize("model, reset, kind", grad_cases())
@@ -121,21 +110,20 @@ def test_fused_parameter_grads_match_reference(model, reset, kind):
     n, batch, T = 5, 2, 16
     learnable = MODELS[model].cls.param_names
     data = make_inputs(model, T, batch, n, seed=1)
-    results = {}
-    for backend in ("reference", "triton"):
-        layer = build(model, kind, backend, n, learnable, spk_reset=reset)
-        shape = () if kind == "scalar" else (n,)
-        for name, p in layer.named_parameters():
+    state_tol = Tolerance(1e-4, 1e-3, scaled=True)
+    runs = compare_backends(
+        lambda backend: build(model, kind, backend, n, learnable, spk_reset=reset),
+        *states_and_weights(*data), wrt=("x", "V0"),
+        tol={"spikes": EQUAL, "grads": PARAM_TOL, "grad_x": state_tol, "grad_V0": state_tol},
+    )  # fmt: skip
+    shape = () if kind == "scalar" else (n,)
+    for run in runs.values():
+        for name, p in run.module.named_parameters():
             assert p.shape == shape and p.dtype == torch.float32, name
-        results[backend] = run_grads(layer, *data)
-    (s_ref, g_ref, l_ref), (s_fus, g_fus, l_fus) = results["reference"], results["triton"]
+    s_ref = runs["reference"].out["spikes"]
     assert s_ref.sum() >= 6, f"only {int(s_ref.sum())} spikes"
     assert s_ref[:-1].sum() > 0  # resets inside the graph
-    assert torch.equal(s_ref, s_fus)
-    assert set(g_ref) == set(learnable)
-    assert_param_grads_close(g_ref, g_fus)
-    for name, r, o in zip(("x", "V0"), l_ref, l_fus, strict=True):
-        assert_close(f"grad {name}", r, o, 1e-4 * float(r.abs().max()), 1e-3)
+    assert set(runs["reference"].grads) == {"x", "V0", *learnable}
 
 
 @dataclass(frozen=True)
@@ -180,8 +168,8 @@ def test_fused_parameter_grads_special_cases(name):
                     else t.reshape(batch, *case.in_size) for t in (x, V0, w0, G))  # fmt: skip
     g = torch.Generator().manual_seed(3)
     gV = torch.randn(V0.shape, generator=g) * 0.1
-    results = {}
-    for backend in ("reference", "triton"):
+
+    def layer(backend):
         values = dict(mc.kwargs)
         if case.kind == "per-neuron":
             values.update(per_neuron(case.model, n, 4))
@@ -189,29 +177,21 @@ def test_fused_parameter_grads_special_cases(name):
                       for k, v in values.items()}  # fmt: skip
         for key in case.fixed_per_neuron:
             values[key] = per_neuron(case.model, n, 5)[key].reshape(case.in_size)
-        layer = mc.cls(case.in_size, **values, dt=DT, backend=backend, spk_reset=case.reset,
-                       detach_reset=case.detach_reset, spk_fun=case.surrogate,
-                       learnable=case.learnable)  # fmt: skip
+        return mc.cls(case.in_size, **values, dt=DT, backend=backend, spk_reset=case.reset,
+                      detach_reset=case.detach_reset, spk_fun=case.surrogate,
+                      learnable=case.learnable)  # fmt: skip
+
+    # the loss on the spikes and the final V (two calls: x[:T // 2], then x[T // 2:])
+    runs = compare_backends(layer, dict(x=x, V0=V0, w0=w0), dict(spikes=G, V=gV), wrt=(),
+                            return_states=False, chunks=2 if case.two_calls else 1,
+                            tol={"spikes": EQUAL, "grads": PARAM_TOL})  # fmt: skip
+    for run in runs.values():
         for key in case.fixed_per_neuron:
-            assert key in dict(layer.named_buffers())
-        layer.init_state(batch)
-        layer.V = V0
-        if layer.has_w:
-            layer.w = w0
+            assert key in dict(run.module.named_buffers())
+        assert set(run.grads) == set(case.learnable)
         if case.two_calls:
-            k = T // 2
-            spikes = torch.cat([layer(x[:k]), layer(x[k:])])
-            assert layer.t_step == T
-        else:
-            spikes = layer(x)
-        loss = (spikes * G).sum() + (layer.V * gV).sum()
-        params = dict(layer.named_parameters())
-        assert set(params) == set(case.learnable)
-        grads = torch.autograd.grad(loss, list(params.values()))
-        results[backend] = (spikes.detach(), dict(zip(params, grads, strict=True)))
-    assert results["reference"][0].sum() >= 4
-    assert torch.equal(results["reference"][0], results["triton"][0])
-    assert_param_grads_close(results["reference"][1], results["triton"][1])
+            assert run.module.t_step == T
+    assert runs["reference"].out["spikes"].sum() >= 4
 
 
 def test_parameter_grads_detach_reset_differ():
@@ -228,31 +208,23 @@ def test_parameter_grads_detach_reset_differ():
         assert (a - b).abs() > 1e-3 * a.abs(), key
 
 
-def runaway_grads(learn: tuple[str, ...]):
+def assert_runaway_grads_match(learn: tuple[str, ...]) -> None:
     """ExpIF with BrainPy's default V_th = -30 mV and a strong input: some steps run away
-    and store V = V_th (adex.RUNAWAY_CEILING). Returns {backend: (spikes, V, grads)}."""
+    and store V = V_th (adex.RUNAWAY_CEILING). Spikes and the gradients of ``learn`` match
+    the reference's."""
     n, batch, T = 4, 2, 20
     g = torch.Generator().manual_seed(7)
     x = torch.randn(T, batch, n, generator=g) * 10 + 120.0
     V0 = torch.rand(batch, n, generator=g) * 10 - 60.0
     G = torch.randn(T, batch, n, generator=g)
     GV = torch.randn(T, batch, n, generator=g) * 0.05
-    res = {}
-    for backend in ("reference", "triton"):
-        layer = adex.ExpIF(n, dt=DT, backend=backend, learnable=learn)
-        layer.init_state(batch)
-        layer.V = V0
-        out = layer(x, return_states=True)
-        loss = (out.spikes * G).sum() + (out.V * GV).sum()
-        params = dict(layer.named_parameters())
-        grads = torch.autograd.grad(loss, list(params.values()))
-        res[backend] = (out.spikes.detach(), out.V.detach(), dict(zip(params, grads, strict=True)))
-    V = res["reference"][1]
+    runs = compare_backends(lambda backend: adex.ExpIF(n, dt=DT, backend=backend, learnable=learn),
+                            dict(x=x, V0=V0), dict(spikes=G, V=GV), wrt=(),
+                            tol={"spikes": EQUAL, "grads": PARAM_TOL})  # fmt: skip
+    V = runs["reference"].out["V"]
     assert (V == -30.0).sum() >= 2, "no runaway step"
     assert (V < -30.0 + RUNAWAY_CEILING * 38.0).all()
-    assert torch.equal(res["reference"][0], res["triton"][0])
-    assert all(torch.isfinite(gr).all() for gr in res["reference"][2].values())
-    return res
+    assert all(torch.isfinite(gr).all() for gr in runs["reference"].grads.values())
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
@@ -260,15 +232,13 @@ def runaway_grads(learn: tuple[str, ...]):
 def test_runaway_step_parameter_grads():
     """The runaway step stores the constant V_th: its V_th gradient (and those of R,
     V_reset, V_rest) match the reference."""
-    res = runaway_grads(("R", "V_th", "V_reset", "V_rest"))
-    assert_param_grads_close(res["reference"][2], res["triton"][2])
+    assert_runaway_grads_match(("R", "V_th", "V_reset", "V_rest"))
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_runaway_step_parameter_grads_exponential_terms():
-    res = runaway_grads(("tau", "V_T", "delta_T"))
-    assert_param_grads_close(res["reference"][2], res["triton"][2])
+    assert_runaway_grads_match(("tau", "V_T", "delta_T"))
 
 
 # -- functional: AdExParams tensors requiring grad ---------------------------------------------
@@ -286,20 +256,20 @@ def test_functional_adex_scan_parameter_grads(model):
     extra = {}
     if tau_ref is not None:
         extra = dict(tau_ref=tau_ref, last_spike_time=torch.full_like(V0, -1e7))
-    res = {}
-    for backend in ("reference", "triton"):
-        values = {k: v.float().requires_grad_(True) for k, v in per_neuron(model, n, 9).items()}
-        values["tau"] = torch.tensor(defaults(model)["tau"], requires_grad=True)  # 0-d
-        params = AdExParams(**values)
-        out = adex.adex_scan(x, V0, w0 if has_w else None, params, dt=DT, has_exp=has_exp,
-                             return_states=True, backend=backend, **extra)  # fmt: skip
-        loss = (out.spikes * G).sum() + (out.V * GV).sum()
-        grads = torch.autograd.grad(loss, list(values.values()))
-        res[backend] = (out.spikes.detach(), dict(zip(values, grads, strict=True)))
-    assert res["reference"][0].sum() >= 6
-    assert torch.equal(res["reference"][0], res["triton"][0])
-    assert res["triton"][1]["tau"].shape == ()
-    assert_param_grads_close(res["reference"][1], res["triton"][1])
+    values = {k: v.float() for k, v in per_neuron(model, n, 9).items()}
+    values["tau"] = torch.tensor(defaults(model)["tau"])  # 0-d
+
+    def scan(backend):
+        return lambda x, V0, w0, **p: adex.adex_scan(
+            x, V0, w0, AdExParams(**p), dt=DT, has_exp=has_exp, return_states=True,
+            backend=backend, **extra,
+        )  # fmt: skip
+
+    inputs = dict(x=x, V0=V0, w0=w0 if has_w else None, **values)
+    runs = compare_backends(scan, inputs, dict(spikes=G, V=GV), wrt=tuple(values),
+                            tol={"spikes": EQUAL, "grads": PARAM_TOL})  # fmt: skip
+    assert runs["reference"].out["spikes"].sum() >= 6
+    assert runs["triton"].grads["tau"].shape == ()
 
 
 # -- gradcheck of the reference w.r.t. the parameters -----------------------------------------
