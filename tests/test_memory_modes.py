@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DEVICE
-from helpers import ModelCase, assert_close, family_cases
+from helpers import ModelCase, Tolerance, compare_backends, family_cases
 
 import adex
 from adex.spec import ScanSpec
@@ -38,41 +38,29 @@ def _inputs(case: ModelCase, T: int, batch: int, dtype: torch.dtype, seed: int):
     return x.to(DEVICE, dtype), V0.to(DEVICE), w0.to(DEVICE)
 
 
-def _train_step(case, backend, x, V0, w0, learnable=(), chunks=1, **kwargs):
-    """Spikes, final V and the gradients of a loss on spikes and the final state, over
-    ``chunks`` consecutive calls (truncated BPTT across calls, state carried)."""
-    layer = _layer(case, backend, learnable, **kwargs)
-    layer.init_state(x.shape[1])
-    V0 = V0.clone().requires_grad_(True)
-    layer.V = V0
-    if case.has_w:
-        w0 = w0.clone().requires_grad_(True)
-        layer.w = w0
-    x = x.detach().clone().requires_grad_(True)
-    spikes = torch.cat([layer(part) for part in x.chunk(chunks)])
+def _compare_train_steps(case, backend, x, V0, w0, variants, tol, learnable=(), chunks=1,
+                         **kwargs):  # fmt: skip
+    """Run the layer under each of ``variants`` (extra layer keywords) and compare with
+    ``tol``: spikes, final V and the gradients (x, V0, w0, the learnable parameters) of a
+    loss on the spikes and the final state, over ``chunks`` consecutive calls (truncated
+    BPTT across calls, state carried)."""
     gen = torch.Generator().manual_seed(11)
-    weights = torch.randn(spikes.shape, generator=gen).to(DEVICE)
-    loss = (spikes.float() * weights).sum() + 0.1 * layer.V.sum()
-    if case.has_w:
-        loss = loss + 0.1 * layer.w.sum()
-    loss.backward()
-    grads = {"x": x.grad, "V0": V0.grad}
-    if case.has_w:
-        grads["w0"] = w0.grad
-    grads.update({f"param {k}": getattr(layer, k).grad for k in learnable})
-    return spikes.detach(), layer.V.detach(), grads
+    weights = torch.randn(x.shape, generator=gen).to(DEVICE)
+    tenth = torch.full(V0.shape, 0.1, device=DEVICE)  # 0.1 * (V.sum() + w.sum())
+    return compare_backends(
+        lambda **variant: _layer(case, backend, learnable, **kwargs, **variant),
+        dict(x=x, V0=V0, w0=w0), dict(spikes=weights, V=tenth, w=tenth), tol=tol,
+        variants=variants, return_states=False, chunks=chunks,
+    )  # fmt: skip
 
 
-def _assert_same_run(default, checkpointed, rtol: float = 1e-6):
-    spikes_d, V_d, grads_d = default
-    spikes_c, V_c, grads_c = checkpointed
-    assert spikes_d.sum() > 0, "test data: no spikes"
-    assert_close("spikes", spikes_d, spikes_c, atol=0.0)
-    assert_close("V_last", V_d, V_c, atol=0.0)
-    for name, ref in grads_d.items():
-        scale = ref.abs().max().item()
-        assert scale > 0, f"grad {name} is all zero"
-        assert_close(f"grad {name}", ref, grads_c[name], atol=rtol * scale)
+def _assert_checkpoint_matches_default(case, backend, x, V0, w0, every, rtol=1e-6, **kwargs):
+    """checkpoint_every=every gives the default mode's spikes and final V exactly and its
+    gradients to ``rtol`` of their largest element."""
+    tol = {"spikes": Tolerance(0.0), "V": Tolerance(0.0), "grads": Tolerance(rtol, scaled=True)}
+    variants = {"default": {}, "checkpointed": {"checkpoint_every": every}}
+    runs = _compare_train_steps(case, backend, x, V0, w0, variants, tol, **kwargs)
+    assert runs["default"].out["spikes"].sum() > 0, "test data: no spikes"
 
 
 @pytest.mark.parametrize("model", list(CASES))
@@ -82,9 +70,7 @@ def test_checkpoint_matches_default_fused(model, reset, every):
     """K = 1, a K that does not divide T = 13 (last segment short), K = T and K > T."""
     case = CASES[model]
     x, V0, w0 = _inputs(case, 13, 2, torch.float32, seed=every)
-    default = _train_step(case, "triton", x, V0, w0, spk_reset=reset)
-    checkpointed = _train_step(case, "triton", x, V0, w0, spk_reset=reset, checkpoint_every=every)
-    _assert_same_run(default, checkpointed)
+    _assert_checkpoint_matches_default(case, "triton", x, V0, w0, every, spk_reset=reset)
 
 
 @pytest.mark.parametrize("model", ["AdExIF", "AdExIFRef", "LIF"])
@@ -93,9 +79,8 @@ def test_checkpoint_matches_default_half(model, dtype):
     """bf16/fp16 input: x is re-read in its own dtype and widened as the forward does."""
     case = CASES[model]
     x, V0, w0 = _inputs(case, 10, 2, dtype, seed=3)
-    default = _train_step(case, "triton", x, V0, w0)
-    checkpointed = _train_step(case, "triton", x, V0, w0, checkpoint_every=3)
-    _assert_same_run(default, checkpointed, rtol=1e-2)  # grad x is rounded to x's dtype
+    # grad x is rounded to x's dtype
+    _assert_checkpoint_matches_default(case, "triton", x, V0, w0, 3, rtol=1e-2)
 
 
 @pytest.mark.parametrize("model", ["AdExIF", "AdExIFRef", "ExpIF"])
@@ -104,18 +89,15 @@ def test_checkpoint_learnable_and_tbptt(model):
     case = CASES[model]
     learnable = tuple(k for k in case.cls.param_names if k != "R" or case.has_w)
     x, V0, w0 = _inputs(case, 12, 3, torch.float32, seed=5)
-    default = _train_step(case, "triton", x, V0, w0, learnable, chunks=2)
-    checkpointed = _train_step(case, "triton", x, V0, w0, learnable, chunks=2, checkpoint_every=5)
-    _assert_same_run(default, checkpointed, rtol=1e-5)
+    _assert_checkpoint_matches_default(case, "triton", x, V0, w0, 5, rtol=1e-5,
+                                       learnable=learnable, chunks=2)  # fmt: skip
 
 
 @pytest.mark.parametrize("model", ["AdExIF", "AdExIFRef"])
 def test_checkpoint_detach_reset(model):
     case = CASES[model]
     x, V0, w0 = _inputs(case, 11, 2, torch.float32, seed=6)
-    default = _train_step(case, "triton", x, V0, w0, detach_reset=True)
-    checkpointed = _train_step(case, "triton", x, V0, w0, detach_reset=True, checkpoint_every=4)
-    _assert_same_run(default, checkpointed)
+    _assert_checkpoint_matches_default(case, "triton", x, V0, w0, 4, detach_reset=True)
 
 
 @pytest.mark.parametrize("model", ["AdExIF", "ExpIFRef"])
@@ -123,9 +105,7 @@ def test_checkpoint_reference_backend(model):
     """The reference backend checkpoints with torch.utils.checkpoint: same numbers."""
     case = CASES[model]
     x, V0, w0 = _inputs(case, 9, 2, torch.float32, seed=7)
-    default = _train_step(case, "reference", x, V0, w0, ("tau",))
-    checkpointed = _train_step(case, "reference", x, V0, w0, ("tau",), checkpoint_every=4)
-    _assert_same_run(default, checkpointed)
+    _assert_checkpoint_matches_default(case, "reference", x, V0, w0, 4, learnable=("tau",))
 
 
 def test_checkpoint_reference_gradcheck():
@@ -245,11 +225,10 @@ def test_float_spike_dtype_trains():
     """A floating spike dtype other than x's keeps the surrogate gradient."""
     case = CASES["AdExIF"]
     x, V0, w0 = _inputs(case, 8, 2, torch.float32, seed=12)
-    default = _train_step(case, "triton", x, V0, w0)
-    half = _train_step(case, "triton", x, V0, w0, spike_dtype=torch.bfloat16)
-    assert_close("spikes", default[0], half[0], atol=0.0)
-    scale = default[2]["x"].abs().max().item()
-    assert_close("grad x", default[2]["x"], half[2]["x"], atol=1e-2 * scale)
+    _compare_train_steps(
+        case, "triton", x, V0, w0, {"default": {}, "bf16": {"spike_dtype": torch.bfloat16}},
+        {"spikes": Tolerance(0.0), "grad_x": Tolerance(1e-2, scaled=True)},
+    )  # fmt: skip
 
 
 def test_integer_spikes_refuse_gradients():
