@@ -5,11 +5,13 @@ interpreter on CPU, so T and the neuron count stay small)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 from conftest import DEVICE
-from helpers import assert_close
+from helpers import EQUAL, Tolerance, assert_close, compare_backends
 
 import adex
 from adex.params import AdExParams
@@ -621,28 +623,31 @@ def test_default_dynamics_silent_at_rest_and_firing_with_input():
 # -- fused path without gradients, and without w ----------------------------------------------
 
 
+def scan_factory(**kwargs):
+    """backend -> adex.adex_scan with ``kwargs``, called with x, V0, w0."""
+    return lambda backend: functools.partial(adex.adex_scan, backend=backend, **kwargs)
+
+
+SCAN_TOL = {"spikes": EQUAL, "V": Tolerance(1e-4, 1e-6)}
+
+
 def test_triton_inference_without_grad():
     """Regression: the custom op once returned one empty placeholder for both V_seq and w_seq
     (aliased outputs, which torch.library rejects) when nothing needed a gradient."""
     x = make_x((BATCH, N), T=16, seed=26)
     V0, w0 = make_state((BATCH, N), seed=27)
     with torch.no_grad():
-        out = adex.adex_scan(x, V0, w0, backend="triton")
-    ref = adex.adex_scan(x, V0, w0, backend="reference")
-    assert torch.equal(out.spikes, ref.spikes)
-    assert_close("V", ref.V, out.V, 1e-4, 1e-6)
+        compare_backends(scan_factory(), dict(x=x, V0=V0, w0=w0), tol=SCAN_TOL)
 
 
 @pytest.mark.parametrize("has_exp", [True, False], ids=["expif", "lif"])
 def test_triton_without_w(has_exp):
     """Regression: w0=None (ExpIF/LIF) once made the custom op return aliased placeholders."""
-    x = leaf(make_x((BATCH, N), T=16, seed=28))
+    x = make_x((BATCH, N), T=16, seed=28)
     V0, _ = make_state((BATCH, N), seed=29)
-    out = adex.adex_scan(x, V0, None, has_exp=has_exp, backend="triton", return_states=True)
-    ref = adex.adex_scan(x, V0, None, has_exp=has_exp, backend="reference", return_states=True)
-    assert out.w is None
-    assert torch.equal(out.spikes, ref.spikes)
-    assert_close("V", ref.V, out.V, 1e-4, 1e-6)
+    runs = compare_backends(scan_factory(has_exp=has_exp, return_states=True),
+                            dict(x=x, V0=V0, w0=None), wrt=("x",), tol=SCAN_TOL)  # fmt: skip
+    assert runs["triton"].out["w"] is None
 
 
 @pytest.mark.parametrize("cls", [adex.AdExIF, adex.AdExIFRef, adex.LIF])
