@@ -48,7 +48,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import assert_close
+from helpers import Tolerance, assert_close, compare_backends
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -796,12 +796,14 @@ def test_regression_param_grads_R_tau_small_dt(dt):
     this file meets that). Fails today: the F-recovery error above."""
     x = torch.full((1, 1), 3.75, device=DEVICE)
     V0 = torch.full((1,), -68.0, device=DEVICE)
-    res = {}
-    for backend, dtype in (("reference", torch.float64), ("triton", torch.float32)):
-        R = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-        tau = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
-        out = adex.adex_scan(x.to(dtype), V0.to(dtype), None, AdExParams(R=R, tau=tau), dt=dt,
-                             has_exp=False, backend=backend)  # fmt: skip
-        res[backend] = torch.autograd.grad(out.V.sum(), [R, tau])
-    for name, ref, got in zip(("R", "tau"), res["reference"], res["triton"], strict=True):
-        assert_close(f"grad_{name}", ref, got, atol=0.0, rtol=1e-4)
+    R = torch.tensor(1.0, dtype=torch.float64)
+    tau = torch.tensor(10.0, dtype=torch.float64)
+
+    def scan(backend):
+        return lambda x, V0, R, tau: adex.adex_scan(x, V0, None, AdExParams(R=R, tau=tau), dt=dt,
+                                                    has_exp=False, backend=backend)  # fmt: skip
+
+    rel = Tolerance(0.0, 1e-4)
+    compare_backends(scan, dict(x=x, V0=V0, R=R, tau=tau), dict(V=torch.ones_like(V0)),
+                     wrt=("R", "tau"), dtypes={"reference": torch.float64},
+                     tol={"grad_R": rel, "grad_tau": rel})  # fmt: skip
