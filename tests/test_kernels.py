@@ -13,12 +13,13 @@ with programs x T: shapes stay at T <= 64 and at most two programs of 1024 neuro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import assert_close, run_variant
 
 import adex
 from adex.kernels.launch import INTERPRETED
@@ -136,28 +137,21 @@ def cotangents(shape, dtype: torch.dtype, seed: int, n: int = 3) -> list[torch.T
 def run(case: Case, backend: str, x, V0, w0, params, return_states: bool, weights, ref_dtype=None):
     """Forward + backward of one loss over every output; returns (outputs, grads).
 
-    The reference runs on the same values widened to ``ref_dtype`` (float64 by default)."""
-    if backend == "reference":
-        ref_dtype = torch.float64 if ref_dtype is None else ref_dtype
-        x, V0 = x.detach().to(ref_dtype).clone(), V0.detach().to(ref_dtype)
-        w0 = None if w0 is None else w0.detach().to(ref_dtype)
-    x = x.detach()
-    x.requires_grad_(True)
-    V0 = V0.detach().requires_grad_(True)
-    w0 = None if w0 is None else w0.detach().requires_grad_(True)
-    out = adex.adex_scan(
-        x, V0, w0, params, dt=case.dt, surrogate=case.surrogate, spk_reset=case.reset,
-        has_exp=case.has_exp, return_states=return_states, backend=backend,
-    )  # fmt: skip
-    G, GV, GW = (g.to(out.V.dtype) for g in weights)
+    The reference runs on the same values widened to ``ref_dtype`` (float64 by default); the
+    fused scan on the inputs as they are (their layout included)."""
+    G, GV, GW = weights
     if not return_states:  # the loss on the final states
         GV, GW = GV[-1], GW[-1]
-    loss = (out.spikes.to(out.V.dtype) * G).sum() + (out.V * GV).sum()
-    if w0 is not None:
-        loss = loss + (out.w * GW).sum()
-    loss.backward()
-    grads = {"x": x.grad, "V0": V0.grad, "w0": None if w0 is None else w0.grad}
-    return out, grads
+    scan = functools.partial(
+        adex.adex_scan, params=params, dt=case.dt, surrogate=case.surrogate,
+        spk_reset=case.reset, has_exp=case.has_exp, return_states=return_states,
+    )  # fmt: skip
+    dtype = (torch.float64 if ref_dtype is None else ref_dtype) if backend == "reference" else None
+    res = run_variant(lambda backend: functools.partial(scan, backend=backend),
+                      {"backend": backend}, dict(x=x, V0=V0, w0=w0),
+                      dict(spikes=G, V=GV, w=GW), dtype=dtype)  # fmt: skip
+    grads = {"x": res.grads["x"], "V0": res.grads["V0"], "w0": res.grads.get("w0")}
+    return adex.ScanResult(**res.out), grads
 
 
 def grad_x_rounding(dtype: torch.dtype) -> float:
