@@ -142,13 +142,16 @@ def run(case: Case, backend: str, x, V0, w0, params, return_states: bool, weight
     G, GV, GW = weights
     if not return_states:  # the loss on the final states
         GV, GW = GV[-1], GW[-1]
-    scan = functools.partial(
-        adex.adex_scan, params=params, dt=case.dt, surrogate=case.surrogate,
-        spk_reset=case.reset, has_exp=case.has_exp, return_states=return_states,
-    )  # fmt: skip
+
+    def scan(backend):
+        return functools.partial(
+            adex.adex_scan, params=params, dt=case.dt, surrogate=case.surrogate,
+            spk_reset=case.reset, has_exp=case.has_exp, return_states=return_states,
+            backend=backend,
+        )  # fmt: skip
+
     dtype = (torch.float64 if ref_dtype is None else ref_dtype) if backend == "reference" else None
-    res = run_variant(lambda backend: functools.partial(scan, backend=backend),
-                      {"backend": backend}, dict(x=x, V0=V0, w0=w0),
+    res = run_variant(scan, {"backend": backend}, dict(x=x, V0=V0, w0=w0),
                       dict(spikes=G, V=GV, w=GW), dtype=dtype)  # fmt: skip
     grads = {"x": res.grads["x"], "V0": res.grads["V0"], "w0": res.grads.get("w0")}
     return adex.ScanResult(**res.out), grads
