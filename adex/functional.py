@@ -4,6 +4,7 @@ finiteness check, the backend's scan)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -63,24 +64,25 @@ def _backend_for(backend: str, x: Tensor) -> str:
     if backend == "auto":
         return "triton" if x.is_cuda and x.dtype in KERNEL_DTYPES else "reference"
     if backend == "triton":
-        import adex
-
-        if not adex.HAS_TRITON:
+        if fused_scan is None:
             raise RuntimeError("backend='triton' needs the triton package, which is missing")
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(
                 f"the fused kernels take float32/bfloat16/float16 input, got {x.dtype}; "
                 "use backend='reference' for float64"
             )
-        if not x.is_cuda:
-            from adex.kernels.launch import INTERPRETED
-
-            if not INTERPRETED:
-                raise RuntimeError(
-                    "backend='triton' on CPU tensors needs the Triton interpreter: set "
-                    "TRITON_INTERPRET=1 before importing adex (or use a CUDA device)"
-                )
+        if not x.is_cuda and not _interpreted():
+            raise RuntimeError(
+                "backend='triton' on CPU tensors needs the Triton interpreter: set "
+                "TRITON_INTERPRET=1 before importing adex (or use a CUDA device)"
+            )
     return backend
+
+
+def _interpreted() -> bool:
+    from adex.kernels.launch import INTERPRETED  # imported only where it is asked for
+
+    return INTERPRETED
 
 
 def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExParams],
@@ -99,9 +101,10 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
         t0_step: global step index of ``x[0]``.
         check_state: with ``spec.check_finite``, check the state's V and w rows too (the
             modules skip it for states that adex produced itself).
-        extra_check: a 0-dim bool tensor that must be False (e.g. a learnable-parameter
-            constraint), read in the same host sync as the finiteness check; the caller
-            explains a failure (``FiniteCheckError`` names no tensor then).
+        extra_check: a 0-dim float tensor, finite where some other check passed and NaN or
+            inf where it failed (e.g. a learnable-parameter constraint), read in the same
+            host sync as the finiteness check; :class:`ExtraCheckError` reports its failure,
+            which the caller explains.
     """
     backend = _backend_for(spec.backend, x)
     if not torch.compiler.is_compiling() and (spec.check_finite or extra_check is not None):
@@ -134,30 +137,34 @@ def _refuse_gradient(x: Tensor, state0: Tensor, params, packed: Tensor | None,
 
 
 class ExtraCheckError(ValueError):
-    """Raised by :func:`run_scan` when its ``extra_check`` is True."""
+    """Raised by :func:`run_scan` when its ``extra_check`` failed (is not finite)."""
 
 
 def _check_finite(x: Tensor, state0: Tensor, spec: ScanSpec, check_state: bool,
                   extra: Tensor | None) -> None:  # fmt: skip
-    """One host sync for every check; the failing tensor is named only on failure."""
-    rows = state0[: 1 + spec.has_w].detach() if check_state else None
-    bad = None
+    """One reduction per tensor and one host sync for every check: a sum is finite exactly
+    when every element is (or it overflowed: the exact test then runs and names the
+    failing tensor, or finds none and passes)."""
+    total = None
     if spec.check_finite:
-        bad = ~torch.isfinite(x.detach()).all()
-        if rows is not None:
-            bad = bad | ~torch.isfinite(rows).all()
-    if extra is not None:
-        bad = extra if bad is None else bad | extra
-    if not bool(bad):
+        total = x.detach().sum(dtype=torch.float32)
+        if check_state:
+            total = total + state0.detach().sum(dtype=torch.float32)
+    if extra is not None:  # finite, or NaN or inf where the extra check failed
+        total = extra if total is None else total + extra
+    if math.isfinite(total.item()):
         return
     if spec.check_finite:
-        names = [("x", x)] + ([("V0", rows[0])] if rows is not None else [])
-        if rows is not None and spec.has_w:
-            names.append(("w0", rows[1]))
+        names = [("x", x)]
+        if check_state:
+            names += [("V0", state0[0])] + ([("w0", state0[spec.w_row])] if spec.has_w else [])
+            if spec.has_ref:
+                names.append(("last_spike_time", state0[spec.t_row]))
         for name, t in names:
             if not bool(torch.isfinite(t.detach()).all()):
                 raise ValueError(f"{name} contains NaN or inf")
-    raise ExtraCheckError("extra check failed")
+    if extra is not None and not math.isfinite(extra.item()):
+        raise ExtraCheckError("extra check failed")
 
 
 def _check_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.device) -> Tensor:

@@ -15,12 +15,12 @@ from torch import Tensor
 
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
-from adex.params import AdExParams
+from adex.params import AdExParams, PackedParams
 from adex.spec import Plan, ScanOutput, ScanSpec
 
 
 def fused_scan(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanSpec, *,
-               t0_step: int = 0, packed: Tensor | None = None) -> ScanOutput:  # fmt: skip
+               t0_step: int = 0, packed: Tensor | PackedParams | None = None) -> ScanOutput:  # fmt: skip
     """Run the scan on the fused kernels.
 
     Args:
@@ -29,26 +29,38 @@ def fused_scan(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanSpec, *,
         params: the parameters (packed here unless ``packed`` is given).
         spec: the validated scan description.
         t0_step: global step index of ``x[0]`` (read by the Ref models).
-        packed: ``params.packed(...)`` on x's device, precomputed (modules cache it).
+        packed: ``params.packed(...)`` on x's device, precomputed (differentiable where
+            parameters are), or a layer's :class:`PackedParams`.
 
     Returns:
         :class:`ScanOutput`.
     """
+    learnable = ()
     if packed is None:
         packed = params.packed(params.n_neurons(), x.device)
+    elif isinstance(packed, PackedParams):
+        packed, learnable = packed, packed.learnable
     x = x.contiguous()
     state0 = state0.contiguous()
     grad_on = torch.is_grad_enabled()
-    param_grad = grad_on and packed.requires_grad
+    if learnable:
+        param_grad = grad_on and any(p.requires_grad for p in learnable)
+    else:
+        param_grad = grad_on and packed.requires_grad
     needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
     plan = spec.plan(needs_grad, param_grad)
     if torch.compiler.is_compiling():
-        out = torch.ops.adex.scan_fwd(x, state0, packed, spec.key, needs_grad, param_grad,
+        values = packed.differentiable() if learnable else packed
+        out = torch.ops.adex.scan_fwd(x, state0, values, spec.key, needs_grad, param_grad,
                                       t0_step)  # fmt: skip
         return ScanOutput(out[0], out[1], out[2] if spec.return_states else None,
                           out[3] if spec.return_states and spec.has_w else None)  # fmt: skip
-    if needs_grad:
-        spikes, state, v_seq, w_seq = FusedScan.apply(x, state0, packed, spec, plan, t0_step)
+    if learnable:
+        spikes, state, v_seq, w_seq = FusedScan.apply(x, state0, packed.values, spec, plan,
+                                                      t0_step, packed, *learnable)  # fmt: skip
+    elif needs_grad:
+        spikes, state, v_seq, w_seq = FusedScan.apply(x, state0, packed, spec, plan, t0_step,
+                                                      None)  # fmt: skip
     else:  # the launcher itself: autograd's bookkeeping costs more than a short scan
         spikes, state, v_seq, w_seq = adex_scan_fwd(x, state0, packed, spec, plan, t0_step)[:4]
     if not spec.return_states:
@@ -58,15 +70,19 @@ def fused_scan(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanSpec, *,
 
 class FusedScan(torch.autograd.Function):
     """The eager autograd node of the fused scan: forward and backward launchers, no
-    custom-op dispatch. Inputs ``(x, state0, packed, spec, plan, t0_step)``; outputs
-    ``(spikes, state, v_seq or None, w_seq or None)``."""
+    custom-op dispatch. Inputs ``(x, state0, packed, spec, plan, t0_step, layer_packed,
+    *learnable)``: ``packed`` ``[10, N]`` (differentiable for functional callers), or a
+    layer's ``PackedParams`` as ``layer_packed`` with its learnable tensors after it, which
+    receive their gradients directly. Outputs ``(spikes, state, v_seq or None, w_seq or
+    None)``."""
 
     @staticmethod
-    def forward(ctx, x, state0, packed, spec: ScanSpec, plan: Plan, t0_step: int):
+    def forward(ctx, x, state0, packed, spec: ScanSpec, plan: Plan, t0_step: int,
+                layer_packed: PackedParams | None, *learnable):  # fmt: skip
         out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step)
         ctx.set_materialize_grads(False)
         ctx.spec, ctx.plan, ctx.t0_step = spec, plan, t0_step
-        ctx.x_dtype, ctx.T = x.dtype, x.shape[0]
+        ctx.x_dtype, ctx.T, ctx.layer_packed = x.dtype, x.shape[0], layer_packed
         ctx.save_for_backward(state0, packed, out.v_seq, out.w_seq, out.ref_bits,
                               out.checkpoints, x if plan.checkpoint_every else None)  # fmt: skip
         return out.spikes, out.state, out.v_seq, out.w_seq
@@ -75,19 +91,30 @@ class FusedScan(torch.autograd.Function):
     def backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq):
         state0, packed, v_seq, w_seq, ref_bits, checkpoints, x = ctx.saved_tensors
         saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x)
+        needs = ctx.needs_input_grad
+        layer_packed = ctx.layer_packed
+        learn_grad = layer_packed is not None and any(needs[7:])
         out_grads = (g_spikes, g_state, g_v_seq, g_w_seq)
-        grads = fused_backward(ctx.spec, ctx.plan, saved, packed, ctx.needs_input_grad[:3],
-                               ctx.x_dtype, ctx.T, ctx.t0_step, out_grads, adex_scan_bwd)  # fmt: skip
-        return (*grads, None, None, None)
+        grad_x, grad_state0, grad_elements = fused_backward(
+            ctx.spec, ctx.plan, saved, packed, (needs[0], needs[1], needs[2] or learn_grad),
+            ctx.x_dtype, ctx.T, ctx.t0_step, out_grads, adex_scan_bwd,
+        )  # fmt: skip
+        grad_packed = per_neuron(grad_elements, packed.shape[1]) if needs[2] else None
+        grads = (grad_x, grad_state0, grad_packed, None, None, None, None)
+        if layer_packed is not None:
+            learn = layer_packed.grads(grad_elements) if learn_grad else (None,) * len(needs[7:])
+            grads += tuple(g if need else None for g, need in zip(learn, needs[7:], strict=True))
+        return grads
 
 
 def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: Tensor,
                    needs: tuple[bool, ...], x_dtype: torch.dtype, T: int, t0_step: int,
                    grads: tuple, launch) -> tuple[Tensor | None, ...]:  # fmt: skip
-    """The gradients of ``(x, state0, packed)`` (None where ``needs`` says no) from those of
-    the forward's outputs ``(spikes, state, v_seq, w_seq)`` (None or empty where absent),
-    by ``launch``: ``adex.kernels.adex_scan_bwd``, or the ``adex::scan_bwd`` op while
-    compiling (same signature and result)."""
+    """The gradients of ``(x, state0)`` and the per-element parameter gradients
+    ``[10, *S]`` (None where ``needs`` says no) from those of the forward's outputs
+    ``(spikes, state, v_seq, w_seq)`` (None or empty where absent), by ``launch``:
+    ``adex.kernels.adex_scan_bwd``, or the ``adex::scan_bwd`` op while compiling (same
+    signature and result)."""
     if not plan.needs_grad:
         raise RuntimeError(
             "the fused scan ran without saving V (no input required grad at call time); "
@@ -95,11 +122,16 @@ def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: 
         )
     g_spikes, g_state, g_v_seq, g_w_seq = (_present(g) for g in grads)
     grad_x, grad_state0, grad_par = launch(saved, packed, spec, plan, g_spikes, g_v_seq,
-                                           g_w_seq, g_state, x_dtype, T, t0_step)  # fmt: skip
-    grad_packed = None
-    if needs[2]:  # per-element [10, *S] -> per-neuron [10, N], summed over the batch
-        grad_packed = grad_par.reshape(10, -1, packed.shape[1]).sum(1)
-    return (grad_x if needs[0] else None, grad_state0 if needs[1] else None, grad_packed)
+                                           g_w_seq, g_state, x_dtype, T, t0_step, needs[0],
+                                           needs[1])  # fmt: skip
+    return (grad_x if needs[0] else None, grad_state0 if needs[1] else None,
+            grad_par if needs[2] else None)  # fmt: skip
+
+
+def per_neuron(grad_elements: Tensor, n: int) -> Tensor:
+    """Per-element parameter gradients ``[10, *S]`` as the packed ``[10, N]`` gradient,
+    summed over the batch."""
+    return grad_elements.reshape(10, -1, n).sum(1)
 
 
 def _present(grad: Tensor | None) -> Tensor | None:

@@ -11,7 +11,14 @@ from torch import Tensor, nn
 
 from adex.functional import ExtraCheckError, run_scan, stack_state, state_dtype
 from adex.init import Constant, make_state, resolve_initializer
-from adex.params import PACKED_ROWS, PARAM_KINDS, AdExParams, packed_violations
+from adex.params import (
+    PACKED_ROWS,
+    PARAM_KINDS,
+    AdExParams,
+    LearnableChecks,
+    PackedParams,
+    learnable_violations,
+)
 from adex.spec import FLOAT_DTYPES, ScanSpec
 from adex.surrogate import ReluGrad, Surrogate
 from adex.units import CANONICAL, to_canonical
@@ -39,6 +46,23 @@ def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
                             for n in size):  # fmt: skip
         raise ValueError(f"in_size must be a positive int or a tuple of them, got {in_size!r}")
     return size
+
+
+class _RunState:
+    """What a call of a layer changes: the state block ``[C, *S]`` (or rows assigned one at
+    a time, restacked at the next call), whether adex produced it (finite by construction:
+    not checked again), and the step counter."""
+
+    __slots__ = ("checks", "init_values", "loose", "packed", "state", "t_step", "trusted")
+
+    def __init__(self) -> None:
+        self.init_values: dict = {}  # constant initial rows [C, 1, ...] per (dtype, device)
+        self.packed: Tensor | None = None  # the packed-parameter buffer, without __getattr__
+        self.checks = None  # the learnable parameters' constraints (LearnableChecks)
+        self.state: Tensor | None = None
+        self.loose: list[Tensor | None] | None = None
+        self.trusted = False
+        self.t_step = 0
 
 
 def _spec_setting(name: str, doc: str, convert=None) -> property:
@@ -112,6 +136,7 @@ class SpikingNeuron(nn.Module):
         checkpoint_every: int | None = None,
     ):
         super().__init__()
+        self._rt = _RunState()  # per-call state: plain attributes, no nn.Module __setattr__
         self.in_size = _in_size_tuple(in_size)
         params = AdExParams.from_values(params, self.in_size)
         if self.has_ref:
@@ -129,16 +154,10 @@ class SpikingNeuron(nn.Module):
             self._spec.with_return_states(True) if checkpoint_every is None else None
         )
         self.name = name
-        self.t_step = 0
+        self._inits: list = [None] * (1 + self.has_w)
         self.V_initializer = V_initializer
         self.w_initializer = w_initializer
-        self._inits = [resolve_initializer(V_initializer, "voltage", "V_initializer")]
-        if self.has_w:
-            self._inits.append(resolve_initializer(w_initializer, "current", "w_initializer"))
         self._init_learnable(params, learnable)
-        self._state: Tensor | None = None  # the state block [C, *S]
-        self._loose: list[Tensor | None] | None = None  # assigned rows, not yet stacked
-        self._state_trusted = False  # finite by construction (adex made it)
 
     def _init_learnable(self, params: AdExParams, learnable: Any) -> None:
         learnable = (learnable,) if isinstance(learnable, str) else tuple(learnable)
@@ -162,6 +181,7 @@ class SpikingNeuron(nn.Module):
             else:
                 self._scalar_params[key] = value
         self._param_buffers = [k for k in PARAM_KINDS if k in self._buffers]
+        self._learn_row_ids = tuple(PACKED_ROWS[k] for k in learnable)
         rows = torch.tensor([PACKED_ROWS[k] for k in learnable], dtype=torch.int64)
         self.register_buffer("_learn_rows", rows, persistent=False)
         self.register_buffer("_packed", torch.empty(0), persistent=False)
@@ -213,22 +233,37 @@ class SpikingNeuron(nn.Module):
         n = self._params_cache.n_neurons()  # 1 when every value is a scalar
         with torch.no_grad():
             self._packed = self._params_cache.packed(n, self._packed.device).detach()
+        self._rt.packed = self._packed
+        self._rt.checks = LearnableChecks.of(self.learnable, self._packed.device)
 
     def _buffer_versions(self) -> tuple[int, ...]:
         return tuple(self._buffers[k]._version for k in self._param_buffers)
 
-    def _packed_for_call(self) -> Tensor:
-        """The packed parameters of this call: the cached base, with the learnable rows
-        written in by one differentiable ``index_copy``."""
+    def _packed_for_call(self) -> tuple[Tensor | PackedParams, Tensor | None]:
+        """The packed parameters of this call and, with learnable parameters, their
+        constraint check (see :func:`adex.params.learnable_violations`; None while
+        compiling or without learnable parameters). Without learnable parameters the cached
+        ``[10, N]`` base; with them a :class:`PackedParams` whose values have the current
+        rows written in, not differentiably: the fused backward hands each its gradient."""
         if not torch.compiler.is_compiling() and self._buffer_versions() != self._packed_versions:
             self._repack()  # a parameter buffer changed in place (load_state_dict, fill_)
+        base = self._rt.packed
         if not self.learnable:
-            return self._packed
-        base = self._packed
-        n = base.shape[1]
-        rows = torch.stack([getattr(self, k).to(torch.float32).reshape(-1).expand(n)
-                            for k in self.learnable])  # fmt: skip
-        return base.index_copy(0, self._learn_rows, rows)
+            return base, None
+        learnable = tuple(self._parameters[k] for k in self.learnable)
+        k, n = len(learnable), base.shape[1]
+        with torch.no_grad():
+            if all(p.dim() == 0 for p in learnable):  # scalars: one stack, one broadcast
+                rows = torch.stack(learnable).view(k, 1)
+                rows = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
+                rows = rows if n == 1 else rows.expand(k, n)
+            else:
+                rows = torch.stack([p.to(torch.float32).reshape(-1).expand(n) for p in learnable])
+            values = base.index_copy(0, self._learn_rows, rows)
+            violations = None
+            if not torch.compiler.is_compiling():
+                violations = learnable_violations(rows, values, self._rt.checks)
+        return PackedParams(values, self._learn_rows, self._learn_row_ids, learnable), violations
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
@@ -237,13 +272,50 @@ class SpikingNeuron(nn.Module):
         for key, value in kept.items():
             setattr(self, key, value.to(device))
         self._repack()
-        if self._state is not None:
-            self._state = self._state.to(device)
-        if self._loose is not None:
-            self._loose = [None if r is None else r.to(device) for r in self._loose]
+        if self._rt.state is not None:
+            self._rt.state = self._rt.state.to(device)
+        if self._rt.loose is not None:
+            self._rt.loose = [None if r is None else r.to(device) for r in self._rt.loose]
         return self
 
     # -- state -------------------------------------------------------------------------------
+
+    @property
+    def V_initializer(self) -> Any:
+        """Initial V (mV) of :meth:`init_state`: an ``adex.init`` initializer, quantity,
+        number, tensor or callable ``shape -> tensor``; units are resolved when assigned."""
+        return self._init_given[0]
+
+    @V_initializer.setter
+    def V_initializer(self, init: Any) -> None:
+        self._set_initializer(0, init, "voltage", "V_initializer")
+
+    @property
+    def w_initializer(self) -> Any:
+        """Initial w (mA) of :meth:`init_state` (AdEx models), like ``V_initializer``."""
+        return self._init_given[1]
+
+    @w_initializer.setter
+    def w_initializer(self, init: Any) -> None:
+        self._set_initializer(1, init, "current", "w_initializer")
+
+    def _set_initializer(self, row: int, init: Any, kind: str, name: str) -> None:
+        given = list(getattr(self, "_init_given", (None, None)))
+        given[row] = init
+        self._init_given = tuple(given)
+        if row < len(self._inits):
+            self._inits[row] = resolve_initializer(init, kind, name)
+            self._rt.init_values = {}
+
+    @property
+    def t_step(self) -> int:
+        """Global index of the next step (step k runs at ``t = float(k) * dt``); read by the
+        Ref models' refractory test, restarted by :meth:`init_state`."""
+        return self._rt.t_step
+
+    @t_step.setter
+    def t_step(self, value: int) -> None:
+        self._rt.t_step = value
 
     def _state_shape(self, batch_size: int | None) -> tuple[int, ...]:
         if batch_size is None:
@@ -269,19 +341,22 @@ class SpikingNeuron(nn.Module):
         if self.has_ref:
             constants.append(NEVER_SPIKED)
         if all(c is not None for c in constants):  # one small copy, no initializer calls
-            values = torch.tensor(constants, dtype=dtype, device=device)
-            block = values.view(-1, *([1] * len(shape))).expand(len(constants), *shape)
-            self._state = block.contiguous()
+            key = (dtype, device, len(shape))
+            values = self._rt.init_values.get(key)
+            if values is None:
+                values = torch.tensor(constants, dtype=dtype, device=device)
+                values = self._rt.init_values[key] = values.view(-1, *([1] * len(shape)))
+            self._rt.state = values.expand(len(constants), *shape).contiguous()
         else:
             rows = [make_state(init, shape, kind, name, dtype, device) for (init, _), kind, name
                     in zip(self._inits, ("voltage", "current"), ("V_initializer", "w_initializer"),
                            strict=False)]  # fmt: skip
             if self.has_ref:
                 rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
-            self._state = torch.stack(rows)
-        self._loose = None
-        self._state_trusted = all(trusted for _, trusted in self._inits)
-        self.t_step = 0
+            self._rt.state = torch.stack(rows)
+        self._rt.loose = None
+        self._rt.trusted = all(trusted for _, trusted in self._inits)
+        self._rt.t_step = 0
 
     def reset_state(
         self,
@@ -309,19 +384,19 @@ class SpikingNeuron(nn.Module):
     def _row(self, i: int | None) -> Tensor | None:
         if i is None:
             return None
-        if self._state is not None:
-            return self._state[i]
-        return None if self._loose is None else self._loose[i]
+        if self._rt.state is not None:
+            return self._rt.state[i]
+        return None if self._rt.loose is None else self._rt.loose[i]
 
     def _set_row(self, i: int, value: Tensor) -> None:
         """Replace one row; the block is restacked at the next call (rows may change shape
         one at a time, as separate V and w assignments do)."""
-        if self._loose is None:
-            rows = [None] * self._spec.n_state if self._state is None else list(self._state)
+        if self._rt.loose is None:
+            rows = [None] * self._spec.n_state if self._rt.state is None else list(self._rt.state)
         else:
-            rows = self._loose
+            rows = self._rt.loose
         rows[i] = value
-        self._loose, self._state, self._state_trusted = rows, None, False
+        self._rt.loose, self._rt.state, self._rt.trusted = rows, None, False
 
     @property
     def V(self) -> Tensor | None:
@@ -358,9 +433,9 @@ class SpikingNeuron(nn.Module):
 
     def _require_state(self, x_dtype: torch.dtype) -> Tensor:
         """The state block, stacked from assigned rows where needed."""
-        if self._state is not None:
-            return self._state
-        rows = self._loose
+        if self._rt.state is not None:
+            return self._rt.state
+        rows = self._rt.loose
         if rows is None or any(r is None for r in rows):
             raise RuntimeError(f"{type(self).__name__}: call init_state(batch_size) first")
         names = (
@@ -415,30 +490,28 @@ class SpikingNeuron(nn.Module):
         spec = self._spec if not return_states else self._spec_states
         if spec is None:
             spec = self._spec.with_return_states(True)  # raises: checkpoint mode
-        packed = self._packed_for_call()
-        params = self._params_cache
-        violations = None
-        if self.learnable:  # an optimizer step may have broken a constraint
-            params = self._live_params  # built only if the backend reads them
-            if not torch.compiler.is_compiling():
-                with torch.no_grad():
-                    violations = packed_violations(packed)
+        # learnable parameters: an optimizer step may have broken a constraint (violations)
+        packed, violations = self._packed_for_call()
+        params = self._live_params if self.learnable else self._params_cache
+        values = packed.values if self.learnable else packed
+        if values.device != x.device:  # state and layer on different devices: packed from
+            packed = None  # the parameters per call
         try:
-            out = run_scan(x, state, params, spec, t0_step=self.t_step if self.has_ref else 0,
-                           packed=packed if packed.device == x.device else None,
-                           check_state=not self._state_trusted, extra_check=violations)  # fmt: skip
+            out = run_scan(x, state, params, spec, t0_step=self._rt.t_step if self.has_ref else 0,
+                           packed=packed,
+                           check_state=not self._rt.trusted, extra_check=violations)  # fmt: skip
         except ExtraCheckError:
             self._raise_invalid_params()
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
             rows = [out.v_seq[-1]] + ([out.w_seq[-1]] if self.has_w else [])
-            self._state, self._loose = None, rows + ([out.state[-1]] if self.has_ref else [])
+            self._rt.state, self._rt.loose = None, rows + ([out.state[-1]] if self.has_ref else [])
         else:
-            self._state, self._loose = out.state, None
-        self._state_trusted = True
+            self._rt.state, self._rt.loose = out.state, None
+        self._rt.trusted = True
         # the step counter; models without tau_ref never read it, and do not touch it while
         # torch.compile traces (an int attribute would be guarded on: a recompile per call)
         if self.has_ref or not torch.compiler.is_compiling():
-            self.t_step += x.shape[0]
+            self._rt.t_step += x.shape[0]
         return out
 
     def _raise_invalid_params(self) -> None:

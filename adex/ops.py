@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adex.fused import fused_backward
+from adex.fused import fused_backward, per_neuron
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
 from adex.spec import ScanSpec
@@ -82,23 +82,30 @@ def scan_bwd(
     x_dtype: torch.dtype,
     T: int,
     t0_step: int,
+    want_x: bool,
+    want_state0: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fused backward scan (``adex.kernels.adex_scan_bwd``). Returns ``(grad_x,
-    grad_state0, grad_params)``; ``grad_params`` is empty without ``param_grad``."""
+    grad_state0, grad_params)``, each empty where not wanted (``grad_params`` without
+    ``param_grad``)."""
     s = ScanSpec.from_key(spec)
     saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x)
     out = adex_scan_bwd(saved, packed, s, s.plan(needs_grad, param_grad), grad_spikes,
-                        grad_v_seq, grad_w_seq, grad_state, x_dtype, T, t0_step)  # fmt: skip
-    return out.grad_x, out.grad_state0, _or_empty(out.grad_params, state0)
+                        grad_v_seq, grad_w_seq, grad_state, x_dtype, T, t0_step, want_x,
+                        want_state0)  # fmt: skip
+    return (_or_empty(out.grad_x, state0, x_dtype), _or_empty(out.grad_state0, state0),
+            _or_empty(out.grad_params, state0))  # fmt: skip
 
 
 @scan_bwd.register_fake
 def _(state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, grad_spikes, grad_v_seq,
-      grad_w_seq, grad_state, spec, needs_grad, param_grad, x_dtype, T, t0_step):  # fmt: skip
+      grad_w_seq, grad_state, spec, needs_grad, param_grad, x_dtype, T, t0_step, want_x,
+      want_state0):  # fmt: skip
     S = state0.shape[1:]
     grad_par = state0.new_empty((10, *S) if param_grad else (0,), dtype=torch.float32)
-    return (state0.new_empty((T, *S), dtype=x_dtype),
-            state0.new_empty(state0.shape, dtype=torch.float32), grad_par)  # fmt: skip
+    grad_x = state0.new_empty((T, *S) if want_x else (0,), dtype=x_dtype)
+    grad_state0 = state0.new_empty(state0.shape if want_state0 else (0,), dtype=torch.float32)
+    return grad_x, grad_state0, grad_par
 
 
 def _setup_context(ctx, inputs, output):
@@ -114,24 +121,27 @@ def _setup_context(ctx, inputs, output):
 
 
 def _launch_op(saved, packed, spec, plan, g_spikes, g_v_seq, g_w_seq, g_state, x_dtype, T,
-               t0_step):  # fmt: skip
+               t0_step, want_x, want_state0):  # fmt: skip
     """``adex_scan_bwd``'s signature over the ``adex::scan_bwd`` op."""
     grad_x, grad_state0, grad_par = scan_bwd(
         saved.state0, packed, saved.v_seq, saved.w_seq, saved.ref_bits, saved.checkpoints,
         saved.x, g_spikes, g_v_seq, g_w_seq, g_state, spec.key, plan.needs_grad,
-        plan.param_grad, x_dtype, T, t0_step,
+        plan.param_grad, x_dtype, T, t0_step, want_x, want_state0,
     )  # fmt: skip
-    return grad_x, grad_state0, grad_par if plan.param_grad else None
+    return (grad_x if want_x else None, grad_state0 if want_state0 else None,
+            grad_par if plan.param_grad else None)  # fmt: skip
 
 
 def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, _g_ckpt):
     state0, packed, v_seq, w_seq, ref_bits, checkpoints, x = ctx.saved_tensors
     saved = SavedForBackward(state0, _or_none(v_seq), _or_none(w_seq), _or_none(ref_bits),
                              _or_none(checkpoints), x)  # fmt: skip
-    grads = fused_backward(ScanSpec.from_key(ctx.spec), ctx.plan, saved, packed,
-                           ctx.needs_input_grad[:3], ctx.x_dtype, ctx.T, ctx.t0_step,
-                           (g_spikes, g_state, g_v_seq, g_w_seq), _launch_op)  # fmt: skip
-    return (*grads, None, None, None, None)
+    grad_x, grad_state0, grad_elements = fused_backward(
+        ScanSpec.from_key(ctx.spec), ctx.plan, saved, packed, ctx.needs_input_grad[:3],
+        ctx.x_dtype, ctx.T, ctx.t0_step, (g_spikes, g_state, g_v_seq, g_w_seq), _launch_op,
+    )  # fmt: skip
+    grad_packed = None if grad_elements is None else per_neuron(grad_elements, packed.shape[1])
+    return grad_x, grad_state0, grad_packed, None, None, None, None
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)

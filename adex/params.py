@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ class AdExParams:
     def trusted(cls, values: Mapping[str, ParamValue]) -> AdExParams:
         """Build from canonical values that were validated already (no checks, no host
         sync): the modules' per-call parameters, whose constraints are checked on the
-        packed tensor (:func:`packed_violations`)."""
+        packed tensor (:func:`learnable_violations`)."""
         if torch.compiler.is_compiling():  # traced: the plain constructor (its tensor checks
             return cls(**values)  # are skipped while tracing)
         params = object.__new__(cls)
@@ -177,14 +177,76 @@ PACKED_ROWS = {name: row for row, name in enumerate(PARAM_KINDS)}
 """Row of each parameter in the packed ``[10, N]`` layout (``AdExParams`` field order)."""
 
 
-def packed_violations(packed: torch.Tensor) -> torch.Tensor:
-    """A 0-dim bool tensor, True where the packed parameters ``[10, N]`` break a model
-    constraint (tau, tau_w, delta_T > 0, V_th > V_reset, all finite): the same rules as
-    :meth:`AdExParams.validate`, as one device-side reduction (no host sync)."""
-    r = PACKED_ROWS
-    positive = packed[[r["tau"], r["tau_w"], r["delta_T"]]] > 0
-    ordered = packed[r["V_th"]] > packed[r["V_reset"]]
-    return ~(positive.all() & ordered.all() & torch.isfinite(packed).all())
+class PackedParams(NamedTuple):
+    """The packed parameters of a layer's call, with the learnable tensors kept apart so
+    that the fused backward can hand each its gradient directly (no autograd graph of the
+    packing itself).
+
+    Attributes:
+        values: ``[10, N]`` fp32, not differentiable: every parameter's current value.
+        rows: ``[k]`` int64 rows of ``values`` that hold the learnable parameters (on
+            ``values``' device).
+        row_ids: the same rows as Python ints.
+        learnable: the k learnable tensors (shape ``()`` or ``in_size``, any float dtype),
+            in ``rows`` order.
+    """
+
+    values: torch.Tensor
+    rows: torch.Tensor
+    row_ids: tuple[int, ...]
+    learnable: tuple[torch.Tensor, ...]
+
+    def grads(self, grad_elements: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The learnable tensors' gradients from the per-element parameter gradients
+        ``[10, *S]`` of the fused backward (summed over the batch, and over the neurons
+        for a scalar parameter)."""
+        k, n = len(self.learnable), self.values.shape[1]
+        per_neuron = grad_elements.index_select(0, self.rows).reshape(k, -1, n).sum(1)
+        out = []
+        for g, p in zip(per_neuron.unbind(0), self.learnable, strict=True):
+            g = g.reshape(p.shape) if p.numel() == n else g.sum().reshape(p.shape)
+            out.append(g if g.dtype == p.dtype else g.to(p.dtype))
+        return tuple(out)
+
+    def differentiable(self) -> torch.Tensor:
+        """``values`` with the learnable rows written in differentiably (``[10, N]``)."""
+        n = self.values.shape[1]
+        stacked = torch.stack([p.to(torch.float32).reshape(-1).expand(n) for p in self.learnable])
+        return self.values.index_copy(0, self.rows, stacked)
+
+
+def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
+                         checks: LearnableChecks) -> torch.Tensor:  # fmt: skip
+    """A 0-dim fp32 tensor, finite when the learnable rows ``[k, N]`` (in ``values``
+    ``[10, N]``) keep every model constraint (finite; tau, tau_w, delta_T > 0;
+    V_th > V_reset) and NaN or inf when one breaks: :meth:`AdExParams.validate`'s rules as a
+    few small ops, without a host sync."""
+    # log(v) is finite exactly when 0 < v < inf; 0 * v exactly when v is finite
+    terms = rows * 0.0
+    if checks.positive is not None:
+        terms = torch.where(checks.positive, rows.log(), terms)
+    total = terms.sum()
+    if checks.ordered:
+        r = PACKED_ROWS
+        total = total + (values[r["V_th"]] - values[r["V_reset"]]).log().sum()
+    return total
+
+
+class LearnableChecks(NamedTuple):
+    """Which constraints the learnable parameters of a layer can break (fixed ones were
+    validated at construction): ``positive`` ``[k, 1]`` bool marks the learnable rows that
+    must stay > 0 (tau, tau_w, delta_T; None when there is none), ``ordered`` is True when
+    V_th or V_reset is learnable."""
+
+    positive: torch.Tensor | None
+    ordered: bool
+
+    @staticmethod
+    def of(learnable: tuple[str, ...], device: torch.device) -> LearnableChecks:
+        """The checks for the learnable parameter names (in the order of their rows)."""
+        flags = [k in ("tau", "tau_w", "delta_T") for k in learnable]
+        positive = torch.tensor(flags, device=device).reshape(-1, 1) if any(flags) else None
+        return LearnableChecks(positive, "V_th" in learnable or "V_reset" in learnable)
 
 
 def _as_param(value: Any, name: str, in_size: tuple[int, ...]) -> ParamValue:

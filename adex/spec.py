@@ -51,6 +51,11 @@ class Plan(NamedTuple):
     store_w: bool
     store_ref: bool
     checkpoint_every: int
+    fwd_flags: dict
+    """The forward kernel's constexprs for this plan (model flags, what to store)."""
+    bwd_args: dict
+    """The backward kernel's scalars and constexprs for this plan, except those of the
+    incoming gradients (which are present only per call)."""
 
 
 class ScanOutput(NamedTuple):
@@ -178,7 +183,12 @@ class ScanSpec:
         store_v = (needs_grad and not ckpt) or self.return_states
         store_w = self.has_w and (self.return_states or (param_grad and not ckpt))
         store_ref = self.has_ref and needs_grad and not ckpt
-        return Plan(needs_grad, param_grad, store_v, store_w, store_ref, ckpt)
+        fwd_flags = dict(self.model_flags, STORE_V=store_v, STORE_W=store_w,
+                         STORE_REF=store_ref, CHECKPOINT=ckpt > 0)  # fmt: skip
+        bwd_args = dict(self.kernel_scalars, **self.kernel_flags, PARAM_GRAD=param_grad,
+                        RECOMPUTE=ckpt > 0)  # fmt: skip
+        return Plan(needs_grad, param_grad, store_v, store_w, store_ref, ckpt, fwd_flags,
+                    bwd_args)  # fmt: skip
 
     def _validate(self) -> None:
         if self.spk_reset not in RESETS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -30,13 +31,24 @@ def pipeline_stages(device: torch.device) -> int | None:
     return GPU_STAGES if device.type == "cuda" else None
 
 
-def block_config(n_elements: int, device: torch.device) -> tuple[int, int]:
-    """(BLOCK, num_warps) for a 1-D scan over ``n_elements`` independent neurons.
+def block_config(n_elements: int, device: torch.device) -> tuple[int, int, int]:
+    """(BLOCK, num_warps, programs) for a 1-D scan over ``n_elements`` independent neurons.
 
     On a GPU each program carries ``GPU_BLOCK`` (256) neurons, 2 per thread (4 warps at 256),
     enough programs to fill the card for the target workloads. Under the interpreter every
     program costs a Python loop over T, so blocks are as wide as possible (up to 1024).
     """
-    if device.type != "cuda":
-        return min(1024, triton.next_power_of_2(max(n_elements, 16))), 4
-    return GPU_BLOCK, max(1, min(8, GPU_BLOCK // 64))
+    if device.type == "cuda":
+        return _gpu_config(n_elements, GPU_BLOCK)
+    return _interpreter_config(n_elements)
+
+
+@functools.lru_cache(maxsize=256)
+def _gpu_config(n_elements: int, block: int) -> tuple[int, int, int]:
+    return block, max(1, min(8, block // 64)), -(-n_elements // block)
+
+
+@functools.lru_cache(maxsize=256)
+def _interpreter_config(n_elements: int) -> tuple[int, int, int]:
+    block = min(1024, triton.next_power_of_2(max(n_elements, 16)))
+    return block, 4, -(-n_elements // block)

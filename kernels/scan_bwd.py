@@ -90,8 +90,9 @@ def _adex_scan_bwd_kernel(
     # [cdiv(K, 8), M] scratch
     wseq_ptr,  # [T, M] fp32 stored w of every step (PARAM_GRAD and HAS_W); RECOMPUTE: [K, M]
     gpar_ptr,  # [10, M] out: fp32 per-element parameter gradients, or None
-    gx_ptr,  # [T, M] out: grad of x, x's dtype
-    gstate0_ptr,  # [C, M] out: fp32 grad of the initial state (zero last-spike-time row)
+    gx_ptr,  # [T, M] out: grad of x, x's dtype, or None (not wanted)
+    gstate0_ptr,  # [C, M] out: fp32 grad of the initial state (zero last-spike-time row),
+    # or None (not wanted)
     x_ptr,  # [T, M] input current (RECOMPUTE), or None
     ckpt_ptr,  # [cdiv(T, K), C, M] fp32 forward checkpoints (RECOMPUTE), or None
     T,  # number of steps (runtime)
@@ -114,6 +115,8 @@ def _adex_scan_bwd_kernel(
     HAS_GVSEQ: tl.constexpr,
     HAS_GWSEQ: tl.constexpr,
     HAS_GSTATE: tl.constexpr,
+    WRITE_GX: tl.constexpr,
+    WRITE_GSTATE0: tl.constexpr,
     RECOMPUTE: tl.constexpr,
     NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
     BLOCK: tl.constexpr,
@@ -176,7 +179,8 @@ def _adex_scan_bwd_kernel(
         g_last = tl.cast(t0 + L - 1, tl.int64) * M  # its row in the [T, M] gradients
         b_vnew = tl.load(vseq_ptr + last + o_m, mask=m_m, other=0.0)
         p_vprev = vseq_ptr + last - M + o_m
-        p_gx = gx_ptr + g_last + o_m
+        if WRITE_GX:
+            p_gx = gx_ptr + g_last + o_m
         if HAS_GSPK:
             p_gs = gspk_ptr + g_last + o_m
         if HAS_GVSEQ:
@@ -218,7 +222,9 @@ def _adex_scan_bwd_kernel(
                 b_R, b_tau, b_vreset, b_a, b_b, b_theta, b_cw, sg0, sg1, sg2, sg3,
                 SURROGATE, HARD_RESET, HAS_W, HAS_REF, DETACH_RESET,
             )  # fmt: skip
-            tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
+            if WRITE_GX:
+                tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
+                p_gx -= M
             if PARAM_GRAD:
                 if HAS_W:
                     b_wprev = tl.load(p_wprev, mask=m_prev, other=0.0)
@@ -238,12 +244,12 @@ def _adex_scan_bwd_kernel(
             b_lw = b_lw_prev
             b_vnew = b_vprev
             p_vprev -= M
-            p_gx -= M
-    tl.store(gstate0_ptr + o_m, b_lv, mask=m_m)
-    if HAS_W:
-        tl.store(gstate0_ptr + M + o_m, b_lw, mask=m_m)
-    if HAS_REF:  # the last-spike time carries no gradient
-        tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m_m)
+    if WRITE_GSTATE0:
+        tl.store(gstate0_ptr + o_m, b_lv, mask=m_m)
+        if HAS_W:
+            tl.store(gstate0_ptr + M + o_m, b_lw, mask=m_m)
+        if HAS_REF:  # the last-spike time carries no gradient
+            tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m_m)
     if PARAM_GRAD:
         M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
         tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
@@ -262,15 +268,16 @@ class BackwardOutputs(NamedTuple):
     """What :func:`adex_scan_bwd` wrote.
 
     Attributes:
-        grad_x: ``[T, *S]`` gradient of the input current, in the input's dtype.
+        grad_x: ``[T, *S]`` gradient of the input current, in the input's dtype (None when
+            not wanted).
         grad_state0: ``[C, *S]`` fp32 gradient of the initial state (the last-spike-time
-            row is zero: it carries no gradient).
+            row is zero: it carries no gradient; None when not wanted).
         grad_params: ``[10, *S]`` fp32 per-element parameter gradients (summing over the
             batch dims gives the gradient of the packed parameters), or None.
     """
 
-    grad_x: torch.Tensor
-    grad_state0: torch.Tensor
+    grad_x: torch.Tensor | None
+    grad_state0: torch.Tensor | None
     grad_params: torch.Tensor | None
 
 
@@ -306,6 +313,8 @@ def adex_scan_bwd(
     x_dtype: torch.dtype,
     T: int,
     t0_step: int = 0,
+    want_x: bool = True,
+    want_state0: bool = True,
 ) -> BackwardOutputs:
     """Launch the backward scan.
 
@@ -319,13 +328,15 @@ def adex_scan_bwd(
         x_dtype: dtype of the returned ``grad_x``.
         T: number of steps. t0_step: global step of ``x[0]`` (checkpoint mode recomputes
             the refractory test).
+        want_x, want_state0: write ``grad_x`` / ``grad_state0`` (the gradient of an input
+            that does not require grad is neither written nor allocated).
 
     Returns:
         :class:`BackwardOutputs`.
     """
     state0 = saved.state0
     S = state0.shape[1:]
-    M = state0[0].numel()
+    M = state0.numel() // state0.shape[0]
     device = state0.device
     K = plan.checkpoint_every
     v_seq, w_seq, ref_bits = saved.v_seq, saved.w_seq, saved.ref_bits
@@ -338,24 +349,24 @@ def adex_scan_bwd(
         ref_bits = None
         if spec.has_ref:  # 1 bit per step
             ref_bits = torch.empty(((rows + 7) // 8, M), dtype=torch.uint8, device=device)
-    grad_x = torch.empty((T, *S), dtype=x_dtype, device=device)
-    grad_state0 = torch.empty(state0.shape, dtype=torch.float32, device=device)
+    grad_x = torch.empty((T, *S), dtype=x_dtype, device=device) if want_x else None
+    grad_state0 = None
+    if want_state0:
+        grad_state0 = torch.empty(state0.shape, dtype=torch.float32, device=device)
     grad_par = None
     if plan.param_grad:
         grad_par = torch.empty((10, *S), dtype=torch.float32, device=device)
-    block, num_warps = block_config(M, device)
-    scalars = spec.kernel_scalars
-    _adex_scan_bwd_kernel[(triton.cdiv(M, block),)](
+    block, num_warps, programs = block_config(M, device)
+    _adex_scan_bwd_kernel[(programs,)](
         vseq_ptr=v_seq, state0_ptr=state0, par_ptr=packed_params,
         gspk_ptr=grad_spikes, gvseq_ptr=grad_v_seq, gwseq_ptr=grad_w_seq,
         gstate_ptr=grad_state, ref_ptr=ref_bits, wseq_ptr=w_seq, gpar_ptr=grad_par,
         gx_ptr=grad_x, gstate0_ptr=grad_state0, x_ptr=saved.x if K else None,
         ckpt_ptr=saved.checkpoints if K else None,
-        T=T, M=M, N=packed_params.shape[1], K=K if K else T, k0=t0_step, **scalars,
-        **spec.kernel_flags, PARAM_GRAD=plan.param_grad,
+        T=T, M=M, N=packed_params.shape[1], K=K if K else T, k0=t0_step, **plan.bwd_args,
         HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
         HAS_GWSEQ=grad_w_seq is not None, HAS_GSTATE=grad_state is not None,
-        RECOMPUTE=K > 0, NUM_STAGES=pipeline_stages(device), BLOCK=block,
-        num_warps=num_warps,
+        WRITE_GX=want_x, WRITE_GSTATE0=want_state0,
+        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
     return BackwardOutputs(grad_x, grad_state0, grad_par)

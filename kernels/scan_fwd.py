@@ -156,7 +156,7 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     """
     T = x.shape[0]
     S = x.shape[1:]
-    M = x[0].numel()
+    M = x.numel() // T if T else 0
     device = x.device
     C = state0.shape[0]
     spikes = torch.empty_like(x, dtype=x.dtype if spec.spike_dtype is None else spec.spike_dtype)
@@ -170,15 +170,13 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     checkpoints = None
     if K:
         checkpoints = torch.empty((-(-T // K), C, *S), dtype=torch.float32, device=device)
-    block, num_warps = block_config(M, device)
+    block, num_warps, programs = block_config(M, device)
     scalars = spec.kernel_scalars
-    _adex_scan_fwd_kernel[(triton.cdiv(M, block),)](
+    _adex_scan_fwd_kernel[(programs,)](
         x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes, state_ptr=state,
         vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits, ckpt_ptr=checkpoints,
         T=T, M=M, N=packed_params.shape[1], dt=scalars["dt"], ceiling=scalars["ceiling"],
-        k0=t0_step, tau_ref=scalars["tau_ref"], K=max(K, 1),
-        **spec.model_flags, STORE_V=plan.store_v, STORE_W=plan.store_w,
-        STORE_REF=plan.store_ref, CHECKPOINT=K > 0, NUM_STAGES=pipeline_stages(device),
-        BLOCK=block, num_warps=num_warps,
+        k0=t0_step, tau_ref=scalars["tau_ref"], K=max(K, 1), **plan.fwd_flags,
+        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints)

@@ -83,7 +83,7 @@ def test_opcheck_scan_bwd(present, has_w, hard):
         grads[2] = None
     args = (
         state0, packed, out.v_seq, None, None, None, None, *grads, spec.key, True, False,
-        torch.float32, T, 0,
+        torch.float32, T, 0, True, True,
     )  # fmt: skip
     torch.library.opcheck(torch.ops.adex.scan_bwd.default, args)
 

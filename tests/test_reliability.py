@@ -370,13 +370,8 @@ n_prog = triton.cdiv(M, BLOCK)
 PROGRAMS = [0, n_prog - 1]  # the interpreter runs the first and the last program only
 
 
-class TwoPrograms:  # ``triton`` inside the launchers: a grid of len(PROGRAMS)
-    def __getattr__(self, name):
-        return getattr(triton, name)
-
-    @staticmethod
-    def cdiv(a, b):
-        return len(PROGRAMS)
+def two_programs(n_elements, device):  # ``block_config`` inside the launchers: a short grid
+    return BLOCK, 4, len(PROGRAMS)
 
 
 builder = interp.interpreter_builder
@@ -391,7 +386,7 @@ def set_grid_idx(x, y, z):  # program x of the short grid is PROGRAMS[x] of the 
 builder.set_grid_idx = set_grid_idx
 for name in ("scan_fwd", "scan_bwd"):
     module = importlib.import_module(f"adex.kernels.{name}")
-    module.torch, module.triton = SparseTorch(), TwoPrograms()
+    module.torch, module.block_config = SparseTorch(), two_programs
 
 lanes = torch.cat([torch.arange(0, BLOCK), torch.arange((n_prog - 1) * BLOCK, M)])
 L = lanes.numel()
