@@ -80,6 +80,7 @@ def _backend_for(backend: str, x: Tensor) -> str:
 
 
 def _interpreted() -> bool:
+    """Whether the kernels run under the Triton interpreter (CPU tensors)."""
     from adex.kernels.launch import INTERPRETED  # imported only where it is asked for
 
     return INTERPRETED

@@ -19,8 +19,15 @@ from adex.params import AdExParams, PackedParams
 from adex.spec import Plan, ScanOutput, ScanSpec
 
 
-def fused_scan(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanSpec, *,
-               t0_step: int = 0, packed: Tensor | PackedParams | None = None) -> ScanOutput:  # fmt: skip
+def fused_scan(
+    x: Tensor,
+    state0: Tensor,
+    params: AdExParams,
+    spec: ScanSpec,
+    *,
+    t0_step: int = 0,
+    packed: Tensor | PackedParams | None = None,
+) -> ScanOutput:
     """Run the scan on the fused kernels.
 
     Args:
@@ -35,11 +42,11 @@ def fused_scan(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanSpec, *,
     Returns:
         :class:`ScanOutput`.
     """
-    learnable = ()
+    learnable, layer_packed = (), None
     if packed is None:
         packed = params.packed(params.n_neurons(), x.device)
     elif isinstance(packed, PackedParams):
-        packed, learnable = packed, packed.learnable
+        layer_packed, learnable, packed = packed, packed.learnable, packed.values
     x = x.contiguous()
     state0 = state0.contiguous()
     grad_on = torch.is_grad_enabled()
@@ -49,23 +56,26 @@ def fused_scan(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanSpec, *,
         param_grad = grad_on and packed.requires_grad
     needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
     plan = spec.plan(needs_grad, param_grad)
-    if torch.compiler.is_compiling():
-        values = packed.differentiable() if learnable else packed
+    if _through_ops():
+        values = layer_packed.differentiable() if learnable else packed
         out = torch.ops.adex.scan_fwd(x, state0, values, spec.key, needs_grad, param_grad,
                                       t0_step)  # fmt: skip
         return ScanOutput(out[0], out[1], out[2] if spec.return_states else None,
                           out[3] if spec.return_states and spec.has_w else None)  # fmt: skip
-    if learnable:
-        spikes, state, v_seq, w_seq = FusedScan.apply(x, state0, packed.values, spec, plan,
-                                                      t0_step, packed, *learnable)  # fmt: skip
-    elif needs_grad:
+    if needs_grad:
         spikes, state, v_seq, w_seq = FusedScan.apply(x, state0, packed, spec, plan, t0_step,
-                                                      None)  # fmt: skip
+                                                      layer_packed, *learnable)  # fmt: skip
     else:  # the launcher itself: autograd's bookkeeping costs more than a short scan
         spikes, state, v_seq, w_seq = adex_scan_fwd(x, state0, packed, spec, plan, t0_step)[:4]
     if not spec.return_states:
         v_seq = w_seq = None
     return ScanOutput(spikes, state, v_seq, w_seq)
+
+
+def _through_ops() -> bool:
+    """Whether a call goes through the registered custom ops: while ``torch.compile``
+    traces (they are opaque to it); eager calls take the shorter path."""
+    return torch.compiler.is_compiling()
 
 
 class FusedScan(torch.autograd.Function):

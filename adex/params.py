@@ -201,7 +201,12 @@ class PackedParams(NamedTuple):
         ``[10, *S]`` of the fused backward (summed over the batch, and over the neurons
         for a scalar parameter)."""
         k, n = len(self.learnable), self.values.shape[1]
-        per_neuron = grad_elements.index_select(0, self.rows).reshape(k, -1, n).sum(1)
+        rows = grad_elements.index_select(0, self.rows)
+        if n == 1 and all(p.dim() == 0 for p in self.learnable):  # scalars: one sum
+            sums = rows.reshape(k, -1).sum(1).unbind(0)
+            return tuple(g if g.dtype == p.dtype else g.to(p.dtype)
+                         for g, p in zip(sums, self.learnable, strict=True))  # fmt: skip
+        per_neuron = rows.reshape(k, -1, n).sum(1)
         out = []
         for g, p in zip(per_neuron.unbind(0), self.learnable, strict=True):
             g = g.reshape(p.shape) if p.numel() == n else g.sum().reshape(p.shape)
@@ -221,11 +226,9 @@ def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
     ``[10, N]``) keep every model constraint (finite; tau, tau_w, delta_T > 0;
     V_th > V_reset) and NaN or inf when one breaks: :meth:`AdExParams.validate`'s rules as a
     few small ops, without a host sync."""
-    # log(v) is finite exactly when 0 < v < inf; 0 * v exactly when v is finite
-    terms = rows * 0.0
-    if checks.positive is not None:
-        terms = torch.where(checks.positive, rows.log(), terms)
-    total = terms.sum()
+    # log(v) is finite exactly when 0 < v < inf (positive rows); log(0 * v + 1) exactly when
+    # v is finite (the others)
+    total = torch.addcmul(checks.offset, rows, checks.scale).log().sum()
     if checks.ordered:
         r = PACKED_ROWS
         total = total + (values[r["V_th"]] - values[r["V_reset"]]).log().sum()
@@ -234,19 +237,21 @@ def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
 
 class LearnableChecks(NamedTuple):
     """Which constraints the learnable parameters of a layer can break (fixed ones were
-    validated at construction): ``positive`` ``[k, 1]`` bool marks the learnable rows that
-    must stay > 0 (tau, tau_w, delta_T; None when there is none), ``ordered`` is True when
-    V_th or V_reset is learnable."""
+    validated at construction): ``scale`` and ``offset`` ``[k, 1]`` are 1 and 0 for the
+    learnable rows that must stay > 0 (tau, tau_w, delta_T), 0 and 1 for the others;
+    ``ordered`` is True when V_th or V_reset is learnable."""
 
-    positive: torch.Tensor | None
+    scale: torch.Tensor
+    offset: torch.Tensor
     ordered: bool
 
     @staticmethod
     def of(learnable: tuple[str, ...], device: torch.device) -> LearnableChecks:
         """The checks for the learnable parameter names (in the order of their rows)."""
-        flags = [k in ("tau", "tau_w", "delta_T") for k in learnable]
-        positive = torch.tensor(flags, device=device).reshape(-1, 1) if any(flags) else None
-        return LearnableChecks(positive, "V_th" in learnable or "V_reset" in learnable)
+        scale = torch.tensor([float(k in ("tau", "tau_w", "delta_T")) for k in learnable],
+                             device=device).reshape(-1, 1)  # fmt: skip
+        ordered = "V_th" in learnable or "V_reset" in learnable
+        return LearnableChecks(scale, 1.0 - scale, ordered)
 
 
 def _as_param(value: Any, name: str, in_size: tuple[int, ...]) -> ParamValue:

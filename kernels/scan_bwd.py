@@ -77,6 +77,23 @@ def _recompute_segment(
     return b_v0, b_w0
 
 
+@triton.jit
+def _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
+                       g_vT, g_dT, g_a, g_b):  # fmt: skip
+    """Row k of the ``[10, M]`` per-element parameter gradients is parameter k's."""
+    M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
+    tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
+    tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m_m)
+    tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m_m)
+    tl.store(gpar_ptr + 3 * M + o_m, g_vth, mask=m_m)
+    tl.store(gpar_ptr + 4 * M + o_m, g_vreset, mask=m_m)
+    tl.store(gpar_ptr + 5 * M + o_m, g_vrest, mask=m_m)
+    tl.store(gpar_ptr + 6 * M + o_m, g_vT, mask=m_m)
+    tl.store(gpar_ptr + 7 * M + o_m, g_dT, mask=m_m)
+    tl.store(gpar_ptr + 8 * M + o_m, g_a, mask=m_m)
+    tl.store(gpar_ptr + 9 * M + o_m, g_b, mask=m_m)
+
+
 @triton.jit(do_not_specialize=["T", "K", "k0"])
 def _adex_scan_bwd_kernel(
     vseq_ptr,  # [T, M] fp32 stored V of every step (forward output); RECOMPUTE: [K, M] scratch
@@ -95,29 +112,17 @@ def _adex_scan_bwd_kernel(
     # or None (not wanted)
     x_ptr,  # [T, M] input current (RECOMPUTE), or None
     ckpt_ptr,  # [cdiv(T, K), C, M] fp32 forward checkpoints (RECOMPUTE), or None
-    T,  # number of steps (runtime)
-    M,  # flattened state size
-    N,  # neurons per sample
-    dt,  # ms
-    ceiling,  # adex.params.RUNAWAY_CEILING
+    T, M, N,  # steps (runtime), flattened state size, neurons per sample
+    dt, ceiling,  # ms; adex.params.RUNAWAY_CEILING
     sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
     K,  # steps per segment: the checkpoint interval (RECOMPUTE), else T
-    k0,  # global step index of step 0 (RECOMPUTE and HAS_REF)
-    tau_ref,  # refractory period, ms (RECOMPUTE and HAS_REF)
-    SURROGATE: tl.constexpr,
-    HARD_RESET: tl.constexpr,
-    HAS_W: tl.constexpr,
-    HAS_EXP: tl.constexpr,
-    HAS_REF: tl.constexpr,
-    DETACH_RESET: tl.constexpr,
-    PARAM_GRAD: tl.constexpr,
-    HAS_GSPK: tl.constexpr,
-    HAS_GVSEQ: tl.constexpr,
-    HAS_GWSEQ: tl.constexpr,
-    HAS_GSTATE: tl.constexpr,
-    WRITE_GX: tl.constexpr,
-    WRITE_GSTATE0: tl.constexpr,
-    RECOMPUTE: tl.constexpr,
+    k0, tau_ref,  # global step index of step 0; refractory period, ms (RECOMPUTE, HAS_REF)
+    SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, HAS_W: tl.constexpr,  # the model
+    HAS_EXP: tl.constexpr, HAS_REF: tl.constexpr, DETACH_RESET: tl.constexpr,
+    PARAM_GRAD: tl.constexpr, RECOMPUTE: tl.constexpr,  # the plan
+    HAS_GSPK: tl.constexpr, HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,  # incoming
+    HAS_GSTATE: tl.constexpr,  # gradients present
+    WRITE_GX: tl.constexpr, WRITE_GSTATE0: tl.constexpr,  # outgoing gradients wanted
     NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
     BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -142,16 +147,9 @@ def _adex_scan_bwd_kernel(
         if HAS_W:
             b_lw += tl.load(gstate_ptr + M + o_m, mask=m_m, other=0.0).to(tl.float32)
     # d loss / d parameter, accumulated over time per element (order: packed rows)
-    g_R = tl.zeros([BLOCK], dtype=tl.float32)
-    g_tau = tl.zeros([BLOCK], dtype=tl.float32)
-    g_tau_w = tl.zeros([BLOCK], dtype=tl.float32)
-    g_vth = tl.zeros([BLOCK], dtype=tl.float32)
-    g_vreset = tl.zeros([BLOCK], dtype=tl.float32)
-    g_vrest = tl.zeros([BLOCK], dtype=tl.float32)
-    g_vT = tl.zeros([BLOCK], dtype=tl.float32)
-    g_dT = tl.zeros([BLOCK], dtype=tl.float32)
-    g_a = tl.zeros([BLOCK], dtype=tl.float32)
-    g_b = tl.zeros([BLOCK], dtype=tl.float32)
+    z = tl.zeros([BLOCK], dtype=tl.float32)
+    g_R, g_tau, g_tau_w, g_vth, g_vreset = z, z, z, z, z
+    g_vrest, g_vT, g_dT, g_a, g_b = z, z, z, z, z
     b_dcw = -(dt / (b_tau_w * b_tau_w)) * (1.0 - b_cw)  # d c_w / d tau_w
     b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
     tau_ref = tl.cast(tau_ref, tl.float32)
@@ -251,17 +249,8 @@ def _adex_scan_bwd_kernel(
         if HAS_REF:  # the last-spike time carries no gradient
             tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m_m)
     if PARAM_GRAD:
-        M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
-        tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
-        tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m_m)
-        tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m_m)
-        tl.store(gpar_ptr + 3 * M + o_m, g_vth, mask=m_m)
-        tl.store(gpar_ptr + 4 * M + o_m, g_vreset, mask=m_m)
-        tl.store(gpar_ptr + 5 * M + o_m, g_vrest, mask=m_m)
-        tl.store(gpar_ptr + 6 * M + o_m, g_vT, mask=m_m)
-        tl.store(gpar_ptr + 7 * M + o_m, g_dT, mask=m_m)
-        tl.store(gpar_ptr + 8 * M + o_m, g_a, mask=m_m)
-        tl.store(gpar_ptr + 9 * M + o_m, g_b, mask=m_m)
+        _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
+                           g_vT, g_dT, g_a, g_b)  # fmt: skip
 
 
 class BackwardOutputs(NamedTuple):

@@ -160,7 +160,7 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     device = x.device
     C = state0.shape[0]
     spikes = torch.empty_like(x, dtype=x.dtype if spec.spike_dtype is None else spec.spike_dtype)
-    state = torch.empty((C, *S), dtype=torch.float32, device=device)
+    state = torch.empty_like(state0)  # fp32 [C, *S], contiguous
     v_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_v else None
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_w else None
     ref_bits = None

@@ -15,7 +15,7 @@ from torch import nn
 
 import adex
 from adex.spec import ScanSpec
-from adex.surrogate import ReluGrad, Sigmoid
+from adex.surrogate import Sigmoid
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
