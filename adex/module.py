@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar, NamedTuple
 
@@ -50,18 +51,21 @@ def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
 
 class _RunState:
     """What a call of a layer changes: the state block ``[C, *S]`` (or rows assigned one at
-    a time, restacked at the next call), whether adex produced it (finite by construction:
-    not checked again), and the step counter."""
+    a time, restacked at the next call), the version counters of the state as adex produced
+    it (finite by construction: not checked again unless something wrote to it since), and
+    the step counter."""
 
-    __slots__ = ("checks", "init_values", "loose", "packed", "state", "t_step", "trusted")
+    __slots__ = ("checks", "init_values", "learn_rows", "loose", "packed", "state", "t_step",
+                 "trusted")  # fmt: skip
 
     def __init__(self) -> None:
         self.init_values: dict = {}  # constant initial rows [C, 1, ...] per (dtype, device)
         self.packed: Tensor | None = None  # the packed-parameter buffer, without __getattr__
         self.checks = None  # the learnable parameters' constraints (LearnableChecks)
+        self.learn_rows: Tensor | None = None  # their packed rows, [k] int64
         self.state: Tensor | None = None
         self.loose: list[Tensor | None] | None = None
-        self.trusted = False
+        self.trusted: tuple[int, ...] | None = None
         self.t_step = 0
 
 
@@ -191,13 +195,9 @@ class SpikingNeuron(nn.Module):
 
     def _set_spec(self, **changes: Any) -> None:
         """Rebuild the spec with ``changes`` (validated by ``ScanSpec``)."""
-        fields = {f: getattr(self._spec, f) for f in ("has_w", "has_exp", "tau_ref", "spk_reset",
-                  "surrogate", "dt", "detach_reset", "spike_dtype", "checkpoint_every",
-                  "backend", "check_finite")}  # fmt: skip
         if "tau_ref" in changes and not self.has_ref:
             raise AttributeError(f"{type(self).__name__} has no refractory period")
-        fields.update(changes)
-        self._spec = ScanSpec(**fields)
+        self._spec = dataclasses.replace(self._spec, **changes)
         states = self._spec.checkpoint_every is None
         self._spec_states = self._spec.with_return_states(True) if states else None
 
@@ -234,6 +234,7 @@ class SpikingNeuron(nn.Module):
         with torch.no_grad():
             self._packed = self._params_cache.packed(n, self._packed.device).detach()
         self._rt.packed = self._packed
+        self._rt.learn_rows = self._learn_rows
         self._rt.checks = LearnableChecks.of(self.learnable, self._packed.device)
 
     def _buffer_versions(self) -> tuple[int, ...]:
@@ -245,8 +246,9 @@ class SpikingNeuron(nn.Module):
         compiling or without learnable parameters). Without learnable parameters the cached
         ``[10, N]`` base; with them a :class:`PackedParams` whose values have the current
         rows written in, not differentiably: the fused backward hands each its gradient."""
-        if not torch.compiler.is_compiling() and self._buffer_versions() != self._packed_versions:
-            self._repack()  # a parameter buffer changed in place (load_state_dict, fill_)
+        if self._param_buffers and not torch.compiler.is_compiling():
+            if self._buffer_versions() != self._packed_versions:
+                self._repack()  # a parameter buffer changed in place (load_state_dict, fill_)
         base = self._rt.packed
         if not self.learnable:
             return base, None
@@ -259,11 +261,11 @@ class SpikingNeuron(nn.Module):
                 rows = rows if n == 1 else rows.expand(k, n)
             else:
                 rows = torch.stack([p.to(torch.float32).reshape(-1).expand(n) for p in learnable])
-            values = base.index_copy(0, self._learn_rows, rows)
+            values = base.index_copy(0, self._rt.learn_rows, rows)
             violations = None
             if not torch.compiler.is_compiling():
                 violations = learnable_violations(rows, values, self._rt.checks)
-        return PackedParams(values, self._learn_rows, self._learn_row_ids, learnable), violations
+        return PackedParams(values, self._rt.learn_rows, self._learn_row_ids, learnable), violations
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
@@ -355,7 +357,7 @@ class SpikingNeuron(nn.Module):
                 rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
             self._rt.state = torch.stack(rows)
         self._rt.loose = None
-        self._rt.trusted = all(trusted for _, trusted in self._inits)
+        self._rt.trusted = self._state_versions() if all(t for _, t in self._inits) else None
         self._rt.t_step = 0
 
     def reset_state(
@@ -396,7 +398,7 @@ class SpikingNeuron(nn.Module):
         else:
             rows = self._rt.loose
         rows[i] = value
-        self._rt.loose, self._rt.state, self._rt.trusted = rows, None, False
+        self._rt.loose, self._rt.state, self._rt.trusted = rows, None, None
 
     @property
     def V(self) -> Tensor | None:
@@ -430,6 +432,23 @@ class SpikingNeuron(nn.Module):
         if not self.has_ref:
             raise AttributeError(f"{type(self).__name__} has no refractory period")
         self._set_row(self._spec.t_row, self._checked_state(value, "time", "last_spike_time"))
+
+    def _state_versions(self) -> tuple[int, ...] | None:
+        """The version counters of the state's tensors: an in-place write (even through a
+        view such as ``layer.V``) changes them."""
+        if self._rt.state is not None:
+            return (self._rt.state._version,)
+        if self._rt.loose is None or any(r is None for r in self._rt.loose):
+            return None
+        return tuple(r._version for r in self._rt.loose)
+
+    def _state_trusted(self) -> bool:
+        """The state is as adex produced it (from finite inputs, or the built-in
+        initializers): finite, not checked again."""
+        if torch.compiler.is_compiling():  # the finiteness check does not run while tracing
+            return True
+        versions = self._rt.trusted
+        return versions is not None and versions == self._state_versions()
 
     def _require_state(self, x_dtype: torch.dtype) -> Tensor:
         """The state block, stacked from assigned rows where needed."""
@@ -481,7 +500,7 @@ class SpikingNeuron(nn.Module):
             )
         return x.expand(target)
 
-    def _run(self, x: Tensor, state: Tensor, return_states: bool):
+    def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool):
         if state.device != x.device:
             raise ValueError(
                 f"x is on {x.device} but the state is on {state.device}; call .to() on the "
@@ -499,7 +518,7 @@ class SpikingNeuron(nn.Module):
         try:
             out = run_scan(x, state, params, spec, t0_step=self._rt.t_step if self.has_ref else 0,
                            packed=packed,
-                           check_state=not self._rt.trusted, extra_check=violations)  # fmt: skip
+                           check_state=not trusted, extra_check=violations)  # fmt: skip
         except ExtraCheckError:
             self._raise_invalid_params()
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
@@ -507,7 +526,7 @@ class SpikingNeuron(nn.Module):
             self._rt.state, self._rt.loose = None, rows + ([out.state[-1]] if self.has_ref else [])
         else:
             self._rt.state, self._rt.loose = out.state, None
-        self._rt.trusted = True
+        self._rt.trusted = None if torch.compiler.is_compiling() else self._state_versions()
         # the step counter; models without tau_ref never read it, and do not touch it while
         # torch.compile traces (an int attribute would be guarded on: a recompile per call)
         if self.has_ref or not torch.compiler.is_compiling():
@@ -529,9 +548,10 @@ class SpikingNeuron(nn.Module):
         state, in ``x``'s dtype (or ``spike_dtype``); advances ``V`` and ``w``. ``x`` (mA)
         broadcasts to the state shape."""
         x_dtype = x.dtype if isinstance(x, Tensor) else torch.float32
+        trusted = self._state_trusted()
         state = self._require_state(x_dtype)
         x = self._input(x, tuple(state.shape[1:]), state.device, ())
-        return self._run(x.unsqueeze(0), state, return_states=False).spikes[0]
+        return self._run(x.unsqueeze(0), state, False, trusted).spikes[0]
 
     def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
         """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA) in one fused scan.
@@ -542,6 +562,7 @@ class SpikingNeuron(nn.Module):
         consecutive calls give truncated BPTT).
         """
         x_dtype = x_seq.dtype if isinstance(x_seq, Tensor) else torch.float32
+        trusted = self._state_trusted()
         state = self._require_state(x_dtype)
         state_shape = tuple(state.shape[1:])
         if not isinstance(x_seq, Tensor):
@@ -560,7 +581,7 @@ class SpikingNeuron(nn.Module):
                 "update() for one step)"
             )
         x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
-        out = self._run(x_seq, state, return_states)
+        out = self._run(x_seq, state, return_states, trusted)
         if return_states:
             return StateSequence(out.spikes, out.v_seq, out.w_seq)
         return out.spikes

@@ -21,8 +21,11 @@ pytestmark = pytest.mark.skipif(
 CASES = [
     pytest.param(adex.AdExIF, {}, id="adex"),
     pytest.param(adex.AdExIFRef, dict(tau_ref=0.4, spk_reset="hard"), id="adexref-hard"),
-    pytest.param(adex.ExpIF, dict(V_th=-45.0, V_initializer=-52.0, learnable=("tau", "V_T")),
-                 id="expif-learn"),  # fmt: skip
+    pytest.param(
+        adex.ExpIF,
+        dict(V_th=-45.0, V_initializer=-52.0, learnable=("tau", "V_T")),
+        id="expif-learn",
+    ),  # fmt: skip
     pytest.param(adex.AdExIF, dict(learnable=("tau", "b", "V_th")), id="adex-learn"),
     pytest.param(
         adex.AdExIF,

@@ -431,3 +431,21 @@ def test_initializer_errors():
     # an initializer object of the wrong unit: the message names the kind and the unit
     with pytest.raises(ValueError, match=r"voltage.*milliampere"):
         adex.AdExIF(N, V_initializer=adex.init.Constant(-65 * u.mA)).init_state(BATCH)
+
+
+@pytest.mark.parametrize("return_states", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_state_written_in_place_is_checked_again(backend, return_states):
+    """A state adex produced is not re-checked, until something writes to it in place
+    (here through the ``V`` view): then the next call checks it and rejects the NaN."""
+    if backend == "triton" and not adex.HAS_TRITON:
+        pytest.skip("needs triton")
+    layer = adex.AdExIF(N, backend=backend)
+    layer.init_state(BATCH)
+    x, _, _ = good_inputs()
+    layer(x, return_states=return_states)
+    layer(x)  # trusted state: no error
+    with torch.no_grad():
+        layer.V[0, 1] = math.nan
+    with pytest.raises(ValueError, match=r"\bV0? contains NaN or inf"):
+        layer(x)
