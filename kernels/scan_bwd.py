@@ -13,6 +13,7 @@ from adex.kernels.launch import block_config, pipeline_stages
 from adex.kernels.step import (
     integrate_step,
     load_flag_bit,
+    reset_adjoint,
     step_adjoint,
     step_factors,
     step_param_grads,
@@ -215,11 +216,9 @@ def _adex_scan_bwd_kernel(
             b_ref = tl.zeros([BLOCK], dtype=tl.int1)  # all false without HAS_REF
             if HAS_REF:
                 b_ref = load_flag_bit(ref_ptr, L - 1 - i, M, o_m, m_m)
-            b_gx, b_lvr, b_lwr, b_lv_prev, b_lw_prev, b_big = step_adjoint(
-                b_lv, b_lw, b_ref, b_vprev, b_sprev, b_uprev, b_p, b_dvdv,
-                b_R, b_tau, b_vreset, b_a, b_b, b_theta, b_cw, sg0, sg1, sg2, sg3,
-                SURROGATE, HARD_RESET, HAS_W, HAS_REF, DETACH_RESET,
-            )  # fmt: skip
+            b_gx, b_lvr, b_lwr, b_big = step_adjoint(
+                b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
+            )
             if WRITE_GX:
                 tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
                 p_gx -= M
@@ -238,8 +237,10 @@ def _adex_scan_bwd_kernel(
                     SURROGATE, HARD_RESET, HAS_W, HAS_EXP, HAS_REF, DETACH_RESET, HAS_GSPK,
                     BLOCK,
                 )  # fmt: skip
-            b_lv = b_lv_prev
-            b_lw = b_lw_prev
+            b_lv, b_lw = reset_adjoint(
+                b_lvr, b_lwr, b_lw, b_vprev, b_uprev, b_vreset, b_b, b_theta, sg0, sg1, sg2,
+                sg3, SURROGATE, HARD_RESET, HAS_W, DETACH_RESET,
+            )  # fmt: skip
             b_vnew = b_vprev
             p_vprev -= M
     if WRITE_GSTATE0:

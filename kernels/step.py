@@ -140,23 +140,18 @@ def step_adjoint(
     b_lv,  # [BLOCK] adjoint of the stored V_t (output gradients of step t included)
     b_lw,  # [BLOCK] adjoint of w_t
     b_ref,  # [BLOCK] int1: step t was refractory (read with HAS_REF)
-    b_vprev, b_sprev, b_uprev, b_p, b_dvdv,  # from step_factors
-    b_R, b_tau, b_vreset, b_a, b_b, b_theta, b_cw,
-    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
-    SURROGATE: tl.constexpr,
-    HARD_RESET: tl.constexpr,
+    b_p, b_dvdv,  # from step_factors
+    b_R, b_tau, b_a, b_cw,
     HAS_W: tl.constexpr,
     HAS_REF: tl.constexpr,
-    DETACH_RESET: tl.constexpr,
 ):  # fmt: skip
-    """The BPTT adjoint of one step, from the adjoints of its outputs (V_t, w_t) to those
-    of its inputs (V_{t-1}, w_{t-1}) through the exponential-Euler V, the w update, the
-    refractory hold and the reset at the start of the step (with its surrogate).
+    """The BPTT adjoint of one step's integration, from the adjoints of its outputs (V_t,
+    w_t) to those after its reset (V', w'), through the exponential-Euler V, the w update
+    and the refractory hold.
 
-    Returns ``(grad_x, lambda_V', lambda_w', lambda_V_{t-1}, lambda_w_{t-1}, lambda_big)``:
-    the gradient of the step's input current, the adjoints after the reset (read by the
-    parameter gradients), the adjoints carried to the previous step and the total adjoint
-    of V_t (w_t reads V_t too)."""
+    Returns ``(grad_x, lambda_V', lambda_w', lambda_big)``: the gradient of the step's input
+    current, the adjoints after the reset and the total adjoint of V_t (w_t reads V_t too).
+    """
     b_big = b_lv
     if HAS_W:
         b_big += b_lw * b_a * b_cw
@@ -167,7 +162,23 @@ def step_adjoint(
         b_gx = tl.where(b_ref, 0.0, b_gx)
         b_lvr = tl.where(b_ref, b_lv, b_lvr)
         b_lwr = tl.where(b_ref, b_lw, b_lwr)
-    # through the reset at the start of step t (spike of V_{t-1}, with its surrogate)
+    return b_gx, b_lvr, b_lwr, b_big
+
+
+@triton.jit
+def reset_adjoint(
+    b_lvr, b_lwr,  # adjoints after the reset (step_adjoint)
+    b_lw,  # [BLOCK] adjoint of w_t (carried unchanged without HAS_W)
+    b_vprev, b_uprev,  # stored V_{t-1} and its (V - V_th)/theta (step_factors)
+    b_vreset, b_b, b_theta,
+    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
+    SURROGATE: tl.constexpr,
+    HARD_RESET: tl.constexpr,
+    HAS_W: tl.constexpr,
+    DETACH_RESET: tl.constexpr,
+):  # fmt: skip
+    """The adjoint through the reset at the start of a step (the spike of V_{t-1}, with
+    its surrogate, unless DETACH_RESET): returns ``(lambda_V_{t-1}, lambda_w_{t-1})``."""
     if DETACH_RESET:
         b_lv_prev = b_lvr
     else:
@@ -181,7 +192,7 @@ def step_adjoint(
     b_lw_prev = b_lw
     if HAS_W:
         b_lw_prev = b_lwr
-    return b_gx, b_lvr, b_lwr, b_lv_prev, b_lw_prev, b_big
+    return b_lv_prev, b_lw_prev
 
 
 @triton.jit
