@@ -25,13 +25,13 @@ CASES = [
         adex.ExpIF,
         dict(V_th=-45.0, V_initializer=-52.0, learnable=("tau", "V_T")),
         id="expif-learn",
-    ),  # fmt: skip
+    ),
     pytest.param(adex.AdExIF, dict(learnable=("tau", "b", "V_th")), id="adex-learn"),
     pytest.param(
         adex.AdExIF,
         dict(V_th=torch.linspace(-56, -53, 6), learnable=("a",)),
         id="adex-perneuron-learn",
-    ),  # fmt: skip
+    ),
     pytest.param(adex.AdExIFRef, dict(tau_ref=0.4, checkpoint_every=3), id="adexref-ckpt"),
     pytest.param(adex.LIF, dict(detach_reset=True), id="lif-detach"),
 ]
