@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from adex.params import AdExParams
+from adex.params import AdExParams, PackedParams
 from adex.reference import reference_scan
 from adex.spec import BACKENDS, FLOAT_DTYPES, KERNEL_DTYPES, ScanOutput, ScanSpec, spec_for_call
 from adex.surrogate import ReluGrad, Surrogate
@@ -81,9 +81,14 @@ def _backend_for(backend: str, x: Tensor) -> str:
 
 def _interpreted() -> bool:
     """Whether the kernels run under the Triton interpreter (CPU tensors)."""
-    from adex.kernels.launch import INTERPRETED  # imported only where it is asked for
+    if not _INTERPRETED:  # imported only where it is asked for
+        from adex.kernels.launch import INTERPRETED
 
-    return INTERPRETED
+        _INTERPRETED.append(INTERPRETED)
+    return _INTERPRETED[0]
+
+
+_INTERPRETED: list[bool] = []
 
 
 def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExParams],
@@ -124,7 +129,9 @@ def _refuse_gradient(x: Tensor, state0: Tensor, params, packed: Tensor | None,
     """Integer spikes carry no gradient: raise when one is required."""
     if not torch.is_grad_enabled():
         return
-    if packed is not None:
+    if isinstance(packed, PackedParams):
+        params_grad = any(p.requires_grad for p in packed.learnable)
+    elif packed is not None:
         params_grad = packed.requires_grad
     else:
         params = params() if callable(params) else params

@@ -55,12 +55,13 @@ class _RunState:
     it (finite by construction: not checked again unless something wrote to it since), and
     the step counter."""
 
-    __slots__ = ("checks", "init_values", "learn_rows", "loose", "packed", "state", "t_step",
-                 "trusted")  # fmt: skip
+    __slots__ = ("checks", "init_values", "learn_rows", "loose", "packed", "packed_device",
+                 "state", "t_step", "trusted")  # fmt: skip
 
     def __init__(self) -> None:
         self.init_values: dict = {}  # constant initial rows [C, 1, ...] per (dtype, device)
         self.packed: Tensor | None = None  # the packed-parameter buffer, without __getattr__
+        self.packed_device: torch.device | None = None
         self.checks = None  # the learnable parameters' constraints (LearnableChecks)
         self.learn_rows: Tensor | None = None  # their packed rows, [k] int64
         self.state: Tensor | None = None
@@ -233,7 +234,7 @@ class SpikingNeuron(nn.Module):
         n = self._params_cache.n_neurons()  # 1 when every value is a scalar
         with torch.no_grad():
             self._packed = self._params_cache.packed(n, self._packed.device).detach()
-        self._rt.packed = self._packed
+        self._rt.packed, self._rt.packed_device = self._packed, self._packed.device
         self._rt.learn_rows = self._learn_rows
         self._rt.checks = LearnableChecks.of(self.learnable, self._packed.device)
 
@@ -435,12 +436,12 @@ class SpikingNeuron(nn.Module):
 
     def _state_versions(self) -> tuple[int, ...] | None:
         """The version counters of the state's tensors: an in-place write (even through a
-        view such as ``layer.V``) changes them."""
-        if self._rt.state is not None:
-            return (self._rt.state._version,)
-        if self._rt.loose is None or any(r is None for r in self._rt.loose):
+        view such as ``layer.V``) changes them. None where they cannot tell (no state yet,
+        or inference tensors, which have no version counter: checked on every call)."""
+        rows = (self._rt.state,) if self._rt.state is not None else self._rt.loose
+        if rows is None or any(r is None or r.is_inference() for r in rows):
             return None
-        return tuple(r._version for r in self._rt.loose)
+        return tuple(r._version for r in rows)
 
     def _state_trusted(self) -> bool:
         """The state is as adex produced it (from finite inputs, or the built-in
@@ -501,9 +502,10 @@ class SpikingNeuron(nn.Module):
         return x.expand(target)
 
     def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool):
-        if state.device != x.device:
+        device = x.device
+        if state.device != device:
             raise ValueError(
-                f"x is on {x.device} but the state is on {state.device}; call .to() on the "
+                f"x is on {device} but the state is on {state.device}; call .to() on the "
                 "layer or init_state(device=...)"
             )
         spec = self._spec if not return_states else self._spec_states
@@ -512,9 +514,8 @@ class SpikingNeuron(nn.Module):
         # learnable parameters: an optimizer step may have broken a constraint (violations)
         packed, violations = self._packed_for_call()
         params = self._live_params if self.learnable else self._params_cache
-        values = packed.values if self.learnable else packed
-        if values.device != x.device:  # state and layer on different devices: packed from
-            packed = None  # the parameters per call
+        if self._rt.packed_device != device:  # state and layer on different devices: packed
+            packed = None  # from the parameters per call
         try:
             out = run_scan(x, state, params, spec, t0_step=self._rt.t_step if self.has_ref else 0,
                            packed=packed,

@@ -332,3 +332,18 @@ def test_compile_checkpoint_mode_matches_eager():
     assert eager[0].sum() > 0
     for a, b in zip(eager, compiled, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_integer_spikes_refuse_learnable_gradients(backend):
+    """Learnable parameters need a gradient too: integer spikes are refused for them, and
+    work without one (torch.no_grad)."""
+    layer = adex.AdExIF(4, backend=backend, spike_dtype=torch.uint8, learnable=("tau",))
+    layer.init_state(2)
+    x = torch.full((3, 2, 4), 30.0, device=DEVICE)
+    layer.to(DEVICE)
+    layer.init_state(2)
+    with pytest.raises(ValueError, match="carries no gradient"):
+        layer(x)
+    with torch.no_grad():
+        assert layer(x).dtype == torch.uint8

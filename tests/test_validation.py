@@ -449,3 +449,16 @@ def test_state_written_in_place_is_checked_again(backend, return_states):
         layer.V[0, 1] = math.nan
     with pytest.raises(ValueError, match=r"\bV0? contains NaN or inf"):
         layer(x)
+
+
+def test_inference_mode_state_is_checked():
+    """Inference tensors have no version counter: their state is checked on every call."""
+    layer = adex.AdExIF(N, backend="reference")
+    x, _, _ = good_inputs()
+    with torch.inference_mode():
+        layer.init_state(BATCH)
+        layer(x)
+        layer(x)
+        layer.V[0, 1] = math.nan
+        with pytest.raises(ValueError, match=r"\bV0? contains NaN or inf"):
+            layer(x)
