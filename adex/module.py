@@ -309,6 +309,17 @@ class SpikingNeuron(nn.Module):
         if row < len(self._inits):
             self._inits[row] = resolve_initializer(init, kind, name)
             self._rt.init_values = {}
+            if all(i is not None for i in self._inits):
+                self._initial_rows()
+
+    def _initial_rows(self) -> None:
+        """The initial state's constant rows (V, w, last-spike time), or None when an
+        initializer is not a constant; whether the initializers give a finite state."""
+        constants = [i.value if isinstance(i, Constant) else None for i, _ in self._inits]
+        if self.has_ref:
+            constants.append(NEVER_SPIKED)
+        self._init_constants = None if None in constants else tuple(constants)
+        self._init_trusted = all(trusted for _, trusted in self._inits)
 
     @property
     def t_step(self) -> int:
@@ -339,11 +350,9 @@ class SpikingNeuron(nn.Module):
         Also restarts the clock (``t_step = 0``: the next step runs at t = 0 ms) and, for the
         Ref models, sets ``last_spike_time`` to -1e7 ms as BrainPy does."""
         shape = self._state_shape(batch_size)
-        device = self._packed.device if device is None else torch.device(device)
-        constants = [init.value if isinstance(init, Constant) else None for init, _ in self._inits]
-        if self.has_ref:
-            constants.append(NEVER_SPIKED)
-        if all(c is not None for c in constants):  # one small copy, no initializer calls
+        device = self._rt.packed_device if device is None else torch.device(device)
+        constants = self._init_constants
+        if constants is not None:  # one small copy, no initializer calls
             key = (dtype, device, len(shape))
             values = self._rt.init_values.get(key)
             if values is None:
@@ -358,7 +367,7 @@ class SpikingNeuron(nn.Module):
                 rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
             self._rt.state = torch.stack(rows)
         self._rt.loose = None
-        self._rt.trusted = self._state_versions() if all(t for _, t in self._inits) else None
+        self._rt.trusted = self._state_versions() if self._init_trusted else None
         self._rt.t_step = 0
 
     def reset_state(
@@ -438,7 +447,10 @@ class SpikingNeuron(nn.Module):
         """The version counters of the state's tensors: an in-place write (even through a
         view such as ``layer.V``) changes them. None where they cannot tell (no state yet,
         or inference tensors, which have no version counter: checked on every call)."""
-        rows = (self._rt.state,) if self._rt.state is not None else self._rt.loose
+        state = self._rt.state
+        if state is not None:
+            return None if state.is_inference() else (state._version,)
+        rows = self._rt.loose
         if rows is None or any(r is None or r.is_inference() for r in rows):
             return None
         return tuple(r._version for r in rows)
