@@ -187,6 +187,9 @@ class SpikingNeuron(nn.Module):
                 self._scalar_params[key] = value
         self._param_buffers = [k for k in PARAM_KINDS if k in self._buffers]
         self._learn_row_ids = tuple(PACKED_ROWS[k] for k in learnable)
+        if learnable:  # the backward computes the learnable parameters' gradients only
+            mask = sum(1 << r for r in set(self._learn_row_ids))
+            self._set_spec(param_mask=mask)
         rows = torch.tensor([PACKED_ROWS[k] for k in learnable], dtype=torch.int64)
         self.register_buffer("_learn_rows", rows, persistent=False)
         self.register_buffer("_packed", torch.empty(0), persistent=False)
@@ -266,7 +269,8 @@ class SpikingNeuron(nn.Module):
             violations = None
             if not torch.compiler.is_compiling():
                 violations = learnable_violations(rows, values, self._rt.checks)
-        return PackedParams(values, self._rt.learn_rows, self._learn_row_ids, learnable), violations
+        packed = PackedParams(values, self._rt.learn_rows, self._learn_row_ids, learnable)
+        return packed, violations
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}

@@ -28,6 +28,9 @@ PARAM_KINDS: dict[str, str] = {
 }
 """Every parameter of the AdEx family and its physical kind (see ``adex.units.CANONICAL``)."""
 
+ALL_PARAMS = (1 << len(PARAM_KINDS)) - 1
+"""A parameter mask (bit k: the parameter in packed row k, ``PARAM_KINDS`` order) of all ten."""
+
 RUNAWAY_CEILING = 10.0
 """A runaway step stores ``V = V_th``: the neuron reached its spike peak within the step.
 

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from adex.params import RUNAWAY_CEILING
+from adex.params import ALL_PARAMS, PACKED_ROWS, RUNAWAY_CEILING
 from adex.surrogate import Surrogate
 
 BACKENDS = ("auto", "triton", "reference")
@@ -40,6 +40,7 @@ class Plan(NamedTuple):
         param_grad: the packed parameters require grad (learnable parameters).
         store_v: write the per-step V ``[T, *S]`` (saved for backward, or returned).
         store_w: write the per-step w ``[T, *S]`` (returned, or read by parameter gradients).
+        read_w: the backward reads the stored w (the tau_w gradient is wanted).
         store_ref: write the refractory flags (1 bit per neuron-step, read by the backward).
         checkpoint_every: K > 0: write the state before every K-th step instead of the
             per-step sequences (low-memory BPTT); 0 otherwise.
@@ -49,6 +50,7 @@ class Plan(NamedTuple):
     param_grad: bool
     store_v: bool
     store_w: bool
+    read_w: bool
     store_ref: bool
     checkpoint_every: int
     fwd_flags: dict
@@ -93,6 +95,10 @@ class ScanSpec:
         backend: 'auto', 'triton' or 'reference'.
         check_finite: reject NaN/inf inputs before running.
         return_states: return the per-step V and w sequences.
+        param_mask: the parameters whose gradients are wanted when the packed parameters
+            require grad (bit k: packed row k, ``adex.params.PARAM_KINDS`` order): a layer's
+            learnable ones; all ten for functional callers. The backward computes only these
+            (and the forward stores w only for the tau_w gradient).
     """
 
     has_w: bool = True
@@ -107,6 +113,7 @@ class ScanSpec:
     backend: str = "auto"
     check_finite: bool = True
     return_states: bool = False
+    param_mask: int = ALL_PARAMS
     # derived once in __post_init__, not part of the identity
     model_flags: dict = field(init=False, repr=False, compare=False, hash=False)
     kernel_flags: dict = field(init=False, repr=False, compare=False, hash=False)
@@ -181,14 +188,16 @@ class ScanSpec:
     def _make_plan(self, needs_grad: bool, param_grad: bool) -> Plan:
         ckpt = self.checkpoint_every if needs_grad and self.checkpoint_every else 0
         store_v = (needs_grad and not ckpt) or self.return_states
-        store_w = self.has_w and (self.return_states or (param_grad and not ckpt))
+        # w' enters only the tau_w gradient: w is stored for it (or recomputed) only if wanted
+        read_w = self.has_w and param_grad and bool(self.param_mask >> PACKED_ROWS["tau_w"] & 1)
+        store_w = self.has_w and (self.return_states or (read_w and not ckpt))
         store_ref = self.has_ref and needs_grad and not ckpt
         fwd_flags = dict(self.model_flags, STORE_V=store_v, STORE_W=store_w,
                          STORE_REF=store_ref, CHECKPOINT=ckpt > 0)  # fmt: skip
         bwd_args = dict(self.kernel_scalars, **self.kernel_flags, PARAM_GRAD=param_grad,
-                        RECOMPUTE=ckpt > 0)  # fmt: skip
-        return Plan(needs_grad, param_grad, store_v, store_w, store_ref, ckpt, fwd_flags,
-                    bwd_args)  # fmt: skip
+                        PARAM_MASK=self.param_mask, READ_W=read_w, RECOMPUTE=ckpt > 0)  # fmt: skip
+        return Plan(needs_grad, param_grad, store_v, store_w, read_w, store_ref, ckpt,
+                    fwd_flags, bwd_args)  # fmt: skip
 
     def _validate(self) -> None:
         if self.spk_reset not in RESETS:
@@ -227,6 +236,9 @@ class ScanSpec:
                 "checkpoint_every cannot be combined with return_states=True: the per-step V "
                 "and w it would return are what the low-memory mode avoids storing"
             )
+        m = self.param_mask
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= ALL_PARAMS:
+            raise ValueError(f"param_mask must be an int in [0, {ALL_PARAMS}], got {m!r}")
         for name in ("has_w", "has_exp", "detach_reset", "check_finite", "return_states"):
             object.__setattr__(self, name, bool(getattr(self, name)))
 
@@ -236,7 +248,8 @@ class ScanSpec:
         spike = None if self.spike_dtype is None else str(self.spike_dtype)[len("torch.") :]
         fields_ = (self.has_w, self.has_exp, self.tau_ref, self.spk_reset, type(sg).__name__,
                    *sg.params, self.dt, self.detach_reset, spike, self.checkpoint_every,
-                   self.backend, self.check_finite, self.return_states)  # fmt: skip
+                   self.backend, self.check_finite, self.return_states,
+                   self.param_mask)  # fmt: skip
         return "|".join([str(f) for f in fields_])
 
 
@@ -251,7 +264,7 @@ def _decode(key: str) -> ScanSpec:
     import adex.surrogate as surrogates
 
     (has_w, has_exp, tau_ref, spk_reset, sg_name, p0, p1, p2, p3, dt, detach_reset, spike,
-     ckpt, backend, check_finite, return_states) = key.split("|")  # fmt: skip
+     ckpt, backend, check_finite, return_states, param_mask) = key.split("|")  # fmt: skip
     sg_cls = getattr(surrogates, sg_name)
     params = (float(p0), float(p1), float(p2), float(p3))
     sg = sg_cls(**dict(zip(sg_cls.param_names, params, strict=False)))
@@ -262,6 +275,7 @@ def _decode(key: str) -> ScanSpec:
         spike_dtype=None if spike == "None" else getattr(torch, spike),
         checkpoint_every=None if ckpt == "None" else int(ckpt), backend=backend,
         check_finite=check_finite == "True", return_states=return_states == "True",
+        param_mask=int(param_mask),
     )  # fmt: skip
 
 

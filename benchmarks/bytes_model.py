@@ -18,7 +18,7 @@ Forward (``kernels/scan_fwd.py``), one neuron-step:
 - read ``x``: ``s``
 - write ``spikes``: ``s`` (1 with ``spike_dtype`` uint8/bool, allowed only without grad)
 - write ``V`` (fp32, saved for backward) when a gradient is needed: ``4``
-- learnable parameters (models with w): also write ``w`` (fp32, the tau_w gradient reads it): ``4``
+- a learnable ``tau_w``: also write ``w`` (fp32, the tau_w gradient reads it): ``4``
 - refractory models (``tau_ref``) when a gradient is needed: write the refractory flags,
   1 bit each (8 steps per uint8; version 1 wrote a whole byte): ``1/8``
 
@@ -27,7 +27,7 @@ Backward (``kernels/scan_bwd.py``), one neuron-step:
 - read ``V`` (fp32; the next step's V is carried in registers): ``4``
 - read ``grad_spikes``: ``s``
 - write ``grad_x``: ``s``
-- learnable parameters (models with w): also read ``w``: ``4``
+- a learnable ``tau_w``: also read ``w``: ``4``
 - refractory models: read the flags: ``1/8``
 
 Resulting numbers (plain AdExIF, ``x`` requires grad, no learnable parameters, no refractory
@@ -38,7 +38,8 @@ period)::
     bf16        4                  3                 8    8     16
     fp16        4                  3                 8    8     16
 
-Learnable parameters add 4 B to the forward and 4 B to the backward (+8 B for fwd+bwd);
+A learnable tau_w adds 4 B to the forward and 4 B to the backward (+8 B for fwd+bwd; no
+other learnable parameter needs the w sequence);
 a refractory model adds 1/8 B to each (+1/4 B for fwd+bwd; 1 B each in version 1).
 
 Checkpoint mode (``checkpoint_every=K``)
@@ -49,14 +50,14 @@ The forward saves no per-step sequence: it writes the state before steps 0, K, 2
 ``4C/K`` B per neuron-step (exactly ``4C * cdiv(T, K) / T``), and autograd keeps a reference
 to ``x`` (no copy). The backward, per K-step segment (last first), reads the segment's
 checkpoint, recomputes the forward from ``x`` into a ``[min(K, T), M]`` fp32 scratch (plus a
-bit-packed flag scratch for refractory models and a fp32 w scratch for learnable parameters with w),
+bit-packed flag scratch for refractory models and a fp32 w scratch for a learnable tau_w),
 then runs the adjoint over the scratch.
 
 - forward: read ``x`` (``s``) + write spikes (``s``) + write checkpoints (``4C/K``)
 - backward, DRAM: read ``x`` (``s``) + read ``grad_spikes`` (``s``) + write ``grad_x``
   (``s``) + read checkpoints (``4C/K``)
 - backward scratch, written then read back per segment: V ``8`` (+ flags ``2/8`` for refractory
-  models, + w ``8`` for learnable parameters with w). It is rewritten at the same addresses
+  models, + w ``8`` for a learnable tau_w). It is rewritten at the same addresses
   every segment and a program's share (``K * BLOCK * 4`` B) is small, so it should mostly
   stay in L2; the model is given without it (``scratch=False``: DRAM only) and with it
   (``scratch=True``: every scratch byte counted as DRAM traffic).
@@ -86,7 +87,7 @@ MASK = 1 / 8  # refractory flags: 1 bit per neuron-step, packed 8 to a byte
 BYTE_SPIKES = ("uint8", "bool")
 """Spike dtypes written with one byte per neuron-step (no gradient)."""
 SCRATCH_V = 2 * F32  # checkpoint backward: fp32 V scratch, written then read
-SCRATCH_W = 2 * F32  # fp32 w scratch (learnable parameters with w)
+SCRATCH_W = 2 * F32  # fp32 w scratch (a learnable tau_w)
 SCRATCH_MASK = 2 * MASK  # refractory flag scratch, written and read
 DEFAULT_K = 32
 """Checkpoint interval of the printed table and the roofline rows."""
@@ -138,7 +139,7 @@ def forward_bytes(
     """Bytes per neuron-step of the forward scan.
 
     ``s`` (read x) ``+ s`` (write spikes; 1 for uint8/bool ``spike_dtype``) ``+ 4`` (fp32 V)
-    when a gradient is needed ``+ 4`` (fp32 w) for learnable parameters ``+ 1`` (uint8
+    when a gradient is needed ``+ 4`` (fp32 w) for a learnable tau_w ``+ 1`` (uint8
     refractory flags, 1 bit) for refractory models with a gradient. fp32: 12 B (8 B without grad,
     5 B with 1-byte spikes); bf16/fp16: 8 B (4 B, 3 B).
     """
@@ -158,7 +159,7 @@ def backward_bytes(dtype: object, *, learnable: bool = False, refractory: bool =
     """Bytes per neuron-step of the backward scan.
 
     ``4`` (read fp32 V) ``+ 2*s`` (read grad spikes, write grad x) ``+ 4`` (read fp32 w) for
-    learnable parameters ``+ 1/8`` (read the refractory flags). fp32: 12 B; bf16/fp16: 8 B.
+    a learnable tau_w ``+ 1/8`` (read the refractory flags). fp32: 12 B; bf16/fp16: 8 B.
     """
     s = DTYPE_BYTES[dtype_name(dtype)]
     total = F32 + 2 * s
@@ -202,7 +203,7 @@ def scratch_bytes(
     *, has_w: bool = True, learnable: bool = False, refractory: bool = False
 ) -> float:
     """Scratch bytes per neuron-step of the checkpoint backward (each written once and read
-    once): fp32 V ``8`` ``+ 8`` fp32 w for learnable parameters with w ``+ 2/8`` refractory
+    once): fp32 V ``8`` ``+ 8`` fp32 w for a learnable tau_w ``+ 2/8`` refractory
     flags for refractory models."""
     total = SCRATCH_V
     if learnable and has_w:

@@ -95,20 +95,25 @@ class Config:
 
     Attributes:
         name: table label. kernel: 'fwd' or 'bwd'. x_dtype: input dtype (spikes, grad of
-            spikes and grad of x share it). param_grad: backward with the ten parameter
-            gradients (reads the stored w sequence and w0).
+            spikes and grad of x share it). param_grad: backward with parameter gradients
+            (reads the stored w sequence and w0). param_mask: the packed rows whose
+            gradients are written (bit k: row k; a layer asks for its learnable ones; kernels
+            from before the mask existed always write all ten).
     """
 
     name: str
     kernel: str
     x_dtype: torch.dtype
     param_grad: bool = False
+    param_mask: int = (1 << 10) - 1
 
 
 CONFIGS = (
     Config("fwd fp32 (STORE_V)", "fwd", torch.float32),
     Config("bwd fp32 (grad spikes)", "bwd", torch.float32),
     Config("bwd fp32 PARAM_GRAD", "bwd", torch.float32, param_grad=True),
+    # learnable tau (row 1) and b (row 9), as adex.AdExIF(..., learnable=("tau", "b"))
+    Config("bwd fp32 PARAM_GRAD tau,b", "bwd", torch.float32, True, (1 << 1) | (1 << 9)),
     Config("fwd bf16 (STORE_V)", "fwd", torch.bfloat16),
     Config("bwd bf16 (grad spikes)", "bwd", torch.bfloat16),
 )
@@ -153,6 +158,11 @@ def launch_args(kernel: Any, cfg: Config) -> tuple[tuple, dict]:
         ("bwd", False): _bwd_args,
     }[cfg.kernel, legacy]
     args, kwargs = build(cfg)
+    if "PARAM_MASK" in kernel.arg_names:  # kernels with the parameter-row mask
+        kwargs["PARAM_MASK"] = cfg.param_mask
+        # the stored w is read for the tau_w gradient only (packed row 2)
+        kwargs["READ_W"] = read_w = cfg.param_grad and bool(cfg.param_mask & (1 << 2))
+        kwargs["wseq_ptr"] = kwargs["wseq_ptr"] if read_w else None
     kwargs.update(NUM_STAGES=NUM_STAGES, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return args, kwargs
 

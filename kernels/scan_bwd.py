@@ -19,6 +19,7 @@ from adex.kernels.step import (
     step_param_grads,
     store_flag_bit,
 )
+from adex.params import ALL_PARAMS
 
 # Bytes per neuron-step (fp32 I/O): read V (4; the next step's V is carried in registers),
 # read grad spikes (4), write grad x (4): 12 B; 8 B with bf16/fp16 spikes and x.
@@ -33,12 +34,11 @@ def _recompute_segment(
     b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_vcap, b_cw,
     dt, tau_ref,
     HARD_RESET: tl.constexpr, HAS_W: tl.constexpr, HAS_EXP: tl.constexpr,
-    HAS_REF: tl.constexpr, PARAM_GRAD: tl.constexpr, NUM_STAGES: tl.constexpr,
+    HAS_REF: tl.constexpr, READ_W: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Rerun the forward over steps ``t0 .. t0 + L - 1`` from checkpoint ``seg`` into the
-    scratch rows ``0 .. L-1`` (V; w for PARAM_GRAD with HAS_W; the refractory bits with
-    HAS_REF).
+    scratch rows ``0 .. L-1`` (V; w with READ_W; the refractory bits with HAS_REF).
     Returns ``(V, w)`` before the segment (w zeros without HAS_W)."""
     C = 1 + HAS_W + HAS_REF  # rows of the state block
     p_c = ckpt_ptr + tl.cast(seg, tl.int64) * C * M + o_m
@@ -53,7 +53,7 @@ def _recompute_segment(
     b_w = b_w0
     p_x = x_ptr + tl.cast(t0, tl.int64) * M + o_m
     q_v = vseq_ptr + o_m
-    if PARAM_GRAD and HAS_W:
+    if READ_W:
         q_w = wseq_ptr + o_m
     if HAS_REF:
         q_r = ref_ptr + o_m
@@ -68,7 +68,7 @@ def _recompute_segment(
         )  # fmt: skip
         tl.store(q_v, b_v, mask=m_m)
         q_v += M
-        if PARAM_GRAD and HAS_W:
+        if READ_W:
             tl.store(q_w, b_w, mask=m_m)
             q_w += M
         if HAS_REF:
@@ -80,19 +80,31 @@ def _recompute_segment(
 
 @triton.jit
 def _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
-                       g_vT, g_dT, g_a, g_b):  # fmt: skip
-    """Row k of the ``[10, M]`` per-element parameter gradients is parameter k's."""
+                       g_vT, g_dT, g_a, g_b, PARAM_MASK: tl.constexpr):  # fmt: skip
+    """Row k of the ``[10, M]`` per-element parameter gradients is parameter k's; only the
+    rows whose bit is set in PARAM_MASK are written (the compiler drops the others' terms
+    from the time loop)."""
     M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
-    tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
-    tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m_m)
-    tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m_m)
-    tl.store(gpar_ptr + 3 * M + o_m, g_vth, mask=m_m)
-    tl.store(gpar_ptr + 4 * M + o_m, g_vreset, mask=m_m)
-    tl.store(gpar_ptr + 5 * M + o_m, g_vrest, mask=m_m)
-    tl.store(gpar_ptr + 6 * M + o_m, g_vT, mask=m_m)
-    tl.store(gpar_ptr + 7 * M + o_m, g_dT, mask=m_m)
-    tl.store(gpar_ptr + 8 * M + o_m, g_a, mask=m_m)
-    tl.store(gpar_ptr + 9 * M + o_m, g_b, mask=m_m)
+    if PARAM_MASK & 1:
+        tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
+    if PARAM_MASK & 2:
+        tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m_m)
+    if PARAM_MASK & 4:
+        tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m_m)
+    if PARAM_MASK & 8:
+        tl.store(gpar_ptr + 3 * M + o_m, g_vth, mask=m_m)
+    if PARAM_MASK & 16:
+        tl.store(gpar_ptr + 4 * M + o_m, g_vreset, mask=m_m)
+    if PARAM_MASK & 32:
+        tl.store(gpar_ptr + 5 * M + o_m, g_vrest, mask=m_m)
+    if PARAM_MASK & 64:
+        tl.store(gpar_ptr + 6 * M + o_m, g_vT, mask=m_m)
+    if PARAM_MASK & 128:
+        tl.store(gpar_ptr + 7 * M + o_m, g_dT, mask=m_m)
+    if PARAM_MASK & 256:
+        tl.store(gpar_ptr + 8 * M + o_m, g_a, mask=m_m)
+    if PARAM_MASK & 512:
+        tl.store(gpar_ptr + 9 * M + o_m, g_b, mask=m_m)
 
 
 @triton.jit(do_not_specialize=["T", "K", "k0"])
@@ -106,7 +118,7 @@ def _adex_scan_bwd_kernel(
     gstate_ptr,  # [C, M] grad of the final state (rows V, w), or None
     ref_ptr,  # [cdiv(T, 8), M] uint8 refractory bits of the forward (HAS_REF); RECOMPUTE:
     # [cdiv(K, 8), M] scratch
-    wseq_ptr,  # [T, M] fp32 stored w of every step (PARAM_GRAD and HAS_W); RECOMPUTE: [K, M]
+    wseq_ptr,  # [T, M] fp32 stored w of every step (READ_W); RECOMPUTE: [K, M]
     gpar_ptr,  # [10, M] out: fp32 per-element parameter gradients, or None
     gx_ptr,  # [T, M] out: grad of x, x's dtype, or None (not wanted)
     gstate0_ptr,  # [C, M] out: fp32 grad of the initial state (zero last-spike-time row),
@@ -121,6 +133,8 @@ def _adex_scan_bwd_kernel(
     SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, HAS_W: tl.constexpr,  # the model
     HAS_EXP: tl.constexpr, HAS_REF: tl.constexpr, DETACH_RESET: tl.constexpr,
     PARAM_GRAD: tl.constexpr, RECOMPUTE: tl.constexpr,  # the plan
+    PARAM_MASK: tl.constexpr,  # bit k: write the gradient of packed parameter row k
+    READ_W: tl.constexpr,  # read the stored w (the tau_w gradient)
     HAS_GSPK: tl.constexpr, HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,  # incoming
     HAS_GSTATE: tl.constexpr,  # gradients present
     WRITE_GX: tl.constexpr, WRITE_GSTATE0: tl.constexpr,  # outgoing gradients wanted
@@ -167,11 +181,11 @@ def _adex_scan_bwd_kernel(
                 x_ptr, ckpt_ptr, vseq_ptr, wseq_ptr, ref_ptr, seg, t0, L, M, k0, o_m, m_m,
                 b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_vcap,
                 b_cw, dt, tau_ref, HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
-                PARAM_GRAD, NUM_STAGES, BLOCK,
+                READ_W, NUM_STAGES, BLOCK,
             )  # fmt: skip
         else:
             b_v0 = tl.load(state0_ptr + o_m, mask=m_m, other=0.0)
-            if PARAM_GRAD and HAS_W:
+            if READ_W:
                 b_w0 = tl.load(state0_ptr + M + o_m, mask=m_m, other=0.0)
 
         last = tl.cast(L - 1, tl.int64) * M  # last row of the segment in vseq/wseq
@@ -186,7 +200,7 @@ def _adex_scan_bwd_kernel(
             p_gv = gvseq_ptr + g_last + o_m
         if HAS_GWSEQ:
             p_gw = gwseq_ptr + g_last + o_m
-        if PARAM_GRAD and HAS_W:
+        if READ_W:
             p_wprev = wseq_ptr + last - M + o_m
         for i in tl.range(0, L, num_stages=NUM_STAGES):
             # V before step t (stored V of step t-1, or V0 at t = 0)
@@ -223,7 +237,7 @@ def _adex_scan_bwd_kernel(
                 tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
                 p_gx -= M
             if PARAM_GRAD:
-                if HAS_W:
+                if READ_W:
                     b_wprev = tl.load(p_wprev, mask=m_prev, other=0.0)
                     b_wprev = tl.where(m_prev, b_wprev, b_w0)
                     p_wprev -= M
@@ -251,7 +265,7 @@ def _adex_scan_bwd_kernel(
             tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m_m)
     if PARAM_GRAD:
         _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
-                           g_vT, g_dT, g_a, g_b)  # fmt: skip
+                           g_vT, g_dT, g_a, g_b, PARAM_MASK)  # fmt: skip
 
 
 class BackwardOutputs(NamedTuple):
@@ -263,7 +277,8 @@ class BackwardOutputs(NamedTuple):
         grad_state0: ``[C, *S]`` fp32 gradient of the initial state (the last-spike-time
             row is zero: it carries no gradient; None when not wanted).
         grad_params: ``[10, *S]`` fp32 per-element parameter gradients (summing over the
-            batch dims gives the gradient of the packed parameters), or None.
+            batch dims gives the gradient of the packed parameters; the rows outside the
+            spec's ``param_mask`` are zero), or None.
     """
 
     grad_x: torch.Tensor | None
@@ -321,6 +336,7 @@ def adex_scan_bwd(
         want_x, want_state0: write ``grad_x`` / ``grad_state0`` (the gradient of an input
             that does not require grad is neither written nor allocated).
 
+
     Returns:
         :class:`BackwardOutputs`.
     """
@@ -334,7 +350,7 @@ def adex_scan_bwd(
         rows = min(K, T)
         v_seq = torch.empty((rows, M), dtype=torch.float32, device=device)
         w_seq = None
-        if plan.param_grad and spec.has_w:
+        if plan.read_w:
             w_seq = torch.empty((rows, M), dtype=torch.float32, device=device)
         ref_bits = None
         if spec.has_ref:  # 1 bit per step
@@ -344,8 +360,9 @@ def adex_scan_bwd(
     if want_state0:
         grad_state0 = torch.empty(state0.shape, dtype=torch.float32, device=device)
     grad_par = None
-    if plan.param_grad:
-        grad_par = torch.empty((10, *S), dtype=torch.float32, device=device)
+    if plan.param_grad:  # rows outside the spec's param_mask are not written: zero
+        alloc = torch.empty if spec.param_mask == ALL_PARAMS else torch.zeros
+        grad_par = alloc((10, *S), dtype=torch.float32, device=device)
     block, num_warps, programs = block_config(M, device)
     _adex_scan_bwd_kernel[(programs,)](
         vseq_ptr=v_seq, state0_ptr=state0, par_ptr=packed_params,

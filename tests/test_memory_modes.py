@@ -347,3 +347,27 @@ def test_integer_spikes_refuse_learnable_gradients(backend):
         layer(x)
     with torch.no_grad():
         assert layer(x).dtype == torch.uint8
+
+
+@pytest.mark.skipif(not adex.HAS_TRITON, reason="needs triton")
+@pytest.mark.parametrize(("learnable", "w_saved"), [(("tau", "b"), False), (("tau_w", "a"), True)])
+def test_w_sequence_saved_only_for_tau_w(learnable, w_saved):
+    """Only the tau_w gradient reads the stored w: other learnable parameters save no w
+    sequence (4 B per neuron-step less written and read)."""
+    T, B, n = 6, 2, 5
+    layer = adex.AdExIF(n, backend="triton", learnable=learnable).to(DEVICE)
+    layer.init_state(B)
+    x = torch.full((T, B, n), 30.0, device=DEVICE, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        spikes = layer(x)
+    per_step = [t for t in saved if t.shape == (T, B, n) and t.dtype == torch.float32]
+    assert len(per_step) == (2 if w_saved else 1)  # V (and w)
+    spikes.sum().backward()
+    for name in learnable:
+        assert getattr(layer, name).grad is not None
