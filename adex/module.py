@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -18,6 +17,7 @@ from adex.params import (
     AdExParams,
     LearnableChecks,
     PackedParams,
+    learnable_rows,
     learnable_violations,
 )
 from adex.spec import FLOAT_DTYPES, ScanSpec
@@ -186,11 +186,10 @@ class SpikingNeuron(nn.Module):
             else:
                 self._scalar_params[key] = value
         self._param_buffers = [k for k in PARAM_KINDS if k in self._buffers]
-        self._learn_row_ids = tuple(PACKED_ROWS[k] for k in learnable)
+        row_ids = [PACKED_ROWS[k] for k in learnable]
         if learnable:  # the backward computes the learnable parameters' gradients only
-            mask = sum(1 << r for r in set(self._learn_row_ids))
-            self._set_spec(param_mask=mask)
-        rows = torch.tensor([PACKED_ROWS[k] for k in learnable], dtype=torch.int64)
+            self._set_spec(param_mask=sum(1 << r for r in set(row_ids)))
+        rows = torch.tensor(row_ids, dtype=torch.int64)
         self.register_buffer("_learn_rows", rows, persistent=False)
         self.register_buffer("_packed", torch.empty(0), persistent=False)
         self._repack()
@@ -224,11 +223,6 @@ class SpikingNeuron(nn.Module):
                 values[key] = getattr(self, key)
         return values
 
-    @property
-    def n_neurons(self) -> int:
-        """Neurons per sample, ``prod(in_size)``."""
-        return math.prod(self.in_size)
-
     def _repack(self) -> None:
         """Pack the parameters (fixed values and the current learnable ones) once, as the
         ``[10, N]`` fp32 base that every call starts from."""
@@ -257,20 +251,13 @@ class SpikingNeuron(nn.Module):
         if not self.learnable:
             return base, None
         learnable = tuple(self._parameters[k] for k in self.learnable)
-        k, n = len(learnable), base.shape[1]
         with torch.no_grad():
-            if all(p.dim() == 0 for p in learnable):  # scalars: one stack, one broadcast
-                rows = torch.stack(learnable).view(k, 1)
-                rows = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
-                rows = rows if n == 1 else rows.expand(k, n)
-            else:
-                rows = torch.stack([p.to(torch.float32).reshape(-1).expand(n) for p in learnable])
+            rows = learnable_rows(learnable, base.shape[1])
             values = base.index_copy(0, self._rt.learn_rows, rows)
             violations = None
             if not torch.compiler.is_compiling():
                 violations = learnable_violations(rows, values, self._rt.checks)
-        packed = PackedParams(values, self._rt.learn_rows, self._learn_row_ids, learnable)
-        return packed, violations
+        return PackedParams(values, self._rt.learn_rows, learnable), violations
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}

@@ -189,14 +189,12 @@ class PackedParams(NamedTuple):
         values: ``[10, N]`` fp32, not differentiable: every parameter's current value.
         rows: ``[k]`` int64 rows of ``values`` that hold the learnable parameters (on
             ``values``' device).
-        row_ids: the same rows as Python ints.
         learnable: the k learnable tensors (shape ``()`` or ``in_size``, any float dtype),
             in ``rows`` order.
     """
 
     values: torch.Tensor
     rows: torch.Tensor
-    row_ids: tuple[int, ...]
     learnable: tuple[torch.Tensor, ...]
 
     def grads(self, grad_elements: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -218,9 +216,19 @@ class PackedParams(NamedTuple):
 
     def differentiable(self) -> torch.Tensor:
         """``values`` with the learnable rows written in differentiably (``[10, N]``)."""
-        n = self.values.shape[1]
-        stacked = torch.stack([p.to(torch.float32).reshape(-1).expand(n) for p in self.learnable])
-        return self.values.index_copy(0, self.rows, stacked)
+        rows = learnable_rows(self.learnable, self.values.shape[1])
+        return self.values.index_copy(0, self.rows, rows)
+
+
+def learnable_rows(learnable: tuple[torch.Tensor, ...], n: int) -> torch.Tensor:
+    """The learnable tensors (shape ``()`` or ``in_size``) as packed rows ``[k, n]`` fp32
+    (scalars broadcast over the ``n`` neurons), differentiable."""
+    k = len(learnable)
+    if all(p.dim() == 0 for p in learnable):  # scalars: one stack, one broadcast
+        rows = torch.stack(learnable).view(k, 1)
+        rows = rows if rows.dtype == torch.float32 else rows.to(torch.float32)
+        return rows if n == 1 else rows.expand(k, n)
+    return torch.stack([p.to(torch.float32).reshape(-1).expand(n) for p in learnable])
 
 
 def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
