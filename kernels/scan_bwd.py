@@ -153,6 +153,7 @@ def _adex_scan_bwd_kernel(
         par_ptr, o_n, m_m, N
     )
     b_theta = b_vth - b_vreset
+    b_itheta = 1.0 / b_theta  # the step functions' reset computes u with the same reciprocal
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
 
     b_lv = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the stored V
@@ -212,8 +213,8 @@ def _adex_scan_bwd_kernel(
             b_u = tl.zeros([BLOCK], dtype=tl.float32)
             if HAS_GSPK:
                 b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
-                b_u = (b_vnew - b_vth) / b_theta
-                b_gsg = b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+                b_u = (b_vnew - b_vth) * b_itheta
+                b_gsg = b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
                 b_lv += b_gsg
                 p_gs -= M
             if HAS_GVSEQ:

@@ -97,7 +97,7 @@ def _adex_scan_fwd_kernel(
             b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
             HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
         )  # fmt: skip
-        b_spike = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
+        b_spike = tl.where(b_v >= b_vth, 1.0, 0.0)  # u >= 0 with theta > 0 (validated)
         tl.store(p_s, b_spike.to(spk_ptr.dtype.element_ty), mask=m_m)
         if STORE_REF:
             b_bits, p_r = store_flag_bit(p_r, b_bits, b_ref, i, T - 1, M, m_m)
