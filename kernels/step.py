@@ -9,10 +9,13 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import (
+    approx_div,
     exp_term,
     exprel,
     exprel_derivative,
     reset,
+    reset_spiked,
+    spike,
     surrogate_grad,
 )
 
@@ -39,9 +42,37 @@ def integrate_step(
     hold. Returns ``(V, w, t_last, refractory)``: the new stored V and w, the updated
     last-spike time and the int1 refractory flag of this step (all-false without HAS_REF).
     """
+    return integrate_spiked(
+        b_v, spike(b_v, b_vth), b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest,
+        b_vT, b_dT, b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
+        HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
+    )  # fmt: skip
+
+
+@triton.jit
+def integrate_spiked(
+    b_v,  # [BLOCK] fp32 stored (pre-reset) V of the previous step (mV)
+    b_sprev,  # [BLOCK] fp32 its spike, spike(b_v, b_vth) (0/1)
+    b_w,  # [BLOCK] fp32 w of the previous step (mA); ignored without HAS_W
+    b_tlast,  # [BLOCK] fp32 time of the last spike (ms); ignored without HAS_REF
+    b_x,  # [BLOCK] fp32 input current of this step (mA)
+    b_t,  # fp32 time of this step, float(k) * dt (ms); read with HAS_REF
+    b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b,
+    b_theta,  # V_th - V_reset
+    b_vcap,  # runaway ceiling V_th + RUNAWAY_CEILING * theta
+    b_cw,  # 1 - exp(-dt / tau_w)
+    dt,  # fp32 ms
+    tau_ref,  # fp32 ms (HAS_REF)
+    HARD_RESET: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_EXP: tl.constexpr,
+    HAS_REF: tl.constexpr,
+):  # fmt: skip
+    """:func:`integrate_step` given the previous step's spike (a scan carries the spike it
+    returned instead of testing V again)."""
     # loop-invariant factors (the compiler computes them once per program): dt/tau
     b_dtitau = dt * (1.0 / b_tau)
-    b_vr, b_sprev, _ = reset(b_v, b_vth, b_vreset, b_theta, HARD_RESET)
+    b_vr = reset_spiked(b_v, b_sprev, b_vreset, b_theta, HARD_RESET)
     b_drift = -(b_vr - b_vrest)
     if HAS_EXP:
         b_z, b_e, b_slope = exp_term(b_vr, b_vT, b_dT)
@@ -127,7 +158,7 @@ def step_factors(
         b_djac = 0.0
     b_phi = exprel(b_zj)
     b_p = dt * b_phi
-    b_f = (b_vnew - b_vr) / b_p  # F_V(V'), recovered from consecutive V
+    b_f = approx_div(b_vnew - b_vr, b_p)  # F_V(V'), recovered from consecutive V
     b_dvdv = 1.0 + b_p * b_jac + dt * dt * exprel_derivative(b_zj, b_phi) * b_djac * b_f
     b_run = b_z > 1e30  # all false
     if HAS_EXP:
