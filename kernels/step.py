@@ -84,8 +84,10 @@ def integrate_spiked(
     if HAS_W:
         b_wr = b_w + b_b * b_sprev
         b_drift -= b_R * b_wr
-    # V' + dt exprel(dt J) F with F = (drift + R x)/tau
-    b_raw = b_vr + exprel(b_zj) * ((b_drift + b_R * b_x) * b_dtitau)
+    # V' + P F with P = dt exprel(dt J), F = (drift + R x)/tau: the backward recovers F as
+    # (V_new - V')/P with the same P (folding dt into F instead broke that recovery on stiff
+    # runaway steps: a grad_x 1% off in tests/test_fuzz.py)
+    b_raw = b_vr + (dt * exprel(b_zj)) * ((b_drift + b_R * b_x) * (1.0 / b_tau))
     if HAS_EXP:  # runaway (adex.params.RUNAWAY_CEILING) or NaN: store the peak V_th
         b_vn = tl.where((b_raw <= b_vcap) | (b_z <= 0.0), b_raw, b_vth)
     else:

@@ -22,9 +22,10 @@ pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="the triton wheel shi
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import static_roofline  # noqa: E402
 
-# measured 60.5 on sm_90 with Triton 3.9 (benchmarks/NOTES.md): the bf16 input's unpacking
-# and the separate 2-byte pointer strides cost 3.5 more than the fp32 forward's 57
-OVER = {"AdExIF fwd bf16": "the bf16 forward is 0.5 SASS per neuron-step over its budget"}
+# known: over budget on sm_90 with Triton 3.9 (benchmarks/NOTES.md, "Instruction diet"): the
+# bf16 input's unpacking and its separate 2-byte pointer strides cost ~3 more than the fp32
+# forward
+OVER = {"AdExIF fwd bf16": "the bf16 forward is ~1 SASS per neuron-step over its budget"}
 
 
 @pytest.fixture(scope="module")
