@@ -80,32 +80,55 @@ from triton.runtime.jit import create_function_from_signature
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = 256  # kernels/launch.py GPU_BLOCK
 NUM_WARPS = 4  # max(1, min(8, GPU_BLOCK // 64))
-NUM_STAGES = None  # kernels/launch.py GPU_STAGES
+NUM_STAGES = None  # kernels/launch.py GPU_STAGES (Config.stages)
+FP_FUSION = True  # kernels/launch.py FP_FUSION: every launch pins enable_fp_fusion
 T, B, N = 8, 4, 256  # steps, batch, neurons per sample (M = B * N, multiples of 16)
 M = B * N
 # AdExIF with the models' defaults: soft reset, ReluGrad(alpha=0.3, width=1.0) (kind 0)
-MODEL = dict(HARD_RESET=False, HAS_W=True, HAS_EXP=True, HAS_REF=False)
+MODEL = dict(HARD_RESET=False, HAS_W=True, HAS_EXP=True, HAS_REF=False)  # legacy kernels
 SURROGATE, SG = 0, (0.3, 1.0, 0.0, 0.0)
 DT, CEILING = 0.1, 10.0  # ms; adex.params.RUNAWAY_CEILING (runtime fp32: values immaterial)
 
 
+MODELS = {
+    "AdExIF": dict(HARD_RESET=False, HAS_W=True, HAS_EXP=True, HAS_REF=False),
+    "AdExIFRef": dict(HARD_RESET=False, HAS_W=True, HAS_EXP=True, HAS_REF=True),
+    "ExpIF": dict(HARD_RESET=False, HAS_W=False, HAS_EXP=True, HAS_REF=False),
+    "ExpIFRef": dict(HARD_RESET=False, HAS_W=False, HAS_EXP=True, HAS_REF=True),
+    "LIF": dict(HARD_RESET=False, HAS_W=False, HAS_EXP=False, HAS_REF=False),
+}
+"""The kernels' model flags of each module (soft reset, the modules' default)."""
+ALL_ROWS = (1 << 10) - 1
+
+
 @dataclass(frozen=True)
 class Config:
-    """One logical kernel configuration (AdExIF; C = 2 state rows: V, w).
+    """One logical kernel configuration.
 
     Attributes:
         name: table label. kernel: 'fwd' or 'bwd'. x_dtype: input dtype (spikes, grad of
-            spikes and grad of x share it). param_grad: backward with parameter gradients
-            (reads the stored w sequence and w0). param_mask: the packed rows whose
-            gradients are written (bit k: row k; a layer asks for its learnable ones; kernels
-            from before the mask existed always write all ten).
+            spikes and grad of x share it). param_grad: backward with parameter gradients.
+            param_mask: the packed rows whose gradients are written (bit k: row k; a layer
+            asks for its learnable ones; kernels from before the mask existed always write
+            all ten). model: a key of :data:`MODELS`. needs_grad: a training forward (the
+            V sequence, or the checkpoints, are written); False: inference, spikes only.
+            checkpoint: K > 0: checkpoint mode (forward writes checkpoints, backward
+            recomputes K-step segments). spike_dtype: the forward's spike dtype (None: x's;
+            uint8 only without grad). stages: ``num_stages`` of the time loops
+            (``kernels/launch.py`` GPU_STAGES; None: unannotated). Models other than AdExIF,
+            no-grad, checkpoint, uint8 spikes and stages need today's kernel generation.
     """
 
     name: str
     kernel: str
     x_dtype: torch.dtype
     param_grad: bool = False
-    param_mask: int = (1 << 10) - 1
+    param_mask: int = ALL_ROWS
+    model: str = "AdExIF"
+    needs_grad: bool = True
+    checkpoint: int = 0
+    spike_dtype: torch.dtype | None = None
+    stages: int | None = None
 
 
 CONFIGS = (
@@ -117,6 +140,7 @@ CONFIGS = (
     Config("fwd bf16 (STORE_V)", "fwd", torch.bfloat16),
     Config("bwd bf16 (grad spikes)", "bwd", torch.bfloat16),
 )
+"""The default table: AdExIF, the configurations both kernel generations have."""
 
 
 # -- the kernels of one checkout ---------------------------------------------------------------
@@ -161,20 +185,32 @@ def launch_args(kernel: Any, cfg: Config) -> tuple[tuple, dict]:
     if "PARAM_MASK" in kernel.arg_names:  # kernels with the parameter-row mask
         kwargs["PARAM_MASK"] = cfg.param_mask
         # the stored w is read for the tau_w gradient only (packed row 2)
-        kwargs["READ_W"] = read_w = cfg.param_grad and bool(cfg.param_mask & (1 << 2))
+        read_w = cfg.param_grad and bool(cfg.param_mask & (1 << 2))
+        kwargs["READ_W"] = read_w = read_w and MODELS[cfg.model]["HAS_W"]
         kwargs["wseq_ptr"] = kwargs["wseq_ptr"] if read_w else None
-    kwargs.update(NUM_STAGES=NUM_STAGES, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    kwargs.update(NUM_STAGES=cfg.stages, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    kwargs.update(enable_fp_fusion=FP_FUSION)
     return args, kwargs
 
 
 def _fwd_args(cfg: Config) -> tuple[tuple, dict]:
-    # kernels/scan_fwd.py adex_scan_fwd with plan = spec.plan(needs_grad=True, False)
+    # kernels/scan_fwd.py adex_scan_fwd with plan = spec.plan(cfg.needs_grad, cfg.param_grad)
+    flags = MODELS[cfg.model]
+    C = 1 + flags["HAS_W"] + flags["HAS_REF"]
+    K = cfg.checkpoint if cfg.needs_grad else 0
+    store_w = flags["HAS_W"] and cfg.param_grad and bool(cfg.param_mask & (1 << 2)) and not K
+    store_ref = flags["HAS_REF"] and cfg.needs_grad and not K
     x = _empty(T, M, dtype=cfg.x_dtype)
     kwargs = dict(
-        x_ptr=x, state0_ptr=_empty(2, M), par_ptr=_empty(10, N), spk_ptr=torch.empty_like(x),
-        state_ptr=_empty(2, M), vseq_ptr=_empty(T, M), wseq_ptr=None, ref_ptr=None,
-        ckpt_ptr=None, T=T, M=M, N=N, dt=DT, ceiling=CEILING, k0=0, tau_ref=0.0, K=1,
-        **MODEL, STORE_V=True, STORE_W=False, STORE_REF=False, CHECKPOINT=False,
+        x_ptr=x, state0_ptr=_empty(C, M), par_ptr=_empty(10, N),
+        spk_ptr=torch.empty_like(x, dtype=cfg.spike_dtype or cfg.x_dtype),
+        state_ptr=_empty(C, M), vseq_ptr=_empty(T, M) if cfg.needs_grad and not K else None,
+        wseq_ptr=_empty(T, M) if store_w else None,
+        ref_ptr=_empty(-(-T // 8), M, dtype=torch.uint8) if store_ref else None,
+        ckpt_ptr=_empty(-(-T // K), C, M) if K else None, T=T, M=M, N=N, dt=DT,
+        ceiling=CEILING, k0=0, tau_ref=1.0 if flags["HAS_REF"] else 0.0, K=max(K, 1), **flags,
+        STORE_V=cfg.needs_grad and not K, STORE_W=store_w, STORE_REF=store_ref,
+        CHECKPOINT=K > 0,
     )  # fmt: skip
     return (), kwargs
 
@@ -194,17 +230,24 @@ def _fwd_args_legacy(cfg: Config) -> tuple[tuple, dict]:
 
 def _bwd_args(cfg: Config) -> tuple[tuple, dict]:
     # kernels/scan_bwd.py adex_scan_bwd: grad of spikes only, want_x and want_state0
-    pg = cfg.param_grad
+    flags = MODELS[cfg.model]
+    C = 1 + flags["HAS_W"] + flags["HAS_REF"]
+    pg, K = cfg.param_grad, cfg.checkpoint
+    rows = min(K, T) if K else T  # checkpoint mode: scratch rows of one segment
     kwargs = dict(
-        vseq_ptr=_empty(T, M), state0_ptr=_empty(2, M), par_ptr=_empty(10, N),
+        vseq_ptr=_empty(rows, M), state0_ptr=_empty(C, M), par_ptr=_empty(10, N),
         gspk_ptr=_empty(T, M, dtype=cfg.x_dtype), gvseq_ptr=None, gwseq_ptr=None,
-        gstate_ptr=None, ref_ptr=None, wseq_ptr=_empty(T, M) if pg else None,
+        gstate_ptr=None,
+        ref_ptr=_empty(-(-rows // 8), M, dtype=torch.uint8) if flags["HAS_REF"] else None,
+        wseq_ptr=_empty(rows, M) if pg else None,
         gpar_ptr=_empty(10, M) if pg else None, gx_ptr=_empty(T, M, dtype=cfg.x_dtype),
-        gstate0_ptr=_empty(2, M), x_ptr=None, ckpt_ptr=None,
-        T=T, M=M, N=N, K=T, k0=0, dt=DT, ceiling=CEILING, sg0=SG[0], sg1=SG[1], sg2=SG[2],
-        sg3=SG[3], tau_ref=0.0, SURROGATE=SURROGATE, **MODEL, DETACH_RESET=False,
-        PARAM_GRAD=pg, RECOMPUTE=False, HAS_GSPK=True, HAS_GVSEQ=False, HAS_GWSEQ=False,
-        HAS_GSTATE=False, WRITE_GX=True, WRITE_GSTATE0=True,
+        gstate0_ptr=_empty(C, M), x_ptr=_empty(T, M, dtype=cfg.x_dtype) if K else None,
+        ckpt_ptr=_empty(-(-T // K), C, M) if K else None,
+        T=T, M=M, N=N, K=K or T, k0=0, dt=DT, ceiling=CEILING, sg0=SG[0], sg1=SG[1],
+        sg2=SG[2], sg3=SG[3], tau_ref=1.0 if flags["HAS_REF"] else 0.0, SURROGATE=SURROGATE,
+        **flags, DETACH_RESET=False, PARAM_GRAD=pg, RECOMPUTE=K > 0, HAS_GSPK=True,
+        HAS_GVSEQ=False, HAS_GWSEQ=False, HAS_GSTATE=False, WRITE_GX=True,
+        WRITE_GSTATE0=True,
     )  # fmt: skip
     return (), kwargs
 
@@ -292,10 +335,9 @@ def _opcode(text: str) -> str:
     return words[1] if words[0].startswith("@") else words[0]
 
 
-def time_loop(instrs: list[tuple[int, str]]) -> tuple[int, int, int]:
-    """``(first, last, loops)``: the offsets of the first and last instruction (the closing
-    branch) of the innermost loop (see the module docstring), and the number of loops found;
-    ``(0, -1, 0)`` without a loop."""
+def innermost_loops(instrs: list[tuple[int, str]]) -> tuple[list[tuple[int, int]], int]:
+    """``(spans, loops)``: the ``(first, last)`` offsets of every loop that contains no other
+    loop (see the module docstring), and the number of loops found."""
     loops: dict[int, int] = {}  # target offset -> offset of the latest branch back to it
     for off, text in instrs:
         m = _BRANCH.match(text)
@@ -305,10 +347,18 @@ def time_loop(instrs: list[tuple[int, str]]) -> tuple[int, int, int]:
     spans = list(loops.items())
     innermost = [(a, b) for a, b in spans
                  if not any((c, d) != (a, b) and a <= c and d <= b for c, d in spans)]  # fmt: skip
+    return innermost, len(spans)
+
+
+def time_loop(instrs: list[tuple[int, str]]) -> tuple[int, int, int]:
+    """``(first, last, loops)``: the offsets of the first and last instruction (the closing
+    branch) of the innermost loop with the most instructions (the per-step loop), and the
+    number of loops found; ``(0, -1, 0)`` without a loop."""
+    innermost, n_loops = innermost_loops(instrs)
     if not innermost:
         return 0, -1, 0
     first, last = max(innermost, key=lambda ab: sum(ab[0] <= o <= ab[1] for o, _ in instrs))
-    return first, last, len(spans)
+    return first, last, n_loops
 
 
 def _calls_out(body: list[tuple[int, str]], after: int | None) -> int:
@@ -345,8 +395,23 @@ def inspect_config(kernel: Any, cfg: Config, capability: int) -> dict:
         loop_calls=_calls_out(body, after),
         loop_ldg=sum(v for k, v in ops.items() if k.startswith("LDG")),
         loop_stg=sum(v for k, v in ops.items() if k.startswith("STG")),
+        **_all_inner_loops(instrs),
         signature={k: v for k, v in signature.items() if v != "constexpr"},
     )
+
+
+def _all_inner_loops(instrs: list[tuple[int, str]]) -> dict:
+    """Every innermost loop (``inner``: its SASS count, global loads and MUFU counts, largest
+    first): ptxas may unroll a short loop body (then a remainder loop follows it), and in
+    checkpoint mode the backward has a recompute loop besides the adjoint loop."""
+    spans, _ = innermost_loops(instrs)
+    loops = []
+    for a, b in spans:
+        body = [t for o, t in instrs if a <= o <= b and _opcode(t) != "NOP"]
+        mufu = Counter(t.split("MUFU.")[1].split()[0] for t in body if "MUFU." in t)
+        ldg = sum(_opcode(t).startswith("LDG") for t in body)
+        loops.append(dict(sass=len(body), ldg=ldg, mufu={k: mufu[k] for k in sorted(mufu)}))
+    return dict(inner=sorted(loops, key=lambda r: -r["sass"]))
 
 
 # -- report ------------------------------------------------------------------------------------

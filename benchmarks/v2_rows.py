@@ -110,11 +110,13 @@ def byte_spike_row(ctx, wl: tuple, x, V0, w0) -> None:
 
 def launch_sweep(ctx, wl: tuple, x, V0, w0, g, configs: list) -> None:
     """The default fused ``full`` at ``launch.GPU_BLOCK = B`` and ``launch.GPU_STAGES = S`` for
-    each ``(B, S)`` of ``configs`` (rows ``fused_block<B>``, ``fused_block<B>_stages<S>``);
-    the original settings are restored afterwards, also on errors."""
+    each ``(B, S)`` of ``configs`` (rows ``fused_block<B>``, ``fused_block<B>_stages<S>``;
+    ``GPU_MIN_PROGRAMS_PER_SM = 0``: the block is B whatever M); the original settings are
+    restored afterwards, also on errors."""
     torch = ctx.torch
     xr = x.detach().requires_grad_(True)
-    original = ctx.launch.GPU_BLOCK, ctx.launch.GPU_STAGES
+    original = ctx.launch.GPU_BLOCK, ctx.launch.GPU_STAGES, ctx.launch.GPU_MIN_PROGRAMS_PER_SM
+    ctx.launch.GPU_MIN_PROGRAMS_PER_SM = 0
     ignored = " (ignored on CPU: the interpreter's blocks are up to 1024 wide)" if ctx.smoke else ""
     try:
         for block, stages in configs:
@@ -132,7 +134,8 @@ def launch_sweep(ctx, wl: tuple, x, V0, w0, g, configs: list) -> None:
             ctx.add_row(wl, method, "full", r, extra={"gpu_block": block, "gpu_stages": stages})
             ctx.free()
     finally:
-        ctx.launch.GPU_BLOCK, ctx.launch.GPU_STAGES = original
+        (ctx.launch.GPU_BLOCK, ctx.launch.GPU_STAGES,
+         ctx.launch.GPU_MIN_PROGRAMS_PER_SM) = original  # fmt: skip
 
 
 def update_loop(torch, layer, x, calls: int):

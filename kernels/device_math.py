@@ -1,20 +1,41 @@
 """Elementwise device functions shared by the forward and backward kernels (fp32)."""
 
+import inspect
+
 import triton
 import triton.language as tl
 
+APPROX_DIV = tl.constexpr("approx" in inspect.signature(tl.math.fdiv).parameters)
+"""Whether this Triton has ``tl.math.fdiv(approx=True)`` (3.9 yes, 3.6 no)."""
+
+
+@triton.jit
+def approx_div(x, y):
+    """``x / y`` as ``div.approx.f32`` where Triton has it (a reciprocal and a multiply,
+    within 2 ulp for ``2^-126 <= |y| <= 2^126``), else Triton's full-range ``x / y``
+    (the reciprocal plus range fix-ups, 8 SASS instructions). For divisors that stay in
+    that range: exprel's ``z`` with ``|z| >= 0.5`` and ``dt * exprel(dt J)``."""
+    if APPROX_DIV:
+        q = tl.math.fdiv(x, y, approx=True)
+    else:
+        q = x / y
+    return q
+
+
 # exprel(z) = (e^z - 1)/z. Inside |z| < 0.5 a Taylor polynomial: the closed form loses
 # ~-log10|z| digits in fp32 there, and dt*J is ~1e-2 in typical use (spec section 14).
-# Degree 10 leaves a remainder below 1e-12 relative at |z| = 0.5.
+# fp32 needs no more than degree 7 there: the first dropped term, z^8/9!, is below 1.1e-8
+# (0.2 ulp of exprel(-0.5) = 0.79) at |z| = 0.5 (tests/test_device_math.py checks both
+# functions against float64). Outside, the closed form (e^z - 1) * (1/z): the reciprocal
+# of z is shared with exprel_derivative's closed form (one MUFU.RCP for both).
+EXPREL_RADIUS = tl.constexpr(0.5)
 
 
 @triton.jit
 def exprel(z):
-    small = tl.abs(z) < 0.5
-    p = 1.0 / 39916800.0  # 1/11!
-    p = p * z + 1.0 / 3628800.0
-    p = p * z + 1.0 / 362880.0
-    p = p * z + 1.0 / 40320.0
+    """``(e^z - 1)/z`` (fp32; 1 at z = 0)."""
+    small = tl.abs(z) < EXPREL_RADIUS
+    p = 1.0 / 40320.0  # 1/8!
     p = p * z + 1.0 / 5040.0
     p = p * z + 1.0 / 720.0
     p = p * z + 1.0 / 120.0
@@ -23,19 +44,17 @@ def exprel(z):
     p = p * z + 0.5
     p = p * z + 1.0
     safe = tl.where(small, 1.0, z)
-    closed = (tl.exp(safe) - 1.0) / safe
+    closed = approx_div(tl.exp(safe) - 1.0, safe)
     return tl.where(small, p, closed)
 
 
 @triton.jit
 def exprel_derivative(z, value):
-    """d exprel/dz = sum_n (n+1)/(n+2)! z^n near 0, ((z-1) exprel(z) + 1)/z elsewhere."""
-    small = tl.abs(z) < 0.5
-    p = 12.0 / 6227020800.0  # (n+1)/(n+2)! for n = 11
-    p = p * z + 11.0 / 479001600.0
-    p = p * z + 10.0 / 39916800.0
-    p = p * z + 9.0 / 3628800.0
-    p = p * z + 8.0 / 362880.0
+    """d exprel/dz = sum_n (n+1)/(n+2)! z^n near 0 (degree 7: the first dropped term is
+    below 1e-8 at |z| = 0.5, 0.3 ulp of the smallest value there, exprel'(-0.5) = 0.36),
+    ((z-1) exprel(z) + 1)/z elsewhere (``value`` = exprel(z))."""
+    small = tl.abs(z) < EXPREL_RADIUS
+    p = 8.0 / 362880.0  # (n+1)/(n+2)! for n = 7
     p = p * z + 7.0 / 40320.0
     p = p * z + 6.0 / 5040.0
     p = p * z + 5.0 / 720.0
@@ -44,7 +63,7 @@ def exprel_derivative(z, value):
     p = p * z + 2.0 / 6.0
     p = p * z + 0.5
     safe = tl.where(small, 1.0, z)
-    closed = ((safe - 1.0) * value + 1.0) / safe
+    closed = approx_div((safe - 1.0) * value + 1.0, safe)
     return tl.where(small, p, closed)
 
 
@@ -128,20 +147,36 @@ def load_params(par_ptr, o_n, m_m, N):
 def reset(v, v_th, v_reset, theta, HARD_RESET: tl.constexpr):
     """BrainPy's reset at the start of a step from the stored (pre-reset) V.
 
-    Returns (V', spike s of V, u = (V - V_th)/theta)."""
-    u = (v - v_th) / theta
-    s = tl.where(u >= 0.0, 1.0, 0.0)
+    The spike is ``V >= V_th`` (``u >= 0`` for theta > 0, which is validated); ``u`` (for
+    the surrogate) multiplies by the reciprocal of theta, which is loop-invariant: the
+    compiler computes it once per program. Returns (V', spike s of V, u = (V - V_th)/theta).
+    """
+    u = (v - v_th) * (1.0 / theta)
+    s = spike(v, v_th)
+    return reset_spiked(v, s, v_reset, theta, HARD_RESET), s, u
+
+
+@triton.jit
+def spike(v, v_th):
+    """The spike of a stored V: 1.0 where ``V >= V_th``, else 0.0 (fp32)."""
+    return tl.where(v >= v_th, 1.0, 0.0)
+
+
+@triton.jit
+def reset_spiked(v, s, v_reset, theta, HARD_RESET: tl.constexpr):
+    """V' from the stored V and its spike ``s`` (:func:`spike`): soft ``V - theta s``, hard
+    ``V - (V - V_reset) s``."""
     if HARD_RESET:
         v_r = v - (v - v_reset) * s
     else:
         v_r = v - theta * s
-    return v_r, s, u
+    return v_r
 
 
 @triton.jit
 def exp_term(v_r, v_T, delta_T):
-    """z = (V' - V_T)/delta_T, E = exp(min(z, 20)) and JAX's d min(z, 20)/dz (1, 1/2, 0)."""
-    z = (v_r - v_T) / delta_T
+    """z = (V' - V_T)/delta_T (times the hoisted 1/delta_T), E = exp(min(z, 20)) and JAX's d min(z, 20)/dz (1, 1/2, 0)."""
+    z = (v_r - v_T) * (1.0 / delta_T)
     e = tl.exp(tl.minimum(z, 20.0))
     slope = tl.where(z < 20.0, 1.0, tl.where(z == 20.0, 0.5, 0.0))
     return z, e, slope

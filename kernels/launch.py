@@ -19,6 +19,19 @@ GPU_BLOCK = 256
 (``benchmarks/roofline.py --blocks``); each value compiles its own kernel."""
 
 
+GPU_MIN_PROGRAMS_PER_SM = 4
+"""For a small M the block narrows (GPU_BLOCK, then halves down to 64 neurons, always 2 per
+thread) until the grid has at least this many programs per SM, so that every SM holds a
+few programs' worth of warps to hide the per-step latency. 0 keeps GPU_BLOCK for every M
+(``benchmarks/v2_rows.py`` sets it so for its GPU_BLOCK sweep)."""
+
+
+FP_FUSION = True
+"""``enable_fp_fusion`` of every launch: a multiply feeding an add compiles to one FMA.
+Pinned, not Triton's default (which Triton 3.10 turns off: the time loops then grow about
+20%); Triton 3.6 and 3.9 both take it as a launch option, the interpreter ignores it."""
+
+
 GPU_STAGES: int | None = None
 """Software-pipelining depth of the per-step loops on a GPU (``tl.range(num_stages=...)``:
 the loads of the next ``GPU_STAGES - 1`` steps are issued before the current step is
@@ -35,16 +48,27 @@ def block_config(n_elements: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK, num_warps, programs) for a 1-D scan over ``n_elements`` independent neurons.
 
     On a GPU each program carries ``GPU_BLOCK`` (256) neurons, 2 per thread (4 warps at 256),
-    enough programs to fill the card for the target workloads. Under the interpreter every
-    program costs a Python loop over T, so blocks are as wide as possible (up to 1024).
+    narrowed for a small ``n_elements`` to keep ``GPU_MIN_PROGRAMS_PER_SM`` programs per SM
+    (down to 64 neurons, 1 warp). Under the interpreter every program costs a Python loop
+    over T, so blocks are as wide as possible (up to 1024).
     """
     if device.type == "cuda":
-        return _gpu_config(n_elements, GPU_BLOCK)
+        sms = _multiprocessors(device.index) if GPU_MIN_PROGRAMS_PER_SM else 0
+        return _gpu_config(n_elements, GPU_BLOCK, GPU_MIN_PROGRAMS_PER_SM * sms)
     return _interpreter_config(n_elements)
 
 
+@functools.lru_cache(maxsize=16)
+def _multiprocessors(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index or 0).multi_processor_count
+
+
 @functools.lru_cache(maxsize=256)
-def _gpu_config(n_elements: int, block: int) -> tuple[int, int, int]:
+def _gpu_config(n_elements: int, block: int, min_programs: int) -> tuple[int, int, int]:
+    """``(block, num_warps, programs)``: ``block`` halved (down to 64) while the grid would
+    have fewer than ``min_programs`` programs; ``block // 64`` warps (2 neurons per thread)."""
+    while block > 64 and -(-n_elements // block) < min_programs:
+        block //= 2
     return block, max(1, min(8, block // 64)), -(-n_elements // block)
 
 

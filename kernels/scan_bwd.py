@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params, surrogate_grad
-from adex.kernels.launch import block_config, pipeline_stages
+from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
 from adex.kernels.step import (
     integrate_step,
     load_flag_bit,
@@ -153,6 +153,7 @@ def _adex_scan_bwd_kernel(
         par_ptr, o_n, m_m, N
     )
     b_theta = b_vth - b_vreset
+    b_itheta = 1.0 / b_theta  # the step functions' reset computes u with the same reciprocal
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
 
     b_lv = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the stored V
@@ -202,18 +203,25 @@ def _adex_scan_bwd_kernel(
             p_gw = gwseq_ptr + g_last + o_m
         if READ_W:
             p_wprev = wseq_ptr + last - M + o_m
+        # u = (V_t - V_th)/theta and ds/dV = g(u)/theta for the returned spike of step t:
+        # carried from the reset of step t + 1, which computes them from the same V
+        b_u = tl.zeros([BLOCK], dtype=tl.float32)
+        b_sig = tl.zeros([BLOCK], dtype=tl.float32)
+        if HAS_GSPK:
+            b_u = (b_vnew - b_vth) * b_itheta
+            b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
         for i in tl.range(0, L, num_stages=NUM_STAGES):
             # V before step t (stored V of step t-1, or V0 at t = 0)
             m_prev = m_m & (o_m * 0 + i < L - 1)
-            b_vprev = tl.load(p_vprev, mask=m_prev, other=0.0)
-            b_vprev = tl.where(m_prev, b_vprev, b_v0)
+            b_vprev = tl.load(p_vprev, mask=m_prev, other=b_v0)  # V0 at t = 0
             # the returned spike of step t and the per-step state outputs
             b_gsg = tl.zeros([BLOCK], dtype=tl.float32)
-            b_u = tl.zeros([BLOCK], dtype=tl.float32)
             if HAS_GSPK:
                 b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
-                b_u = (b_vnew - b_vth) / b_theta
-                b_gsg = b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+                if PARAM_GRAD:  # recomputed: two more carried values spill there (sm_90)
+                    b_u = (b_vnew - b_vth) * b_itheta
+                    b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
+                b_gsg = b_gs * b_sig
                 b_lv += b_gsg
                 p_gs -= M
             if HAS_GVSEQ:
@@ -238,8 +246,7 @@ def _adex_scan_bwd_kernel(
                 p_gx -= M
             if PARAM_GRAD:
                 if READ_W:
-                    b_wprev = tl.load(p_wprev, mask=m_prev, other=0.0)
-                    b_wprev = tl.where(m_prev, b_wprev, b_w0)
+                    b_wprev = tl.load(p_wprev, mask=m_prev, other=b_w0)
                     p_wprev -= M
                 (g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a,
                  g_b) = step_param_grads(
@@ -255,6 +262,9 @@ def _adex_scan_bwd_kernel(
                 b_lvr, b_lwr, b_lw, b_vprev, b_uprev, b_vreset, b_b, b_theta, sg0, sg1, sg2,
                 sg3, SURROGATE, HARD_RESET, HAS_W, DETACH_RESET,
             )  # fmt: skip
+            if HAS_GSPK and not PARAM_GRAD:  # the reset's own expressions: computed once
+                b_u = b_uprev
+                b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) * (1.0 / b_theta)
             b_vnew = b_vprev
             p_vprev -= M
     if WRITE_GSTATE0:
@@ -375,5 +385,6 @@ def adex_scan_bwd(
         HAS_GWSEQ=grad_w_seq is not None, HAS_GSTATE=grad_state is not None,
         WRITE_GX=want_x, WRITE_GSTATE0=want_state0,
         NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
+        enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
     return BackwardOutputs(grad_x, grad_state0, grad_par)

@@ -8,9 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exprel, load_params
-from adex.kernels.launch import block_config, pipeline_stages
-from adex.kernels.step import integrate_step, store_flag_bit
+from adex.kernels.device_math import exprel, load_params, spike
+from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
+from adex.kernels.step import integrate_spiked, store_flag_bit
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
 # gradient is needed: 12 B; 8 B with bf16/fp16 I/O, 1 B less per byte-wide spike dtype.
@@ -81,6 +81,7 @@ def _adex_scan_fwd_kernel(
     if STORE_REF:
         p_r = ref_ptr + o_m
     b_bits = tl.zeros([BLOCK], dtype=tl.int32)  # refractory flags of the current 8 steps
+    b_spike = spike(b_v, b_vth)  # carried: the spike a step returns resets the next one
     for i in tl.range(0, T, num_stages=NUM_STAGES):
         if CHECKPOINT:
             if i % K == 0:  # rows of one checkpoint: the state block's
@@ -92,12 +93,12 @@ def _adex_scan_fwd_kernel(
                     tl.store(p_c + (1 + HAS_W) * M, b_tlast, mask=m_m)
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
         b_t = tl.cast(k0 + i, tl.float32) * dt
-        b_v, b_w, b_tlast, b_ref = integrate_step(
-            b_v, b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT,
-            b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
+        b_v, b_w, b_tlast, b_ref = integrate_spiked(
+            b_v, b_spike, b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT,
+            b_dT, b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
             HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
         )  # fmt: skip
-        b_spike = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
+        b_spike = spike(b_v, b_vth)  # u >= 0 with theta > 0 (validated)
         tl.store(p_s, b_spike.to(spk_ptr.dtype.element_ty), mask=m_m)
         if STORE_REF:
             b_bits, p_r = store_flag_bit(p_r, b_bits, b_ref, i, T - 1, M, m_m)
@@ -178,5 +179,6 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
         T=T, M=M, N=packed_params.shape[1], dt=scalars["dt"], ceiling=scalars["ceiling"],
         k0=t0_step, tau_ref=scalars["tau_ref"], K=max(K, 1), **plan.fwd_flags,
         NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
+        enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints)

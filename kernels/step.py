@@ -9,10 +9,13 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import (
+    approx_div,
     exp_term,
     exprel,
     exprel_derivative,
     reset,
+    reset_spiked,
+    spike,
     surrogate_grad,
 )
 
@@ -39,20 +42,52 @@ def integrate_step(
     hold. Returns ``(V, w, t_last, refractory)``: the new stored V and w, the updated
     last-spike time and the int1 refractory flag of this step (all-false without HAS_REF).
     """
-    b_vr, b_sprev, _ = reset(b_v, b_vth, b_vreset, b_theta, HARD_RESET)
+    return integrate_spiked(
+        b_v, spike(b_v, b_vth), b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest,
+        b_vT, b_dT, b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
+        HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
+    )  # fmt: skip
+
+
+@triton.jit
+def integrate_spiked(
+    b_v,  # [BLOCK] fp32 stored (pre-reset) V of the previous step (mV)
+    b_sprev,  # [BLOCK] fp32 its spike, spike(b_v, b_vth) (0/1)
+    b_w,  # [BLOCK] fp32 w of the previous step (mA); ignored without HAS_W
+    b_tlast,  # [BLOCK] fp32 time of the last spike (ms); ignored without HAS_REF
+    b_x,  # [BLOCK] fp32 input current of this step (mA)
+    b_t,  # fp32 time of this step, float(k) * dt (ms); read with HAS_REF
+    b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b,
+    b_theta,  # V_th - V_reset
+    b_vcap,  # runaway ceiling V_th + RUNAWAY_CEILING * theta
+    b_cw,  # 1 - exp(-dt / tau_w)
+    dt,  # fp32 ms
+    tau_ref,  # fp32 ms (HAS_REF)
+    HARD_RESET: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_EXP: tl.constexpr,
+    HAS_REF: tl.constexpr,
+):  # fmt: skip
+    """:func:`integrate_step` given the previous step's spike (a scan carries the spike it
+    returned instead of testing V again)."""
+    # loop-invariant factors (the compiler computes them once per program): dt/tau
+    b_dtitau = dt * (1.0 / b_tau)
+    b_vr = reset_spiked(b_v, b_sprev, b_vreset, b_theta, HARD_RESET)
     b_drift = -(b_vr - b_vrest)
     if HAS_EXP:
         b_z, b_e, b_slope = exp_term(b_vr, b_vT, b_dT)
         b_drift += b_dT * b_e
-        b_jac = (-1.0 + b_e * b_slope) / b_tau
+        b_zj = (-1.0 + b_e * b_slope) * b_dtitau  # dt J
     else:
-        b_jac = -1.0 / b_tau
+        b_zj = -b_dtitau
     b_wr = b_w
     if HAS_W:
         b_wr = b_w + b_b * b_sprev
         b_drift -= b_R * b_wr
-    b_drift = (b_drift + b_R * b_x) / b_tau
-    b_raw = b_vr + dt * exprel(dt * b_jac) * b_drift
+    # V' + P F with P = dt exprel(dt J), F = (drift + R x)/tau: the backward recovers F as
+    # (V_new - V')/P with the same P (folding dt into F instead broke that recovery on stiff
+    # runaway steps: a grad_x 1% off in tests/test_fuzz.py)
+    b_raw = b_vr + (dt * exprel(b_zj)) * ((b_drift + b_R * b_x) * (1.0 / b_tau))
     if HAS_EXP:  # runaway (adex.params.RUNAWAY_CEILING) or NaN: store the peak V_th
         b_vn = tl.where((b_raw <= b_vcap) | (b_z <= 0.0), b_raw, b_vth)
     else:
@@ -109,21 +144,23 @@ def step_factors(
     ``P = dt phi`` (zero on a runaway step), ``F = (V_t - V')/P``, the step's derivative
     ``dV_t/dV'`` including the second-order term through ``J(V')`` (zero on a runaway step)
     and the int1 runaway flag (all false without HAS_EXP)."""
+    b_itau = 1.0 / b_tau  # loop-invariant reciprocals: computed once per program
     b_vr, b_sprev, b_uprev = reset(b_vprev, b_vth, b_vreset, b_theta, HARD_RESET)
     b_z = tl.zeros_like(b_vr)
     b_e = tl.zeros_like(b_vr)
     b_slope = tl.zeros_like(b_vr)
     if HAS_EXP:
         b_z, b_e, b_slope = exp_term(b_vr, b_vT, b_dT)
-        b_jac = (-1.0 + b_e * b_slope) / b_tau
-        b_djac = b_e * b_slope / (b_tau * b_dT)  # dJ/dV'
+        b_jac = (-1.0 + b_e * b_slope) * b_itau
+        b_zj = (-1.0 + b_e * b_slope) * (dt * b_itau)  # as integrate_step computes it
+        b_djac = b_e * b_slope * (b_itau * (1.0 / b_dT))  # dJ/dV'
     else:
-        b_jac = -1.0 / b_tau
+        b_jac = -b_itau
+        b_zj = -(dt * b_itau)
         b_djac = 0.0
-    b_zj = dt * b_jac
     b_phi = exprel(b_zj)
     b_p = dt * b_phi
-    b_f = (b_vnew - b_vr) / b_p  # F_V(V'), recovered from consecutive V
+    b_f = approx_div(b_vnew - b_vr, b_p)  # F_V(V'), recovered from consecutive V
     b_dvdv = 1.0 + b_p * b_jac + dt * dt * exprel_derivative(b_zj, b_phi) * b_djac * b_f
     b_run = b_z > 1e30  # all false
     if HAS_EXP:
@@ -155,9 +192,9 @@ def step_adjoint(
     b_big = b_lv
     if HAS_W:
         b_big += b_lw * b_a * b_cw
-    b_gx = b_big * b_p * b_R / b_tau
+    b_gx = b_big * b_p * (b_R * (1.0 / b_tau))  # R/tau: loop-invariant, hoisted
     b_lvr = b_big * b_dvdv  # adjoint of V' (after the reset)
-    b_lwr = b_lw - b_lw * b_cw - b_big * b_p * b_R / b_tau  # adjoint of w'
+    b_lwr = b_lw - b_lw * b_cw - b_gx  # adjoint of w'
     if HAS_REF:  # a refractory step kept V = V', w = w': identity, no input gradient
         b_gx = tl.where(b_ref, 0.0, b_gx)
         b_lvr = tl.where(b_ref, b_lv, b_lvr)
@@ -182,7 +219,7 @@ def reset_adjoint(
     if DETACH_RESET:
         b_lv_prev = b_lvr
     else:
-        b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+        b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) * (1.0 / b_theta)
         if HARD_RESET:
             b_lv_prev = b_lvr - b_lvr * (b_vprev - b_vreset) * b_sig
         else:
@@ -236,15 +273,18 @@ def step_param_grads(
     b_pi = tl.where(b_on, b_p, 0.0)
     b_fi = tl.where(b_on, b_f, 0.0)
     b_acc = tl.where(b_on, dt * dt * exprel_derivative(b_zj, b_phi) * b_fi, 0.0)  # dV/dJ
+    b_itau = 1.0 / b_tau  # loop-invariant reciprocals: computed once per program
+    b_itheta = 1.0 / b_theta
     b_inet = b_tau * b_fi + (b_vr - b_vrest)  # R (x - w') = tau F + (V' - V_rest) - ...
     if HAS_EXP:
         b_inet -= b_dT * b_e
         b_em = b_e * b_slope
-        g_vT -= b_lam * (b_acc * b_em / (b_dT * b_tau) + b_pi * b_em / b_tau)
-        g_dT += b_lam * (b_pi * (b_e - b_em * b_z) - b_acc * b_em * b_z / b_dT) / b_tau
-    g_R += b_lam * b_pi * b_inet / (b_R * b_tau)
-    g_tau -= b_lam * (b_acc * b_jac + b_pi * b_fi) / b_tau
-    g_vrest += b_lam * b_pi / b_tau
+        b_idT = 1.0 / b_dT
+        g_vT -= b_lam * b_em * (b_acc * b_idT + b_pi) * b_itau
+        g_dT += b_lam * (b_pi * (b_e - b_em * b_z) - b_acc * b_em * b_z * b_idT) * b_itau
+    g_R += b_lam * b_pi * b_inet * ((1.0 / b_R) * b_itau)
+    g_tau -= b_lam * (b_acc * b_jac + b_pi * b_fi) * b_itau
+    g_vrest += b_lam * b_pi * b_itau
     if HAS_EXP:  # a runaway step stored V_new = V_th
         g_vth += tl.where(b_run, b_big, 0.0) * b_upd
     if HAS_W:
@@ -259,7 +299,7 @@ def step_param_grads(
     else:
         b_gpre = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE)
     if HARD_RESET:
-        b_k = (b_vprev - b_vreset) * b_gpre / b_theta
+        b_k = (b_vprev - b_vreset) * b_gpre * b_itheta
         g_vth += b_lvr * b_k * (1.0 + b_uprev)
         g_vreset += b_lvr * (b_sprev - b_k * b_uprev)
     else:
@@ -267,6 +307,7 @@ def step_param_grads(
         g_vreset += b_lvr * (b_sprev - b_gpre * b_uprev)
     if HAS_W:
         g_b += b_lwr * b_sprev
-        g_vth -= b_lwr * b_b * b_gpre * (1.0 + b_uprev) / b_theta
-        g_vreset += b_lwr * b_b * b_gpre * b_uprev / b_theta
+        b_bg = b_lwr * b_b * b_gpre * b_itheta
+        g_vth -= b_bg * (1.0 + b_uprev)
+        g_vreset += b_bg * b_uprev
     return g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b
