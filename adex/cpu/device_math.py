@@ -4,9 +4,12 @@ derivatives (``adex.surrogate`` kinds and hyper-parameter order), BrainPy's rese
 clamped exponential term.
 
 The kernels compute in float64 scalars whatever the storage dtype (float32 or float64
-arrays); what they store rounds to it. exprel is the reference's ``expm1(z)/z`` (accurate in
-both dtypes; Triton has no expm1 and uses a Taylor polynomial near 0); its derivative uses
-the reference's series (``adex.exprel``) inside the same radius.
+arrays); what they store rounds to it. exprel is a Taylor polynomial inside the series radius
+of ``adex.exprel`` (|z| < 0.5, where ``dt * J`` lies in typical use), as in the Triton
+kernels but with enough terms for float64 rounding (no libm call on the hot path), and the
+reference's ``expm1(z)/z`` outside; its derivative uses the reference's series inside the
+same radius. Division follows IEEE (numba's ``error_model='numpy'``: inf/NaN, as torch),
+never a Python ZeroDivisionError.
 """
 
 from __future__ import annotations
@@ -20,19 +23,25 @@ from adex.exprel import _DERIV_COEFFS, _SERIES_RADIUS
 from adex.reference import EXP_CLAMP
 
 _DERIV = np.array(_DERIV_COEFFS[::-1], dtype=np.float64)  # Horner order: highest first
+# exprel(z) = sum_{n>=0} z^n/(n+1)!: 15 terms leave < 5e-17 relative at |z| = 0.5
+_VALUE = np.array([1.0 / math.factorial(n + 1) for n in range(15)][::-1], dtype=np.float64)
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _SQRT_PI = math.sqrt(math.pi)
 
-JIT = dict(cache=True, fastmath=False, nogil=True)
+JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 """numba options of every CPU device function and kernel: on-disk cache (compiled once per
-machine), IEEE arithmetic (no reassociation: the kernels must agree with the reference)."""
+machine), IEEE arithmetic (no reassociation: the kernels must agree with the reference; a
+division by zero gives inf/NaN as in torch)."""
 
 
 @njit(**JIT)
 def exprel(z: float) -> float:
     """``(e^z - 1)/z``, 1 at ``z = 0``."""
-    if z == 0.0:
-        return 1.0
+    if abs(z) < _SERIES_RADIUS:
+        p = 0.0
+        for c in _VALUE:
+            p = p * z + c
+        return p
     return math.expm1(z) / z
 
 
