@@ -7,9 +7,12 @@ BrainPy's defaults, dt = 0.1 ms, soft reset, float32, inputs U(5, 40) mA, BPTT o
 ``spikes.sum()`` into x (x requires grad). One timed call is ``init_state``, the forward
 over all T steps and the backward; each figure is the median (and the range) over
 ``--rounds`` calls after one warm-up call (numba's compilation or cache load, JAX's jit),
-``time.perf_counter``. The spike counts of the backends are printed (same input, so the
-same computation: equal counts). The machine's core count (``os.cpu_count()``), torch's
-and numba's thread counts are printed with the table.
+``time.perf_counter`` (wall), with the process CPU time of the same calls
+(``time.process_time``, all threads: the work, which other processes on a shared machine
+inflate less than the wall time). The spike counts of the backends are printed (same input,
+so the same computation: equal counts). The machine's core count (``os.cpu_count()``), its
+load average before and after, torch's and numba's thread counts are printed with the
+table.
 
     python benchmarks/cpu_bench.py [--rounds 5] [--ref-rounds 3] [--only S2] [--no-reference]
         [--json PATH]
@@ -42,18 +45,18 @@ def make_input(T: int, B: int, N: int, seed: int = 0) -> torch.Tensor:
 
 
 def torch_call(backend: str, x: torch.Tensor):
-    """One timed call on an adex backend; returns (seconds, spike count)."""
+    """One timed call on an adex backend; returns (wall s, CPU s, spike count)."""
     layer = adex.AdExIF(x.shape[2], backend=backend)
     xg = x.clone().requires_grad_(True)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     layer.init_state(x.shape[1])
     spikes = layer(xg)
     spikes.sum().backward()
-    return time.perf_counter() - t0, int(spikes.detach().sum())
+    return time.perf_counter() - t0, time.process_time() - c0, int(spikes.detach().sum())
 
 
 def brainpy_caller():
-    """A function ``x -> (seconds, spike count)`` timing BrainPy's jitted AdExIF forward +
+    """A function ``x -> (wall s, CPU s, spike count)`` timing BrainPy's jitted AdExIF forward +
     BPTT backward, or the reason it cannot run (a string)."""
     try:
         import brainpy
@@ -88,19 +91,22 @@ def brainpy_caller():
         if shape not in compiled:
             compiled[shape] = build(shape)
         xj = jnp.asarray(x.numpy())
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         total, grad = compiled[shape](xj)
         grad.block_until_ready()
-        return time.perf_counter() - t0, int(total)
+        return time.perf_counter() - t0, time.process_time() - c0, int(total)
 
     return call
 
 
 def timed(call, x, rounds: int):
-    """Median, min and max seconds of ``rounds`` calls after one warm-up; spike count."""
-    _, count = call(x)
-    times = [call(x)[0] for _ in range(rounds)]
-    return statistics.median(times), min(times), max(times), count
+    """Median, min and max wall seconds of ``rounds`` calls after one warm-up, their median
+    CPU seconds, and the spike count."""
+    count = call(x)[2]
+    runs = [call(x) for _ in range(rounds)]
+    wall = [r[0] for r in runs]
+    cpu = statistics.median(r[1] for r in runs)
+    return statistics.median(wall), min(wall), max(wall), count, cpu
 
 
 def main(argv=None) -> int:
@@ -125,12 +131,13 @@ def main(argv=None) -> int:
     info = dict(cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 numba_threads=numba.get_num_threads(), python=platform.python_version(),
                 torch=torch.__version__, numba=numba.__version__, adex=adex.__version__,
-                machine=platform.processor() or platform.machine())  # fmt: skip
+                machine=platform.processor() or platform.machine(),
+                load_before=" ".join(f"{v:.1f}" for v in os.getloadavg()))  # fmt: skip
     print("  ".join(f"{k} {v}" for k, v in info.items()))
     results = {}
     header = "| workload (T, batch, neurons) | " + " | ".join(
-        f"{c} ms (min-max)" for c in columns
-    ) + " | reference / cpu | spikes |"  # fmt: skip
+        f"{c} ms (min-max) [CPU ms]" for c in columns
+    ) + " | reference / cpu (wall) [CPU] | spikes |"  # fmt: skip
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name in args.only or list(WORKLOADS):
@@ -140,13 +147,22 @@ def main(argv=None) -> int:
         for col, call in columns.items():
             rounds = args.ref_rounds if col == "reference" else args.rounds
             row[col] = timed(call, x, rounds)
-        results[name] = {c: dict(median_ms=1e3 * r[0], min_ms=1e3 * r[1], max_ms=1e3 * r[2],
-                                 spikes=r[3]) for c, r in row.items()}  # fmt: skip
-        cells = [f"{1e3 * r[0]:.1f} ({1e3 * r[1]:.1f}-{1e3 * r[2]:.1f})" for r in row.values()]
-        ratio = f"{row['reference'][0] / row['cpu'][0]:.1f}x" if "reference" in row else "-"
+        results[name] = {
+            c: dict(median_ms=1e3 * r[0], min_ms=1e3 * r[1], max_ms=1e3 * r[2], spikes=r[3],
+                    cpu_ms=1e3 * r[4])
+            for c, r in row.items()
+        }  # fmt: skip
+        cells = [f"{1e3 * r[0]:.1f} ({1e3 * r[1]:.1f}-{1e3 * r[2]:.1f}) [{1e3 * r[4]:.0f}]"
+                 for r in row.values()]  # fmt: skip
+        ratio = "-"
+        if "reference" in row:
+            ref, cpu = row["reference"], row["cpu"]
+            ratio = f"{ref[0] / cpu[0]:.1f}x [{ref[4] / cpu[4]:.1f}x]"
         counts = "/".join(str(r[3]) for r in row.values())
         print(f"| {name} {shape} | " + " | ".join(cells) + f" | {ratio} | {counts} |")
         sys.stdout.flush()
+    info["load_after"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"load average after: {info['load_after']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(info=info, results=results), f, indent=1)
