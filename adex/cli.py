@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "reference", "triton"),
-        help="'auto': fused Triton kernels on CUDA, the PyTorch reference on CPU (default auto)",
+        choices=("auto", "reference", "triton", "cpu"),
+        help="'auto': fused Triton kernels on CUDA, the fused CPU kernels on CPU (default auto)",
     )
     p.add_argument(
         "--table1",

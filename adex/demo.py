@@ -10,8 +10,8 @@ pixel intensities (scaled to 0..1) are held for ``T`` steps of 1 ms. The network
 is trained with cross-entropy on the output layer's spike counts (the class whose neuron
 fires most wins), back-propagated through time over all T steps. Each AdExIF layer runs its
 whole T-step scan in one call; on CUDA (``backend='auto'``) its forward and its BPTT backward
-each run as one fused Triton kernel, on CPU the pure-PyTorch reference backend runs (the
-Triton interpreter would be far too slow here). The hidden layer's membrane time constant
+each run as one fused Triton kernel, on CPU as one fused numba kernel each (``adex.cpu``;
+the Triton interpreter would be far too slow here). The hidden layer's membrane time constant
 ``tau`` and spike-triggered adaptation ``b`` are per-neuron ``learnable`` parameters, whose
 gradients come out of the same backward pass.
 
@@ -257,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
     if device.type == "cpu":
-        # The reference backend runs T small [batch, 128] steps: fanning those out to several
-        # threads costs more than it saves (and collapses when the cores are shared).
+        # torch's own ops here are small [batch, 128] matmuls: fanning those out to several
+        # threads costs more than it saves (the CPU scan kernels use numba's threads).
         torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     data_gen = torch.Generator().manual_seed(args.seed)
@@ -275,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     loss_fn = nn.CrossEntropyLoss()
     backend = resolve_backend(model.hidden.backend, x_test)
-    kernels = "fused Triton kernels" if backend == "triton" else "pure-PyTorch reference"
+    kernels = {"triton": "fused Triton kernels", "cpu": "fused CPU kernels"}.get(
+        backend, "pure-PyTorch reference"
+    )
 
     print(
         f"adex {adex.__version__} demo: torch {torch.__version__}, device {device}, "

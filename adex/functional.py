@@ -20,8 +20,15 @@ try:
     from adex.fused import fused_scan
 except ImportError:  # no Triton on this platform (resolve_backend says so when asked)
     fused_scan = None
+try:
+    from adex.cpu.autograd import cpu_scan
+except ImportError:  # no numba on this platform: 'auto' falls back to the reference
+    cpu_scan = None
 
-SCAN_BACKENDS = {"triton": fused_scan, "reference": reference_scan}
+CPU_DTYPES = (torch.float32, torch.float64)
+"""The dtypes that ``backend='auto'`` runs on the fused CPU kernels (CPU tensors)."""
+
+SCAN_BACKENDS = {"triton": fused_scan, "cpu": cpu_scan, "reference": reference_scan}
 """The backends' scans, with one signature ``(x, state0, params, spec, *, t0_step, packed)``
 and one result (``adex.fused.ScanOutput``)."""
 
@@ -52,8 +59,8 @@ class RefScanResult(NamedTuple):
 
 
 def resolve_backend(backend: str, x: Tensor) -> str:
-    """'triton' or 'reference' for ``backend`` ('auto', 'triton', 'reference') on ``x``;
-    raises where it cannot run."""
+    """'triton', 'cpu' or 'reference' for ``backend`` ('auto', 'triton', 'cpu',
+    'reference') on ``x``; raises where it cannot run."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return _backend_for(backend, x)
@@ -62,7 +69,21 @@ def resolve_backend(backend: str, x: Tensor) -> str:
 def _backend_for(backend: str, x: Tensor) -> str:
     """:func:`resolve_backend` for a backend name a spec validated already."""
     if backend == "auto":
-        return "triton" if x.is_cuda and x.dtype in KERNEL_DTYPES else "reference"
+        if x.is_cuda and x.dtype in KERNEL_DTYPES:
+            return "triton"
+        # the CPU kernels are opaque to torch.compile: traced calls take the reference
+        cpu = x.device.type == "cpu" and x.dtype in CPU_DTYPES and cpu_scan is not None
+        return "cpu" if cpu and not torch.compiler.is_compiling() else "reference"
+    if backend == "cpu":
+        if cpu_scan is None:
+            raise RuntimeError("backend='cpu' needs the numba package, which is missing")
+        if x.device.type != "cpu":
+            raise ValueError(f"backend='cpu' takes CPU tensors, got x on {x.device}")
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "backend='cpu' cannot be traced by torch.compile (numba kernels); use "
+                "backend='auto' (the reference while tracing) or 'reference'"
+            )
     if backend == "triton":
         if fused_scan is None:
             raise RuntimeError("backend='triton' needs the triton package, which is missing")
@@ -245,7 +266,8 @@ def adex_scan(
         spk_reset: 'soft' (V -= V_th - V_reset) or 'hard' (V = V_reset).
         has_exp: False drops the exponential term (LIF).
         return_states: return per-step V and w sequences instead of the final states.
-        backend: 'auto' (fused kernels on CUDA, reference otherwise), 'triton' or 'reference'.
+        backend: 'auto' (fused Triton kernels on CUDA, fused CPU kernels on CPU float32/
+            float64, reference otherwise), 'triton', 'cpu' or 'reference'.
         check_finite: raise ``ValueError`` if ``x``, ``V0`` or ``w0`` holds NaN/inf (one
             reduction and a host sync; skipped while ``torch.compile`` traces).
         detach_reset: stop the gradient through the reset (the previous step's spike).

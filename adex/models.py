@@ -24,7 +24,8 @@ _COMMON_DOC = """
         spk_fun: surrogate spike function (``adex.surrogate``); default ``ReluGrad()``.
         spk_reset: 'soft' (V -= V_th - V_reset) or 'hard' (V = V_reset).
         dt: time step (ms, > 0); BrainPy has no default, adex uses 0.1 ms.
-        backend: 'auto' (fused kernels on CUDA, reference on CPU), 'triton', 'reference'.
+        backend: 'auto' (fused Triton kernels on CUDA, fused CPU kernels on CPU float32/float64),
+            'triton', 'cpu', 'reference'.
         name: optional name.
         check_finite: reject NaN/inf inputs and states with a ``ValueError`` (one reduction
             and a host sync per call; set False in tight GPU loops).

@@ -115,7 +115,7 @@ class SpikingNeuron(nn.Module):
     spk_fun = _spec_setting("surrogate", "Surrogate spike function (``adex.surrogate``).")
     spk_reset = _spec_setting("spk_reset", "'soft' or 'hard' reset.")
     dt = _spec_setting("dt", "Time step (ms); assignable as a quantity.", _to_ms("dt"))
-    backend = _spec_setting("backend", "'auto', 'triton' or 'reference'.")
+    backend = _spec_setting("backend", "'auto', 'triton', 'cpu' or 'reference'.")
     check_finite = _spec_setting("check_finite", "Reject NaN/inf inputs and states.")
     detach_reset = _spec_setting("detach_reset", "No gradient through the reset spike.")
     spike_dtype = _spec_setting("spike_dtype", "dtype of the returned spikes (None: x's).")

@@ -144,8 +144,10 @@ class AdExParams:
         for name, value in self.items():
             _require(value, _finite, name, "finite")
 
-    def packed(self, n_neurons: int, device: torch.device) -> torch.Tensor:
-        """All ten parameters as one contiguous float32 tensor ``[10, n_neurons]``.
+    def packed(self, n_neurons: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+        """All ten parameters as one contiguous tensor ``[10, n_neurons]`` in ``dtype``
+        (float32: the Triton kernels'; float64 for the CPU kernels' float64 path).
 
         The fused kernels index it with ``neuron = flat_state_index % n_neurons``. It is
         differentiable in the parameters that require grad (learnable parameters).
@@ -153,14 +155,14 @@ class AdExParams:
         rows = []
         for name, value in self.items():
             if isinstance(value, torch.Tensor):
-                row = value.to(device=device, dtype=torch.float32).reshape(-1)
+                row = value.to(device=device, dtype=dtype).reshape(-1)
                 if row.numel() != n_neurons:
                     row = row.expand(n_neurons) if row.numel() == 1 else None
                 if row is None:
                     raise ValueError(f"{name}: {tuple(value.shape)} is not per-neuron")
                 rows.append(row)
             else:
-                rows.append(torch.full((n_neurons,), float(value), device=device))
+                rows.append(torch.full((n_neurons,), float(value), device=device, dtype=dtype))
         return torch.stack(rows).contiguous()
 
     def cast(self, dtype: torch.dtype, device: torch.device) -> dict[str, ParamValue]:

@@ -58,6 +58,27 @@ def _exp_euler_V(V_start, w_start, x, p, dt: float, has_exp: bool):
     return V_start + dt * exprel(dt * jacobian) * drift, jacobian
 
 
+class _StepConstants(NamedTuple):
+    """What a step computes from the parameters alone (built once per scan when no
+    parameter requires grad, else once per step, so that autograd sums every parameter's
+    gradient in the same order as a single step would)."""
+
+    theta: object  # V_th - V_reset
+    ceiling: object  # V_th + RUNAWAY_CEILING * theta
+    V_rest: torch.Tensor  # [*S]: the runaway branch's safe start
+    V_th: torch.Tensor  # [*S]: the runaway step's stored V
+    c_w: torch.Tensor | None  # [*S]: 1 - exp(-dt/tau_w), None without w
+
+
+def _step_constants(V: torch.Tensor, p, dt: float, has_w: bool) -> _StepConstants:
+    theta = p.V_th - p.V_reset
+    c_w = None
+    if has_w:
+        c_w = dt * exprel(torch.full_like(V, -dt) / p.tau_w) / p.tau_w  # 1 - exp(-dt/tau_w)
+    return _StepConstants(theta, p.V_th + RUNAWAY_CEILING * theta, torch.zeros_like(V) + p.V_rest,
+                          torch.zeros_like(V) + p.V_th, c_w)  # fmt: skip
+
+
 def adex_step_reference(
     x: torch.Tensor,
     V: torch.Tensor,
@@ -91,8 +112,15 @@ def adex_step_reference(
         ``(spike, V_new, w_new)``: spike of the new V (V's dtype, values 0/1), new V (mV,
         pre-reset), new w (mA) or None.
     """
-    p = params
-    theta = p.V_th - p.V_reset
+    c = _step_constants(V, params, dt, w is not None)
+    return _step(x, V, w, params, c, dt, surrogate, hard_reset, has_exp, detach_reset,
+                 refractory)  # fmt: skip
+
+
+def _step(x, V, w, p, c: _StepConstants, dt: float, surrogate: Surrogate, hard_reset: bool,
+          has_exp: bool, detach_reset: bool, refractory):  # fmt: skip
+    """:func:`adex_step_reference` with the parameters' constants ``c`` given."""
+    theta = c.theta
     spike_prev = surrogate((V - p.V_th) / theta)
     if detach_reset:
         spike_prev = spike_prev.detach()
@@ -101,23 +129,22 @@ def adex_step_reference(
     else:
         V_reset_step = V - theta * spike_prev
     w_reset_step = None if w is None else w + p.b * spike_prev
-    ceiling = p.V_th + RUNAWAY_CEILING * theta
-    if not has_exp:
-        V_new, _ = _exp_euler_V(V_reset_step, w_reset_step, x, p, dt, has_exp)
-    else:
+    V_new, _ = _exp_euler_V(V_reset_step, w_reset_step, x, p, dt, has_exp)
+    if has_exp:
         # a runaway step (see adex.params.RUNAWAY_CEILING) stores V_th; it integrates from
         # V_rest only so that the discarded branch stays finite and its zero cotangent cannot
-        # turn into NaN (0 * inf) in backward
+        # turn into NaN (0 * inf) in backward. Without a runaway step (the usual case) that
+        # integration is the one above (same operations on the same values), so it reruns
+        # only when one occurs (and always while torch.compile traces: no host branch)
         with torch.no_grad():
-            V_try, _ = _exp_euler_V(V_reset_step, w_reset_step, x, p, dt, has_exp)
-            runaway = (V_reset_step > p.V_T) & ~(V_try <= ceiling)
-        safe_start = torch.where(runaway, torch.zeros_like(V) + p.V_rest, V_reset_step)
-        V_raw, _ = _exp_euler_V(safe_start, w_reset_step, x, p, dt, has_exp)
-        V_new = torch.where(runaway, torch.zeros_like(V) + p.V_th, V_raw)
+            runaway = (V_reset_step > p.V_T) & ~(V_new <= c.ceiling)
+        if torch.compiler.is_compiling() or bool(runaway.any()):
+            safe_start = torch.where(runaway, c.V_rest, V_reset_step)
+            V_raw, _ = _exp_euler_V(safe_start, w_reset_step, x, p, dt, has_exp)
+            V_new = torch.where(runaway, c.V_th, V_raw)
     w_new = None
     if w is not None:
-        c_w = dt * exprel(torch.full_like(V, -dt) / p.tau_w) / p.tau_w  # 1 - exp(-dt/tau_w)
-        w_new = w_reset_step + c_w * (p.a * (V_new - p.V_rest) - w_reset_step)
+        w_new = w_reset_step + c.c_w * (p.a * (V_new - p.V_rest) - w_reset_step)
     if refractory is not None:
         V_new = torch.where(refractory, V_reset_step, V_new)
         if w is not None:
@@ -165,26 +192,22 @@ def adex_scan_reference(
     V = V0.to(compute)
     w = None if w0 is None else w0.to(compute)
     spikes, Vs, ws = [], [], []
+    T = x.shape[0]
+    times = [None] * T
     if tau_ref is not None:
         t_last = last_spike_time.to(compute)
-        dt_c = torch.tensor(dt, dtype=compute)
-    for t in range(x.shape[0]):
-        refractory = None
-        if tau_ref is not None:
-            t_now = (torch.tensor(float(t0_step + t), dtype=compute) * dt_c).to(x.device)
-            refractory = (t_now - t_last) < tau_ref
-        s, V, w = adex_step_reference(
-            x[t].to(compute),
-            V,
-            w,
-            p,
-            dt=dt,
-            surrogate=surrogate,
-            hard_reset=hard_reset,
-            has_exp=has_exp,
-            detach_reset=detach_reset,
-            refractory=refractory,
-        )
+        k = torch.arange(t0_step, t0_step + T, dtype=torch.float64).to(compute)
+        times = (k * torch.tensor(dt, dtype=compute)).to(x.device).unbind(0)  # float(k) * dt
+    # the parameters' constants once, unless a gradient must reach a parameter through them
+    shared = None
+    if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in p):
+        shared = _step_constants(V, p, dt, w is not None)
+    # unbind, not x[t]: each x[t]'s backward would write a zero gradient of all of x
+    for x_t, t_now in zip(x.to(compute).unbind(0), times, strict=True):
+        refractory = None if tau_ref is None else (t_now - t_last) < tau_ref
+        c = shared if shared is not None else _step_constants(V, p, dt, w is not None)
+        s, V, w = _step(x_t, V, w, p, c, dt, surrogate, hard_reset, has_exp, detach_reset,
+                        refractory)  # fmt: skip
         if tau_ref is not None:
             t_last = torch.where(V.detach() >= p.V_th, t_now, t_last)
         spikes.append(s.to(x.dtype))

@@ -24,7 +24,7 @@ from torch import Tensor
 from adex.params import ALL_PARAMS, PACKED_ROWS, RUNAWAY_CEILING
 from adex.surrogate import Surrogate
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "cpu", "reference")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FLOAT_DTYPES = (*KERNEL_DTYPES, torch.float64)
 SPIKE_DTYPES = (*FLOAT_DTYPES, torch.uint8, torch.bool)
@@ -92,7 +92,7 @@ class ScanSpec:
         detach_reset: no gradient through the reset spike.
         spike_dtype: dtype of the returned spikes (None: the input's).
         checkpoint_every: low-memory BPTT interval K (None: store the per-step V).
-        backend: 'auto', 'triton' or 'reference'.
+        backend: 'auto', 'triton', 'cpu' or 'reference'.
         check_finite: reject NaN/inf inputs before running.
         return_states: return the per-step V and w sequences.
         param_mask: the parameters whose gradients are wanted when the packed parameters

@@ -39,7 +39,7 @@ def assert_close(name: str, ref: torch.Tensor, out: torch.Tensor, atol: float, r
 
 # -- one computation on both backends ----------------------------------------------------------
 
-BACKENDS = ("reference", "triton")
+BACKENDS = ("reference", "triton", "cpu")
 # variant name -> keyword arguments of ``build``; the first variant is the one compared against
 BACKEND_VARIANTS: dict[str, dict[str, Any]] = {b: {"backend": b} for b in BACKENDS}
 STATE_INPUTS = ("x", "V0", "w0")  # what a module built by ``build`` takes

@@ -40,7 +40,7 @@ from helpers import (
 import adex
 
 u = adex.u
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "triton", "cpu"]
 
 # -- BrainPy fixtures through the modules -----------------------------------------------------
 
@@ -62,11 +62,13 @@ F64 = Tol(V=(1e-9, 1e-10), w=(1e-9, 1e-10), grad=(1e-9, 1e-9))
 
 
 def fixture_cases() -> list:
-    """(case, dtype, backend, split): every dtype on the reference, float32 on Triton; the
-    Ref case also split into two calls."""
+    """(case, dtype, backend, split): every dtype on the reference and the CPU kernels,
+    float32 on Triton; the Ref case also split into two calls."""
     out = []
+    combos = (("f64", "reference"), ("f32", "reference"), ("f32", "triton"), ("f64", "cpu"),
+              ("f32", "cpu"))  # fmt: skip
     for case in FAMILY_CASES:
-        for dtype, backend in (("f64", "reference"), ("f32", "reference"), ("f32", "triton")):
+        for dtype, backend in combos:
             splits = [None]
             if case.startswith("adexifref"):  # on Triton the split run alone (interpreter time)
                 splits = [150] if backend == "triton" else [None, 150]

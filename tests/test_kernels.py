@@ -1,4 +1,5 @@
-"""Fused Triton scans (``backend='triton'``) against the per-step PyTorch reference.
+"""Fused scans, the Triton kernels (``backend='triton'``) and the CPU kernels
+(``backend='cpu'``), against the per-step PyTorch reference.
 
 The oracle is the reference run in float64 on the very same input values (for 16-bit inputs:
 the 16-bit-rounded values, widened exactly). The kernels compute in fp32, so V agrees to
@@ -33,6 +34,10 @@ V_ATOL = 1e-4  # mV: fp32 scan over <= 64 steps vs float64 (measured ~5e-5 at T=
 W_ATOL = 1e-4  # mA: w integrates a * V (a <= 1.5 S here), so it inherits V's error
 GRAD_RTOL = 1e-4  # of max |grad| (measured <= 3e-6 at T=63)
 U_MARGIN = 2e-5  # u = (V - V_th)/theta this close to a jump may flip in fp32 (error ~4e-6)
+
+FUSED = ("triton", "cpu")
+"""The fused backends: every comparison below runs on both (CPU kernels on CPU tensors)."""
+CPU_FUSED = FUSED if DEVICE == "cpu" else ("triton",)
 
 LIF_PARAMS = adex.AdExParams(R=1.0, tau=5.0, V_th=1.0, V_reset=0.0, V_rest=0.0)
 
@@ -186,10 +191,10 @@ def ambiguous(surrogate: Surrogate, params, V0: torch.Tensor, V_seq: torch.Tenso
     return near
 
 
-def compare(case: Case, return_states: bool = True):
+def compare(case: Case, return_states: bool = True, backend: str = "triton"):
     x, V0, w0, params = make_inputs(case)
     weights = cotangents((case.T, *case.shape), case.dtype, case.seed)
-    out, grads = run(case, "triton", x, V0, w0, params, return_states, weights)
+    out, grads = run(case, backend, x, V0, w0, params, return_states, weights)
     if not return_states:  # the same loss on the oracle's sequences: weight the last step only
         G, GV, GW = weights
         last = torch.zeros_like(GV)
@@ -287,10 +292,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", CPU_FUSED)
 @pytest.mark.parametrize("case", CASES)
-def test_fused_matches_reference(case: Case):
+def test_fused_matches_reference(case: Case, backend: str):
     """Spikes exact; V, w sequences and grad x, V0, w0 of one loss over all of them close."""
-    compare(case, return_states=True)
+    compare(case, return_states=True, backend=backend)
 
 
 FINAL_CASES = [
@@ -311,10 +317,11 @@ FINAL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", CPU_FUSED)
 @pytest.mark.parametrize("case", FINAL_CASES)
-def test_fused_matches_reference_final_state(case: Case):
+def test_fused_matches_reference_final_state(case: Case, backend: str):
     """return_states=False: spikes and the final V, w, and the gradients of a loss on them."""
-    compare(case, return_states=False)
+    compare(case, return_states=False, backend=backend)
 
 
 SURROGATES = [getattr(adex.surrogate, n) for n in adex.surrogate.__all__ if n != "Surrogate"]
@@ -359,21 +366,23 @@ def test_every_surrogate_is_covered():
     assert kinds == list(range(len(SURROGATES))), kinds
 
 
+@pytest.mark.parametrize("backend", CPU_FUSED)
 @pytest.mark.parametrize("case", SURROGATE_CASES)
-def test_fused_matches_reference_surrogate(case: Case):
-    compare(case, return_states=True)
+def test_fused_matches_reference_surrogate(case: Case, backend: str):
+    compare(case, return_states=True, backend=backend)
 
 
 # -- determinism -------------------------------------------------------------------------------
 
 
-def test_deterministic_forward_and_backward():
+@pytest.mark.parametrize("backend", CPU_FUSED)
+def test_deterministic_forward_and_backward(backend: str):
     """Two runs on the same input are bitwise equal, forward and backward."""
     case = Case(T=24, shape=(3, 500), reset="hard", param_dims=1, seed=50)
     x, V0, w0, params = make_inputs(case)
     weights = cotangents((case.T, *case.shape), case.dtype, case.seed)
-    first, g1 = run(case, "triton", x, V0, w0, params, True, weights)
-    second, g2 = run(case, "triton", x, V0, w0, params, True, weights)
+    first, g1 = run(case, backend, x, V0, w0, params, True, weights)
+    second, g2 = run(case, backend, x, V0, w0, params, True, weights)
     assert first.spikes.sum() > 0
     for name, a, b in zip(("spikes", "V", "w"), first, second, strict=True):
         assert torch.equal(a, b), f"{name} differs between two identical runs"
@@ -539,10 +548,11 @@ RUNAWAY_CASES = [  # model, params, x mean and std (mA), V0 range (mV), w0 upper
 ]
 
 
+@pytest.mark.parametrize("backend", CPU_FUSED)
 @pytest.mark.parametrize(
     ("model", "params", "x_mean", "x_std", "v0_range", "w0_max"), RUNAWAY_CASES
 )
-def test_runaway_ceiling(model, params, x_mean, x_std, v0_range, w0_max):
+def test_runaway_ceiling(model, params, x_mean, x_std, v0_range, w0_max, backend):
     """Hard reset, dt = 0.1 ms, where BrainPy's arithmetic overflows: everything finite, V at
     or below V_th + RUNAWAY_CEILING * (V_th - V_reset), spikes occur, fused and reference agree.
 
@@ -556,7 +566,7 @@ def test_runaway_ceiling(model, params, x_mean, x_std, v0_range, w0_max):
     w0 = _uniform(gen, shape, 0.0, w0_max).float().to(DEVICE) if model == "adex" else None
     case = Case(T=T, shape=shape, reset="hard", model=model, dt=0.1, seed=71)
     weights = cotangents((T, *shape), torch.float32, 71)
-    out, grads = run(case, "triton", x, V0, w0, params, True, weights)
+    out, grads = run(case, backend, x, V0, w0, params, True, weights)
     ref, ref_grads = run(case, "reference", x, V0, w0, params, True, weights)
     ref32, ref32_grads = run(case, "reference", x, V0, w0, params, True, weights, torch.float32)
 

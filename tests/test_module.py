@@ -17,7 +17,7 @@ import adex
 from adex.params import AdExParams
 
 u = adex.u
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "triton", "cpu"]
 T = 40
 BATCH, N = 2, 4
 

@@ -123,6 +123,10 @@ def run_reference(arrays: dict, meta: dict) -> Run:
 def run_scan(arrays: dict, meta: dict, backend: str, T: int | None = None) -> Run:
     leaves = _leaves(arrays, meta)
     x = leaves["x"] if T is None else leaves["x"][:T]
+    refractory = {}
+    if meta["has_refractory"]:  # as run_reference
+        t_last = torch.full_like(leaves["V0"], meta["last_spike_time_init_ms"]).detach()
+        refractory = dict(tau_ref=meta["params"]["tau_ref"], last_spike_time=t_last)
     out = adex.adex_scan(
         x,
         leaves["V0"],
@@ -134,6 +138,7 @@ def run_scan(arrays: dict, meta: dict, backend: str, T: int | None = None) -> Ru
         has_exp=meta["model"] != "LIF",
         return_states=True,
         backend=backend,
+        **refractory,
     )
     if T is not None:
         arrays = dict(arrays, G=arrays["G"][:T])
@@ -303,3 +308,26 @@ def test_triton_matches_reference_truncated(path):
     for n, g in fused.grads.items():
         r = ref.grads[n]
         assert_close(f"grad_{n}", r, g, 1e-4 * float(r.abs().max()), 1e-3)
+
+
+# -- fused CPU scan ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CASES, ids=_id)
+def test_cpu_matches_brainpy(path):
+    """Every case, both precisions, on the fused CPU kernels: BrainPy's float64 tolerances
+    for float64 (the reference's), its float32 tolerances for float32, where a float32
+    threshold tie that BrainPy's own two precisions decide differently may follow either."""
+    arrays, meta = load_fixture(path)
+    run = run_scan(arrays, meta, "cpu")
+    assert run.V.dtype == _dtype(meta)
+    try:
+        check_against(f"cpu {_id(path)}", run, arrays, meta, _tol(meta))
+    except AssertionError:
+        if meta["dtype"] == "float64":
+            raise
+        arrays64, meta64 = load_fixture(_other_precision(path))
+        arrays64 = {k: np.asarray(v, dtype=np.float32) for k, v in arrays64.items()}
+        if np.array_equal(arrays["spikes"], arrays64["spikes"]):
+            raise
+        check_against(f"cpu {_id(path)} vs f64", run, arrays64, meta64, F32)

@@ -1,0 +1,232 @@
+"""The fused CPU scans: the forward over all T steps and the BPTT backward, each one numba
+kernel parallel over blocks of ``BLOCK`` neurons (``prange``), the Triton kernels'
+algorithm (``adex.kernels.scan_fwd``, ``adex.kernels.scan_bwd``) with the same saved
+tensors: V per step (w only for the tau_w gradient), the refractory flags packed 8 steps to
+a byte, or the checkpoints of the low-memory mode, whose segments the backward recomputes.
+
+Within a block, each step runs over the block's neurons (contiguous in memory) before the
+next step; the state lives in the output state block, rounded to the storage dtype after
+every step as the stored V is, so the backward's recomputed factors see the forward's own
+trajectory. Flags are runtime arguments: one compiled kernel per direction and storage
+dtype (float32, float64), cached on disk. Arrays a plan does not use are passed as empty
+arrays of the same type (numba would compile one variant per None pattern otherwise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from adex.cpu.device_math import JIT, exprel, surrogate_grad
+from adex.cpu.step import (
+    integrate_step,
+    reset_adjoint,
+    step_adjoint,
+    step_factors,
+    step_param_grads,
+)
+
+BLOCK = 64
+"""Neurons per parallel work item (a multiple of the cache line in float32 and float64)."""
+
+THETA, VCAP, CW, DCW = 10, 11, 12, 13  # derived rows of the per-block parameters
+
+
+@njit(**JIT)
+def _block_params(par, lo, hi, dt, ceiling):
+    """``[14, hi - lo]`` float64: the ten packed parameters of neurons ``lo..hi-1`` of the
+    flattened state (neuron ``m % N``), then theta, the runaway ceiling, ``c_w = 1 -
+    exp(-dt/tau_w)`` and ``d c_w / d tau_w``."""
+    n_par = par.shape[1]
+    pb = np.empty((14, hi - lo))
+    for m in range(lo, hi):
+        j, n = m - lo, m % n_par
+        for k in range(10):
+            pb[k, j] = par[k, n]
+        theta = pb[3, j] - pb[4, j]
+        tau_w = pb[2, j]
+        cw = dt * exprel(-dt / tau_w) / tau_w
+        pb[THETA, j] = theta
+        pb[VCAP, j] = pb[3, j] + ceiling * theta
+        pb[CW, j] = cw
+        pb[DCW, j] = -(dt / (tau_w * tau_w)) * (1.0 - cw)
+    return pb
+
+
+@njit(**JIT)
+def _run_steps(x, t_first, L, lo, hi, pb, times, tau_ref, dt, hard, has_w, has_exp, has_ref,
+               state, spk, vrows, wrows, rbits, row0, ckpt, K):  # fmt: skip
+    """Steps ``t_first .. t_first + L - 1`` of neurons ``lo..hi-1`` from ``state`` ``[C, M]``
+    (updated in place). Writes, where the array is not empty: the spikes ``spk[t]``, the V
+    and w rows ``[t - row0]``, the refractory bit ``t - row0`` and the checkpoint before
+    every K-th step (K > 0)."""
+    c_t = 1 + has_w  # row of the last-spike time
+    for t in range(t_first, t_first + L):
+        if K > 0 and t % K == 0:
+            for c in range(state.shape[0]):
+                for m in range(lo, hi):
+                    ckpt[t // K, c, m] = state[c, m]
+        r = t - row0
+        t_now = times[t]
+        for m in range(lo, hi):
+            j = m - lo
+            vth = pb[3, j]
+            vn, wn, vr, wr = integrate_step(
+                state[0, m], state[1, m] if has_w else 0.0, x[t, m], pb[0, j], pb[1, j], vth,
+                pb[4, j], pb[5, j], pb[6, j], pb[7, j], pb[8, j], pb[9, j], pb[THETA, j],
+                pb[VCAP, j], pb[CW, j], dt, hard, has_w, has_exp,
+            )  # fmt: skip
+            ref = False
+            if has_ref:  # BrainPy's float test on t = float(k) * dt, in the storage dtype
+                ref = (t_now - state[c_t, m]) < tau_ref
+                if ref:
+                    vn, wn = vr, wr
+            state[0, m] = vn
+            if has_w:
+                state[1, m] = wn
+            fired = state[0, m] >= vth
+            if has_ref:
+                if fired:
+                    state[c_t, m] = t_now
+                if rbits.size:
+                    bit = 1 << (r & 7)
+                    old = rbits[r >> 3, m]
+                    rbits[r >> 3, m] = (old | bit) if ref else (old & ~bit)
+            if spk.size:
+                spk[t, m] = 1.0 if fired else 0.0
+            if vrows.size:
+                vrows[r, m] = state[0, m]
+            if wrows.size:
+                wrows[r, m] = state[1, m]
+
+
+@njit(parallel=True, **JIT)
+def scan_forward(x, state0, par, times, tau_ref, dt, ceiling, hard, has_w, has_exp, has_ref,
+                 spk, state, vseq, wseq, rbits, ckpt, K):  # fmt: skip
+    """All T steps of every neuron: ``x`` ``[T, M]``, ``state0`` ``[C, M]``, ``par``
+    ``[10, N]``, ``times`` ``[T]`` (ms, ``float(k) * dt`` in the storage dtype),
+    ``tau_ref`` ``[1]``; outputs ``spk`` ``[T, M]``, ``state`` ``[C, M]`` and, where not
+    empty, ``vseq``/``wseq`` ``[T, M]``, ``rbits`` ``[cdiv(T, 8), M]`` uint8 and ``ckpt``
+    ``[cdiv(T, K), C, M]``."""
+    T, M = x.shape
+    for blk in prange((M + BLOCK - 1) // BLOCK):
+        lo = blk * BLOCK
+        hi = min(M, lo + BLOCK)
+        pb = _block_params(par, lo, hi, dt, ceiling)
+        for c in range(state0.shape[0]):
+            for m in range(lo, hi):
+                state[c, m] = state0[c, m]
+        _run_steps(x, 0, T, lo, hi, pb, times, tau_ref[0], dt, hard, has_w, has_exp, has_ref,
+                   state, spk, vseq, wseq, rbits, 0, ckpt, K)  # fmt: skip
+
+
+@njit(**JIT)
+def _adjoint_rows(rows_v, rows_w, rows_r, t0, L, lo, hi, pb, v0, w0, lv, lw, g, gspk, gv, gw,
+                  gx, dt, sg, kind, flags):  # fmt: skip
+    """The adjoint recursion over steps ``t0 + L - 1 .. t0`` (rows ``L-1 .. 0`` of the
+    stored V/w/flags) of neurons ``lo..hi-1``, from the adjoints ``lv``/``lw`` (updated in
+    place), accumulating the parameter gradients into ``g`` ``[10, hi - lo]``."""
+    hard, has_w, has_exp, has_ref, detach, param_grad, read_w = flags[:7]
+    has_gspk, has_gv, has_gw, write_gx = flags[7:]
+    for i in range(L - 1, -1, -1):
+        t = t0 + i
+        for m in range(lo, hi):
+            j = m - lo
+            R, tau, vth, vreset, vrest = pb[0, j], pb[1, j], pb[3, j], pb[4, j], pb[5, j]
+            vT, dT, a, b = pb[6, j], pb[7, j], pb[8, j], pb[9, j]
+            theta, cw = pb[THETA, j], pb[CW, j]
+            vnew = rows_v[i, m]
+            vprev = rows_v[i - 1, m] if i > 0 else v0[j]
+            gsg = 0.0
+            u = 0.0
+            if has_gspk:  # the returned spike of step t
+                u = (vnew - vth) / theta
+                gsg = gspk[t, m] * surrogate_grad(u, sg[0], sg[1], sg[2], sg[3], kind) / theta
+                lv[j] += gsg
+            if has_gv:
+                lv[j] += gv[t, m]
+            if has_gw:
+                lw[j] += gw[t, m]
+            fac = step_factors(vprev, vnew, tau, vth, vreset, vT, dT, theta, dt, hard, has_exp)
+            ref = has_ref and ((rows_r[i >> 3, m] >> (i & 7)) & 1) != 0
+            gxv, lvr, lwr, big = step_adjoint(lv[j], lw[j], ref, fac[9], fac[11], R, tau, a, cw,
+                                              has_w)  # fmt: skip
+            if write_gx:
+                gx[t, m] = gxv
+            if param_grad:
+                wprev = 0.0
+                if read_w:
+                    wprev = rows_w[i - 1, m] if i > 0 else w0[j]
+                step_param_grads(g, j, gsg, u, lw[j], big, lvr, lwr, ref, vprev, vnew, wprev,
+                                 fac, R, tau, vreset, vrest, dT, a, b, theta, cw, pb[DCW, j],
+                                 dt, sg, kind, hard, has_w, has_exp, detach, has_gspk)  # fmt: skip
+            lv[j], lw[j] = reset_adjoint(lvr, lwr, lw[j], vprev, fac[2], vreset, b, theta, sg,
+                                         kind, hard, has_w, detach)  # fmt: skip
+
+
+@njit(parallel=True, **JIT)
+def scan_backward(vseq, wseq, rbits, state0, par, gspk, gv, gw, gstate, x, ckpt, times,
+                  tau_ref, dt, ceiling, sg, kind, flags, param_mask, K, T,
+                  gx, gstate0, gpar, scr_state, scr_v, scr_w, scr_r, no_spk):  # fmt: skip
+    """The BPTT backward of :func:`scan_forward`. ``flags``: (hard, has_w, has_exp, has_ref,
+    detach_reset, param_grad, read_w, has_gspk, has_gv, has_gw, write_gx, has_gstate,
+    write_gstate0, recompute). Incoming gradients ``gspk``/``gv``/``gw`` ``[T, M]``,
+    ``gstate`` ``[C, M]``; outputs ``gx`` ``[T, M]``, ``gstate0`` ``[C, M]``, ``gpar``
+    ``[10, M]`` (rows outside ``param_mask`` zero). With recompute, each K-step segment is
+    rerun from ``ckpt`` into the scratch ``scr_*`` (``[C, M]``, ``[K, M]``, ``[cdiv(K, 8),
+    M]``) first (``no_spk``: an empty ``[0, 0]`` array, the recomputation's spikes)."""
+    hard, has_w, has_exp, has_ref = flags[0], flags[1], flags[2], flags[3]
+    param_grad = flags[5]
+    has_gstate, write_gstate0, recompute = flags[11], flags[12], flags[13]
+    inner = flags[:11]
+    M = state0.shape[1]
+    n_seg = (T + K - 1) // K if recompute else 1
+    for blk in prange((M + BLOCK - 1) // BLOCK):
+        lo = blk * BLOCK
+        hi = min(M, lo + BLOCK)
+        pb = _block_params(par, lo, hi, dt, ceiling)
+        lv = np.zeros(hi - lo)
+        lw = np.zeros(hi - lo)
+        v0 = np.empty(hi - lo)
+        w0 = np.zeros(hi - lo)
+        g = np.zeros((10, hi - lo))
+        if has_gstate:
+            for m in range(lo, hi):
+                lv[m - lo] = gstate[0, m]
+                if has_w:
+                    lw[m - lo] = gstate[1, m]
+        for s in range(n_seg):
+            seg = n_seg - 1 - s
+            if recompute:
+                t0 = seg * K
+                L = min(K, T - t0)
+                for c in range(scr_state.shape[0]):
+                    for m in range(lo, hi):
+                        scr_state[c, m] = ckpt[seg, c, m]
+                _run_steps(x, t0, L, lo, hi, pb, times, tau_ref[0], dt, hard, has_w,
+                           has_exp, has_ref, scr_state, no_spk, scr_v, scr_w, scr_r, t0,
+                           ckpt, 0)  # fmt: skip
+                for m in range(lo, hi):
+                    v0[m - lo] = ckpt[seg, 0, m]
+                    if has_w:
+                        w0[m - lo] = ckpt[seg, 1, m]
+                _adjoint_rows(scr_v, scr_w, scr_r, t0, L, lo, hi, pb, v0, w0, lv, lw, g, gspk,
+                              gv, gw, gx, dt, sg, kind, inner)  # fmt: skip
+            else:
+                for m in range(lo, hi):
+                    v0[m - lo] = state0[0, m]
+                    if has_w:
+                        w0[m - lo] = state0[1, m]
+                _adjoint_rows(vseq, wseq, rbits, 0, T, lo, hi, pb, v0, w0, lv, lw, g, gspk, gv,
+                              gw, gx, dt, sg, kind, inner)  # fmt: skip
+        for m in range(lo, hi):
+            j = m - lo
+            if write_gstate0:
+                gstate0[0, m] = lv[j]
+                if has_w:
+                    gstate0[1, m] = lw[j]
+                if has_ref:  # the last-spike time carries no gradient
+                    gstate0[1 + has_w, m] = 0.0
+            if param_grad:
+                for k in range(10):
+                    gpar[k, m] = g[k, j] if (param_mask >> k) & 1 else 0.0

@@ -1,0 +1,294 @@
+"""The fused CPU backend (``backend='cpu'``, ``adex.cpu``) beyond the kernel comparisons of
+``tests/test_kernels.py`` (which run every case on it too): float64 finite differences
+through its autograd wrapper (states and parameters, both resets, refractory models), its
+formulas against the reference's definitions, the memory options, and ``'auto'``."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from helpers import EQUAL, Tolerance, compare_backends
+from test_gradcheck import CASES, PARAMS, TINY, check_trajectory, make_inputs
+from torch.autograd import gradcheck
+
+import adex
+from adex.cpu import device_math
+from adex.exprel import exprel
+from adex.functional import resolve_backend
+
+F64 = torch.float64
+
+
+def cpu_states_fn(case, hard: bool = False, params=None, surrogate=TINY, **kw):
+    """The V (and w) sequences of ``adex_scan(backend='cpu')`` as a function of x, V0, w0."""
+
+    def f(*inputs):
+        x, V0 = inputs[0], inputs[1]
+        w0 = inputs[2] if case.has_w else None
+        out = adex.adex_scan(
+            x, V0, w0, PARAMS[case.params] if params is None else params, dt=case.dt,
+            surrogate=surrogate, spk_reset="hard" if hard else "soft", has_exp=case.has_exp,
+            return_states=True, backend="cpu", **kw,
+        )  # fmt: skip
+        return (out.V, out.w) if case.has_w else (out.V,)
+
+    return f
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cpu_gradcheck_soft_reset(name):
+    """float64 finite differences of the CPU scan (the surrogate's support away from every
+    V, as in ``test_gradcheck``): the backward kernel is the forward kernel's derivative."""
+    case = CASES[name]
+    inputs = make_inputs(case)
+    check_trajectory(case, inputs, hard=False)
+    torch.manual_seed(0)
+    assert gradcheck(cpu_states_fn(case), inputs, fast_mode=True, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("name", ["adexif-perneuron-dt1", "expif-dt0.1", "lif-perneuron-dt1"])
+def test_cpu_gradients_equal_reference_float64(name, hard):
+    """float64: forward and every input gradient of the CPU scan equal the reference's to
+    ~1e-12 (the hard reset's detached offset included, whose derivative
+    ``test_gradcheck.test_gradcheck_hard_reset`` establishes for the reference)."""
+    case = CASES[name]
+    inputs = make_inputs(case)
+    sg = adex.surrogate.Sigmoid(alpha=2.0)  # a wide surrogate: the reset path carries gradient
+    cpu = cpu_states_fn(case, hard=hard, surrogate=sg)(*inputs)
+    ref_fn = functools.partial(_reference_states, case, hard, sg)
+    ref = ref_fn(*inputs)
+    g = torch.Generator().manual_seed(5)
+    cot = [torch.randn(r.shape, generator=g, dtype=F64) for r in ref]
+    for a, b in zip(cpu, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad(cpu, inputs, cot), torch.autograd.grad(ref, inputs, cot),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, atol=1e-10 * float(b.abs().max()), rtol=1e-9)
+
+
+def _reference_states(case, hard, surrogate, *inputs):
+    x, V0 = inputs[0], inputs[1]
+    w0 = inputs[2] if case.has_w else None
+    out = adex.adex_scan(x, V0, w0, PARAMS[case.params], dt=case.dt, surrogate=surrogate,
+                         spk_reset="hard" if hard else "soft", has_exp=case.has_exp,
+                         return_states=True, backend="reference")  # fmt: skip
+    return (out.V, out.w) if case.has_w else (out.V,)
+
+
+PARAM_NAMES = ("R", "tau", "tau_w", "V_th", "V_reset", "V_rest", "V_T", "delta_T", "a", "b")
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_cpu_gradcheck_parameters(hard):
+    """float64 finite differences of the V and w sequences in all ten per-neuron parameters
+    (the packed-parameter gradient of the backward kernel), with the inputs fixed."""
+    case = CASES["adexif-perneuron-dt0.1"]
+    x, V0, w0 = (t.detach() for t in make_inputs(case))
+    base = PARAMS[case.params]
+    values = tuple(torch.as_tensor(getattr(base, n), dtype=F64).expand(3).clone().requires_grad_()
+                   for n in PARAM_NAMES)  # fmt: skip
+    if not hard:
+        check_trajectory(case, (x, V0, w0), hard=False)
+
+    def f(*vals):
+        params = adex.AdExParams(**dict(zip(PARAM_NAMES, vals, strict=True)))
+        return cpu_states_fn(case, hard=hard, params=params)(x, V0, w0)
+
+    if hard:  # the detached offset is no derivative: compare with the reference instead
+        cot = [torch.randn(o.shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+               for o in f(*values)]  # fmt: skip
+        got = torch.autograd.grad(f(*values), values, cot)
+
+        def ref(*vals):
+            params = adex.AdExParams(**dict(zip(PARAM_NAMES, vals, strict=True)))
+            out = adex.adex_scan(x, V0, w0, params, dt=case.dt, surrogate=TINY, spk_reset="hard",
+                                 return_states=True, backend="reference")  # fmt: skip
+            return out.V, out.w
+
+        want = torch.autograd.grad(ref(*values), values, cot)
+        for name, a, b in zip(PARAM_NAMES, got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-9 * float(b.abs().max()) + 1e-12,
+                                       rtol=1e-8, msg=name)  # fmt: skip
+        return
+    torch.manual_seed(0)
+    assert gradcheck(f, values, fast_mode=True, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["AdExIFRef", "ExpIFRef"])
+def test_cpu_gradcheck_refractory(model):
+    """A refractory model in float64 through a module on the CPU backend: gradcheck of V
+    and w in x, V0, w0 (tau_ref = 3.5 dt: frozen steps are identities)."""
+    cls = getattr(adex, model)
+    kw = dict(V_th=-50.0) if model == "ExpIFRef" else {}
+    layer = cls(3, dt=0.1, tau_ref=0.35, spk_fun=TINY, backend="cpu", **kw)
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(40, 2, 3, generator=g, dtype=F64) * 5 + 60).requires_grad_()
+    V0 = (torch.rand(2, 3, generator=g, dtype=F64) * 8 - 60).requires_grad_()
+    w0 = (torch.rand(2, 3, generator=g, dtype=F64)).requires_grad_()
+    inputs = (x, V0, w0) if layer.has_w else (x, V0)
+
+    def f(*inp):
+        layer.init_state(2, dtype=F64)
+        layer.V = inp[1]
+        if layer.has_w:
+            layer.w = inp[2]
+        out = layer(inp[0], return_states=True)
+        return (out.V, out.w) if layer.has_w else (out.V,)
+
+    v_th = -50.0 if model == "ExpIFRef" else adex.AdExParams().V_th
+    with torch.no_grad():
+        spikes = f(*inputs)[0] >= v_th
+    assert spikes.sum() >= 3, "test data: too few spikes"
+    torch.manual_seed(0)
+    assert gradcheck(f, inputs, fast_mode=True, atol=1e-6, rtol=1e-4)
+
+
+# -- one definition of the math ----------------------------------------------------------------
+
+SURROGATES = [getattr(adex.surrogate, n)() for n in adex.surrogate.__all__ if n != "Surrogate"]
+
+
+@pytest.mark.parametrize("sg", SURROGATES, ids=lambda s: type(s).__name__)
+def test_cpu_surrogate_grad_is_the_reference_formula(sg):
+    """The CPU kernels' g(u) of every surrogate kind equals ``Surrogate.grad`` (the
+    reference's definition) on a grid of u, in float64."""
+    u = torch.linspace(-3.0, 3.0, 601, dtype=F64)
+    want = sg.grad(u)
+    got = torch.tensor([device_math.surrogate_grad(float(v), *sg.params, sg.kind) for v in u],
+                       dtype=F64)  # fmt: skip
+    torch.testing.assert_close(got, want, atol=1e-14, rtol=1e-12)
+
+
+def test_cpu_exprel_is_the_reference_formula():
+    """exprel and its derivative in the CPU kernels equal ``adex.exprel`` (value and
+    autograd derivative) near 0, at the series radius and far from 0."""
+    z = torch.tensor([-40.0, -5.0, -0.5001, -0.4999, -1e-3, -1e-9, 0.0, 1e-12, 1e-5, 0.3, 0.5,
+                      3.0, 20.0], dtype=F64, requires_grad=True)  # fmt: skip
+    value = exprel(z)
+    (deriv,) = torch.autograd.grad(value.sum(), z)
+    zs = [float(v) for v in z.detach()]
+    got_v = torch.tensor([device_math.exprel(v) for v in zs], dtype=F64)
+    got_d = torch.tensor([device_math.exprel_derivative(v, device_math.exprel(v)) for v in zs],
+                         dtype=F64)  # fmt: skip
+    torch.testing.assert_close(got_v, value.detach(), atol=0.0, rtol=1e-15)
+    torch.testing.assert_close(got_d, deriv, atol=1e-15, rtol=1e-12)
+
+
+# -- memory options and dtypes -------------------------------------------------------------------
+
+VARIANTS = {"reference": {"backend": "reference"}, "cpu": {"backend": "cpu"}}
+
+
+def _layer_factory(cls, n, **kw):
+    def build(backend):
+        return cls(n, dt=0.2, backend=backend, **kw)
+
+    return build
+
+
+def _inputs(T=24, batch=2, n=20, dtype=torch.float32, seed=0, mean=60.0, std=15.0,
+            V0=(-60.0, -50.0)):  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(T, batch, n, generator=g, dtype=F64) * std + mean).to(dtype)
+    V0_ = (torch.rand(batch, n, generator=g, dtype=F64) * (V0[1] - V0[0]) + V0[0]).to(dtype)
+    w0 = torch.rand(batch, n, generator=g, dtype=F64).to(dtype)
+    cot = {k: torch.randn(T, batch, n, generator=g, dtype=F64).to(dtype) for k in ("spikes", "V")}
+    return dict(x=x, V0=V0_, w0=w0), cot
+
+
+MODELS = {
+    "AdExIF": (adex.AdExIF, {}),
+    "AdExIFRef": (adex.AdExIFRef, dict(tau_ref=0.5)),
+    "ExpIF": (adex.ExpIF, dict(V_th=-45.0)),
+    "ExpIFRef": (adex.ExpIFRef, dict(V_th=-45.0, tau_ref=0.5)),
+    "LIF": (adex.LIF, {}),
+}
+
+
+def _model_inputs(model, dtype=torch.float32, **kw):
+    if model == "LIF":
+        return _inputs(dtype=dtype, mean=8.0, std=3.0, V0=(-0.5, 1.3), **kw)
+    if model.startswith("ExpIF"):  # tests/helpers.family_cases: a stable exponential step
+        return _inputs(dtype=dtype, mean=40.0, std=10.0, V0=(-64.0, -44.0), **kw)
+    return _inputs(dtype=dtype, **kw)
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+@pytest.mark.parametrize("options", [
+    dict(checkpoint_every=5), dict(detach_reset=True), dict(spike_dtype=torch.bfloat16),
+    dict(learnable=("tau", "b", "V_th"), checkpoint_every=7),
+], ids=["ckpt5", "detach", "bf16-spikes", "learnable-ckpt7"])  # fmt: skip
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cpu_memory_options_match_reference(model, options):
+    """Every model with the memory options (checkpointed recomputation, detached reset,
+    16-bit spikes, learnable parameters), float32: spikes equal to the float64 reference's,
+    V and every gradient within twice the float32 reference's own distance to it (plus
+    1e-4 of the largest value): ExpIF's steep upswing amplifies float32 rounding."""
+    cls, kw = MODELS[model]
+    options = dict(options)
+    if "learnable" in options and not cls.has_w:
+        options["learnable"] = ("tau", "V_th")
+    inputs, cot = _model_inputs(model)
+    return_states = "checkpoint_every" not in options
+    if not return_states:
+        cot = {"spikes": cot["spikes"]}
+    variants = {"reference": VARIANTS["reference"], "reference32": VARIANTS["reference"],
+                "cpu": VARIANTS["cpu"]}  # fmt: skip
+    runs = compare_backends(_layer_factory(cls, 20, **kw, **options), inputs, cot,
+                            variants=variants, return_states=return_states,
+                            dtypes={"reference": F64})  # fmt: skip
+    ref, ref32, cpu = runs["reference"], runs["reference32"], runs["cpu"]
+    assert ref.out["spikes"].sum() > 0, "test data: no spikes"
+    assert torch.equal(ref.out["spikes"].double(), cpu.out["spikes"].double())
+    assert cpu.out["spikes"].dtype == options.get("spike_dtype", torch.float32)
+    pairs = [
+        (k, ref.out[k], ref32.out[k], cpu.out[k]) for k in ("V", "w") if ref.out[k] is not None
+    ]
+    pairs += [(f"grad_{k}", g, ref32.grads[k], cpu.grads[k]) for k, g in ref.grads.items()]
+    for name, exact, fp32, got in pairs:
+        bound = 2.0 * _max_err(fp32, exact) + 1e-4 * exact.abs().max().item()
+        assert _max_err(got, exact) <= bound, f"{name}: {_max_err(got, exact):.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cpu_float64_matches_reference(model):
+    """float64 modules: the CPU kernels and the reference agree to ~1e-10 (spikes exact),
+    forward, input and learnable-parameter gradients, over two consecutive calls."""
+    cls, kw = MODELS[model]
+    inputs, cot = _model_inputs(model, dtype=F64, seed=3)
+    learn = ("tau", "b") if cls.has_w else ("tau",)
+    tol = {"spikes": EQUAL, "V": Tolerance(1e-10, 1e-12), "last_spike_time": EQUAL,
+           "grads": Tolerance(1e-10, 1e-9, scaled=True)}  # fmt: skip
+    runs = compare_backends(_layer_factory(cls, 20, learnable=learn, **kw), inputs, cot,
+                            tol=tol, variants=VARIANTS, chunks=2)  # fmt: skip
+    assert runs["cpu"].out["V"].dtype == F64
+
+
+def test_auto_uses_cpu_kernels_for_cpu_float_tensors():
+    """'auto' on CPU: the fused CPU kernels for float32 and float64, the reference for
+    16-bit inputs; 'cpu' refuses nothing on CPU and explains a missing device otherwise."""
+    for dtype in (torch.float32, torch.float64):
+        assert resolve_backend("auto", torch.empty(1, dtype=dtype)) == "cpu"
+    assert resolve_backend("auto", torch.empty(1, dtype=torch.bfloat16)) == "reference"
+    assert resolve_backend("cpu", torch.empty(1, dtype=torch.float16)) == "cpu"
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CPU tensors"):
+            resolve_backend("cpu", torch.empty(1, device="cuda"))
+
+
+def test_cpu_no_grad_saves_nothing_and_matches():
+    """Under no_grad the forward kernel alone runs (no autograd node) and gives the same
+    spikes and final state as with a gradient."""
+    inputs, _ = _inputs()
+    x, V0, w0 = inputs["x"], inputs["V0"], inputs["w0"]
+    with torch.no_grad():
+        a = adex.adex_scan(x, V0, w0, backend="cpu")
+    b = adex.adex_scan(x.requires_grad_(), V0, w0, backend="cpu")
+    assert a.spikes.grad_fn is None and b.spikes.grad_fn is not None
+    assert torch.equal(a.spikes, b.spikes.detach()) and torch.equal(a.V, b.V.detach())
