@@ -370,6 +370,17 @@ class SpikingNeuron(nn.Module):
         """Refill the states from the initializers (same as :meth:`init_state`)."""
         self.init_state(batch_size, device=device, dtype=dtype)
 
+    def detach_state(self) -> None:
+        """Cut the state (V, w, last-spike time) out of the autograd graph, keeping its
+        values and the clock: truncated BPTT calls it between chunks, so that the next
+        chunk's ``backward()`` stops at the chunk boundary. A layer without a state is left
+        as it is."""
+        rt = self._rt
+        if rt.state is not None:
+            rt.state = rt.state.detach()  # same storage and version counter: still trusted
+        if rt.loose is not None:
+            rt.loose = [None if r is None else r.detach() for r in rt.loose]
+
     def _checked_state(self, value: Any, kind: str, name: str) -> Tensor:
         value = to_canonical(value, kind, name)
         if not isinstance(value, Tensor):
