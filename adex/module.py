@@ -139,6 +139,7 @@ class SpikingNeuron(nn.Module):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         super().__init__()
         self._rt = _RunState()  # per-call state: plain attributes, no nn.Module __setattr__
@@ -159,6 +160,7 @@ class SpikingNeuron(nn.Module):
             self._spec.with_return_states(True) if checkpoint_every is None else None
         )
         self.name = name
+        self.batch_first = batch_first
         self._inits: list = [None] * (1 + self.has_w)
         self.V_initializer = V_initializer
         self.w_initializer = w_initializer
@@ -203,6 +205,19 @@ class SpikingNeuron(nn.Module):
         self._spec = dataclasses.replace(self._spec, **changes)
         states = self._spec.checkpoint_every is None
         self._spec_states = self._spec.with_return_states(True) if states else None
+
+    @property
+    def batch_first(self) -> bool:
+        """Sequences (the input, spikes and ``return_states``) are ``[batch, T, ...]``
+        instead of ``[T, batch, ...]``, as ``torch.nn.RNN``'s option; an unbatched state
+        (``init_state()`` without a batch size) takes ``[T, *in_size]`` either way."""
+        return self._batch_first
+
+    @batch_first.setter
+    def batch_first(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"batch_first must be True or False, got {value!r}")
+        self._batch_first = value
 
     # -- parameters --------------------------------------------------------------------------
 
@@ -512,8 +527,20 @@ class SpikingNeuron(nn.Module):
             raise ValueError(
                 f"x has shape {tuple(x.shape)}; expected {target} (state shape "
                 f"{state_shape}, from init_state) or a shape that broadcasts to it"
+                + self._layout_hint(x, state_shape, leading)
             )
         return x.expand(target)
+
+    def _layout_hint(self, x: Tensor, state_shape: tuple[int, ...],
+                     leading: tuple[int, ...]) -> str:  # fmt: skip
+        """A hint for a sequence given in the other layout (batch and time swapped)."""
+        if not leading or len(state_shape) == len(self.in_size) or x.dim() < 2:
+            return ""
+        if self.batch_first:  # x was transposed to [T, batch, ...] here
+            return "; batch_first=True: the input is [batch, T, ...]"
+        if x.shape[0] == state_shape[0]:
+            return "; the input is [T, batch, ...]: for batch-first data use batch_first=True"
+        return ""
 
     def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool):
         device = x.device
@@ -569,9 +596,11 @@ class SpikingNeuron(nn.Module):
         return self._run(x.unsqueeze(0), state, False, trusted).spikes[0]
 
     def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
-        """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA) in one fused scan.
+        """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA; ``[batch, T, *in_size]``
+        with ``batch_first=True``) in one fused scan.
 
-        Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``), or with
+        Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``;
+        batch-first: ``[batch, T, *in_size]``, a transposed view), or with
         ``return_states=True`` a :class:`StateSequence` with the per-step V and w, all
         differentiable. The final state is left in ``V`` and ``w`` (differentiable too:
         consecutive calls give truncated BPTT).
@@ -589,17 +618,24 @@ class SpikingNeuron(nn.Module):
                     f"x_seq must be a tensor (or current quantity) shaped [T, *state], got "
                     f"{type(x_seq).__name__}"
                 )
-        if x_seq.dim() != len(state_shape) + 1 or x_seq.shape[0] == 0:
+        # batch-first: a [T, batch, ...] view; the outputs are transposed back as views
+        batch_first = self._batch_first and len(state_shape) > len(self.in_size)
+        if x_seq.dim() != len(state_shape) + 1 or x_seq.shape[int(batch_first)] == 0:
+            layout = "[batch, T, *in_size]" if batch_first else "[T, *state_shape]"
             raise ValueError(
-                f"x_seq must be [T, *state_shape] = [T, {', '.join(map(str, state_shape))}] "
-                f"with T >= 1, got shape {tuple(x_seq.shape)} (a missing time axis? use "
-                "update() for one step)"
+                f"x_seq must be {layout} for the state shape {state_shape} with T >= 1, got "
+                f"shape {tuple(x_seq.shape)} (a missing time axis? use update() for one step)"
             )
+        if batch_first:
+            x_seq = x_seq.transpose(0, 1)
         x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
         out = self._run(x_seq, state, return_states, trusted)
         if return_states:
+            if batch_first:
+                return StateSequence(*(None if t is None else t.transpose(0, 1)
+                                       for t in (out.spikes, out.v_seq, out.w_seq)))  # fmt: skip
             return StateSequence(out.spikes, out.v_seq, out.w_seq)
-        return out.spikes
+        return out.spikes.transpose(0, 1) if batch_first else out.spikes
 
     def get_spike(self, V: Tensor | None = None) -> Tensor:
         """``H((V - V_th)/(V_th - V_reset))`` with the surrogate gradient (default: the stored
