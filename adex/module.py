@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from adex.functional import ExtraCheckError, run_scan, stack_state, state_dtype
 from adex.init import Constant, make_state, resolve_initializer
+from adex.param_attrs import ParamAttributes
 from adex.params import (
     PACKED_ROWS,
     PARAM_KINDS,
@@ -90,7 +91,7 @@ def _to_ms(name: str):
     return convert
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(ParamAttributes):
     """Base of the AdEx family: parameters in canonical units, state, single- and multi-step
     dynamics through the validated :class:`adex.spec.ScanSpec` built at construction.
     Subclasses (``adex.AdExIF``, ``adex.ExpIF``, ``adex.LIF``, the Ref models) fix the model
@@ -98,7 +99,9 @@ class SpikingNeuron(nn.Module):
 
     The state is one block ``[C, *state_shape]``: V (mV), then w (mA, AdEx models), then the
     last-spike time (ms, Ref models); ``V``, ``w`` and ``last_spike_time`` are views of it,
-    assignable.
+    assignable. Each parameter is an attribute (``layer.tau``: a tensor in its canonical
+    unit; assigning one converts, validates and re-packs it, see
+    :class:`adex.param_attrs.ParamAttributes`).
 
     Attributes:
         has_w: the model has the adaptation current w (AdEx models).
@@ -235,7 +238,7 @@ class SpikingNeuron(nn.Module):
         values = dict(self._scalar_params)
         for key in PARAM_KINDS:
             if key not in values:
-                values[key] = getattr(self, key)
+                values[key] = self._parameters.get(key, self._buffers.get(key))
         return values
 
     def _repack(self) -> None:
@@ -279,7 +282,7 @@ class SpikingNeuron(nn.Module):
         super()._apply(fn, recurse)
         device = self._packed.device
         for key, value in kept.items():
-            setattr(self, key, value.to(device))
+            self._buffers[key] = value.to(device)
         self._repack()
         if self._rt.state is not None:
             self._rt.state = self._rt.state.to(device)
