@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from adex.params import AdExParams, PackedParams
-from adex.reference import reference_scan
+from adex.reference_op import reference_backend
 from adex.spec import BACKENDS, FLOAT_DTYPES, KERNEL_DTYPES, ScanOutput, ScanSpec, spec_for_call
 from adex.surrogate import ReluGrad, Surrogate
 
@@ -21,9 +21,10 @@ try:
 except ImportError:  # no Triton on this platform (resolve_backend says so when asked)
     fused_scan = None
 
-SCAN_BACKENDS = {"triton": fused_scan, "reference": reference_scan}
+SCAN_BACKENDS = {"triton": fused_scan, "reference": reference_backend}
 """The backends' scans, with one signature ``(x, state0, params, spec, *, t0_step, packed)``
-and one result (``adex.fused.ScanOutput``)."""
+and one result (``adex.fused.ScanOutput``); the reference goes through a custom op while
+``torch.compile`` traces (``adex.reference_op``)."""
 
 
 class ScanResult(NamedTuple):

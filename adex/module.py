@@ -269,13 +269,19 @@ class SpikingNeuron(ParamAttributes):
         if not self.learnable:
             return base, None
         learnable = tuple(self._parameters[k] for k in self.learnable)
+        compiling = torch.compiler.is_compiling()
+        # traced, the buffers themselves: torch.compile keeps module buffers' shapes static
+        # (plain tensor attributes get symbolic sizes, equated with any equal input size)
+        base, learn_rows = (
+            (self._packed, self._learn_rows) if compiling else (base, self._rt.learn_rows)
+        )
         with torch.no_grad():
             rows = learnable_rows(learnable, base.shape[1])
-            values = base.index_copy(0, self._rt.learn_rows, rows)
+            values = base.index_copy(0, learn_rows, rows)
             violations = None
-            if not torch.compiler.is_compiling():
+            if not compiling:
                 violations = learnable_violations(rows, values, self._rt.checks)
-        return PackedParams(values, self._rt.learn_rows, learnable), violations
+        return PackedParams(values, learn_rows, learnable), violations
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
@@ -362,11 +368,16 @@ class SpikingNeuron(ParamAttributes):
         device = self._rt.packed_device if device is None else torch.device(device)
         constants = self._init_constants
         if constants is not None:  # one small copy, no initializer calls
+            # the rows are cached per (dtype, device, rank), not while torch.compile traces
+            # (a cache filled by the trace fails its guard at the next call: a recompile)
+            compiling = torch.compiler.is_compiling()
             key = (dtype, device, len(shape))
-            values = self._rt.init_values.get(key)
+            values = None if compiling else self._rt.init_values.get(key)
             if values is None:
                 values = torch.tensor(constants, dtype=dtype, device=device)
-                values = self._rt.init_values[key] = values.view(-1, *([1] * len(shape)))
+                values = values.view(-1, *([1] * len(shape)))
+                if not compiling:
+                    self._rt.init_values[key] = values
             self._rt.state = values.expand(len(constants), *shape).contiguous()
         else:
             rows = [make_state(init, shape, kind, name, dtype, device) for (init, _), kind, name
@@ -376,7 +387,9 @@ class SpikingNeuron(ParamAttributes):
                 rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
             self._rt.state = torch.stack(rows)
         self._rt.loose = None
-        self._rt.trusted = self._state_versions() if self._init_trusted else None
+        # (version counters cannot be read while torch.compile traces: checked eagerly)
+        trusted = self._init_trusted and not torch.compiler.is_compiling()
+        self._rt.trusted = self._state_versions() if trusted else None
         self._rt.t_step = 0
 
     def reset_state(

@@ -314,10 +314,13 @@ def _minus(a: ParamValue, b: ParamValue) -> ParamValue:
 
 
 def _require(value: ParamValue, ok, name: str, expected: str) -> None:
+    # a compiled graph cannot branch on tensor values (data-dependent), nor on floats that
+    # torch.compile(dynamic=True) made symbolic; the values were checked eagerly
+    if torch.compiler.is_compiling():
+        return
     if isinstance(value, torch.Tensor):  # one host sync; the message only on failure
         value = value.detach()
-        # meta tensors have no values; a compiled graph cannot branch on them (data-dependent)
-        if value.device.type == "meta" or torch.compiler.is_compiling():
+        if value.device.type == "meta":  # meta tensors have no values
             return
         if bool(ok(value).all()):
             return
