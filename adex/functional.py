@@ -66,7 +66,11 @@ def _backend_for(backend: str, x: Tensor) -> str:
         return "triton" if x.is_cuda and x.dtype in KERNEL_DTYPES else "reference"
     if backend == "triton":
         if fused_scan is None:
-            raise RuntimeError("backend='triton' needs the triton package, which is missing")
+            raise RuntimeError(
+                "backend='triton' needs the triton package, which is not installed: "
+                "`pip install triton` (torch's CUDA wheels bring it), or use "
+                "backend='reference' (or 'auto', which picks it on CPU)"
+            )
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(
                 f"the fused kernels take float32/bfloat16/float16 input, got {x.dtype}; "
