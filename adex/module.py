@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -37,6 +38,23 @@ class StateSequence(NamedTuple):
     spikes: Tensor
     V: Tensor
     w: Tensor | None
+
+
+def _warn_coarse_dt(dt: float, params: AdExParams, has_w: bool, stacklevel: int) -> None:
+    """Warn when ``dt`` exceeds the shortest time constant (tau, and tau_w for models with
+    w): exponential Euler stays stable there, but a step then skips the dynamics the time
+    constant describes (V relaxes most of the way to its fixed point in one step)."""
+    taus = [("tau", params.tau)] + ([("tau_w", params.tau_w)] if has_w else [])
+    for name, tau in taus:
+        shortest = float(tau.min()) if isinstance(tau, Tensor) else tau
+        if dt > shortest:
+            warnings.warn(
+                f"dt = {dt:g} ms is longer than {name} = {shortest:g} ms: the exponential-Euler "
+                "step stays stable, but one step spans more than the time constant",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+            return
 
 
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
@@ -117,7 +135,6 @@ class SpikingNeuron(ParamAttributes):
 
     spk_fun = _spec_setting("surrogate", "Surrogate spike function (``adex.surrogate``).")
     spk_reset = _spec_setting("spk_reset", "'soft' or 'hard' reset.")
-    dt = _spec_setting("dt", "Time step (ms); assignable as a quantity.", _to_ms("dt"))
     backend = _spec_setting("backend", "'auto', 'triton' or 'reference'.")
     check_finite = _spec_setting("check_finite", "Reject NaN/inf inputs and states.")
     detach_reset = _spec_setting("detach_reset", "No gradient through the reset spike.")
@@ -168,6 +185,7 @@ class SpikingNeuron(ParamAttributes):
         self.V_initializer = V_initializer
         self.w_initializer = w_initializer
         self._init_learnable(params, learnable)
+        _warn_coarse_dt(self._spec.dt, params, self.has_w, stacklevel=4)  # the user's line
 
     def _init_learnable(self, params: AdExParams, learnable: Any) -> None:
         learnable = (learnable,) if isinstance(learnable, str) else tuple(learnable)
@@ -208,6 +226,17 @@ class SpikingNeuron(ParamAttributes):
         self._spec = dataclasses.replace(self._spec, **changes)
         states = self._spec.checkpoint_every is None
         self._spec_states = self._spec.with_return_states(True) if states else None
+
+    @property
+    def dt(self) -> float:
+        """Time step (ms); assignable as a quantity. A step longer than the shortest time
+        constant warns (see :func:`_warn_coarse_dt`)."""
+        return self._spec.dt
+
+    @dt.setter
+    def dt(self, value: Any) -> None:
+        self._set_spec(dt=to_canonical(value, "time", "dt"))
+        _warn_coarse_dt(self._spec.dt, self._params_cache, self.has_w, stacklevel=5)
 
     @property
     def batch_first(self) -> bool:
@@ -523,8 +552,9 @@ class SpikingNeuron(ParamAttributes):
         if not isinstance(x, Tensor):
             x = to_canonical(x, "current", "x")
             if isinstance(x, int | float | np.ndarray) and not isinstance(x, bool):
-                x = torch.as_tensor(x, device=device)
-                x = x.to(torch.float32) if x.dtype == torch.float64 else x
+                x = torch.as_tensor(x, device=device)  # numbers and arrays: float32 (float64
+                if x.dtype == torch.float64 or not x.is_floating_point():  # only as a tensor)
+                    x = x.to(torch.float32)
             if not isinstance(x, Tensor):
                 raise TypeError(
                     f"x must be a torch.Tensor (mA) or a current quantity, got {type(x)}"

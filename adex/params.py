@@ -131,11 +131,12 @@ class AdExParams:
     def validate(self) -> None:
         """Raise ``ValueError`` where the model would be invalid.
 
-        Requires tau > 0, tau_w > 0, delta_T > 0 and V_th > V_reset (models that do not use
+        Requires R != 0, tau > 0, tau_w > 0, delta_T > 0 and V_th > V_reset (models that do not use
         tau_w or delta_T keep their valid defaults). Learnable parameters are checked again
         before every call, so an optimizer step that breaks a constraint raises here instead
         of producing NaN.
         """
+        _require(self.R, lambda v: v != 0, "R", "non-zero (with R = 0 the input has no effect)")
         _require(self.tau, lambda v: v > 0, "tau", "> 0 ms")
         _require(self.tau_w, lambda v: v > 0, "tau_w", "> 0 ms")
         _require(self.delta_T, lambda v: v > 0, "delta_T", "> 0 mV")
