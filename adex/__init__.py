@@ -12,6 +12,7 @@ from adex.models import LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.reference import adex_scan_reference, adex_step_reference
+from adex.state import detach_state, init_state, reset_state
 from adex.units import u
 
 try:  # registers the adex::scan_fwd / adex::scan_bwd custom ops
@@ -39,8 +40,11 @@ __all__ = [
     "adex_scan",
     "adex_scan_reference",
     "adex_step_reference",
+    "detach_state",
     "init",
+    "init_state",
     "presets",
+    "reset_state",
     "surrogate",
     "u",
 ]

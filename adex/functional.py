@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from adex.params import AdExParams, PackedParams
-from adex.reference import reference_scan
+from adex.reference_op import reference_backend
 from adex.spec import BACKENDS, FLOAT_DTYPES, KERNEL_DTYPES, ScanOutput, ScanSpec, spec_for_call
 from adex.surrogate import ReluGrad, Surrogate
 
@@ -28,9 +28,10 @@ except ImportError:  # no numba on this platform: 'auto' falls back to the refer
 CPU_DTYPES = (torch.float32, torch.float64)
 """The dtypes that ``backend='auto'`` runs on the fused CPU kernels (CPU tensors)."""
 
-SCAN_BACKENDS = {"triton": fused_scan, "cpu": cpu_scan, "reference": reference_scan}
+SCAN_BACKENDS = {"triton": fused_scan, "cpu": cpu_scan, "reference": reference_backend}
 """The backends' scans, with one signature ``(x, state0, params, spec, *, t0_step, packed)``
-and one result (``adex.fused.ScanOutput``)."""
+and one result (``adex.fused.ScanOutput``); the reference goes through a custom op while
+``torch.compile`` traces (``adex.reference_op``)."""
 
 
 class ScanResult(NamedTuple):
@@ -86,7 +87,11 @@ def _backend_for(backend: str, x: Tensor) -> str:
             )
     if backend == "triton":
         if fused_scan is None:
-            raise RuntimeError("backend='triton' needs the triton package, which is missing")
+            raise RuntimeError(
+                "backend='triton' needs the triton package, which is not installed: "
+                "`pip install triton` (torch's CUDA wheels bring it), or use "
+                "backend='reference' (or 'auto', which picks it on CPU)"
+            )
         if x.dtype not in KERNEL_DTYPES:
             raise TypeError(
                 f"the fused kernels take float32/bfloat16/float16 input, got {x.dtype}; "

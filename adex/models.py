@@ -41,6 +41,10 @@ _COMMON_DOC = """
             ``torch.bool`` write 1 byte per neuron-step, for simulation without gradients.
         checkpoint_every: low-memory BPTT (int K): save the state every K steps instead of
             the per-step V and recompute inside the backward kernel; keeps the input alive.
+        batch_first: sequences (input, spikes, ``return_states``) are ``[batch, T, ...]``
+            instead of ``[T, batch, ...]`` (as ``torch.nn.RNN``); the outputs are transposed
+            views. The fused kernels read a contiguous ``[T, ...]`` input, so they copy a
+            batch-first one; the reference reads it through its strides.
 
     State API (BrainPy's): ``init_state(batch_size=None)`` / ``reset_state``, ``V`` (mV,
     pre-reset) and ``w`` (mA) readable and assignable, ``update(x)`` for one step,
@@ -95,13 +99,14 @@ class AdExIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
                          dt, backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
-                         checkpoint_every=checkpoint_every)  # fmt: skip
+                         checkpoint_every=checkpoint_every, batch_first=batch_first)  # fmt: skip
 
 
 class ExpIF(SpikingNeuron):
@@ -141,13 +146,14 @@ class ExpIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
-                         checkpoint_every=checkpoint_every)  # fmt: skip
+                         checkpoint_every=checkpoint_every, batch_first=batch_first)  # fmt: skip
 
 
 class LIF(SpikingNeuron):
@@ -183,12 +189,13 @@ class LIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest)
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
-                         checkpoint_every=checkpoint_every)  # fmt: skip
+                         checkpoint_every=checkpoint_every, batch_first=batch_first)  # fmt: skip
 
 
 _REF_DOC = """
@@ -238,12 +245,14 @@ class AdExIFRef(AdExIF):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
-                               tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
+                               tau_ref, learnable, spike_dtype, checkpoint_every,
+                               batch_first)  # fmt: skip
 
 
 class ExpIFRef(ExpIF):
@@ -278,12 +287,14 @@ class ExpIFRef(ExpIF):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
         SpikingNeuron.__init__(self, in_size, params, V_initializer, None, spk_fun, spk_reset,
                                dt, backend, name, check_finite, detach_reset,
-                               tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
+                               tau_ref, learnable, spike_dtype, checkpoint_every,
+                               batch_first)  # fmt: skip
 
 
 class AdLIF(SpikingNeuron):

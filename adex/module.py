@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from adex.functional import ExtraCheckError, run_scan, stack_state, state_dtype
 from adex.init import Constant, make_state, resolve_initializer
+from adex.param_attrs import ParamAttributes
 from adex.params import (
     PACKED_ROWS,
     PARAM_KINDS,
@@ -36,6 +38,23 @@ class StateSequence(NamedTuple):
     spikes: Tensor
     V: Tensor
     w: Tensor | None
+
+
+def _warn_coarse_dt(dt: float, params: AdExParams, has_w: bool, stacklevel: int) -> None:
+    """Warn when ``dt`` exceeds the shortest time constant (tau, and tau_w for models with
+    w): exponential Euler stays stable there, but a step then skips the dynamics the time
+    constant describes (V relaxes most of the way to its fixed point in one step)."""
+    taus = [("tau", params.tau)] + ([("tau_w", params.tau_w)] if has_w else [])
+    for name, tau in taus:
+        shortest = float(tau.min()) if isinstance(tau, Tensor) else tau
+        if dt > shortest:
+            warnings.warn(
+                f"dt = {dt:g} ms is longer than {name} = {shortest:g} ms: the exponential-Euler "
+                "step stays stable, but one step spans more than the time constant",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+            return
 
 
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
@@ -90,7 +109,7 @@ def _to_ms(name: str):
     return convert
 
 
-class SpikingNeuron(nn.Module):
+class SpikingNeuron(ParamAttributes):
     """Base of the AdEx family: parameters in canonical units, state, single- and multi-step
     dynamics through the validated :class:`adex.spec.ScanSpec` built at construction.
     Subclasses (``adex.AdExIF``, ``adex.ExpIF``, ``adex.LIF``, the Ref models) fix the model
@@ -98,7 +117,9 @@ class SpikingNeuron(nn.Module):
 
     The state is one block ``[C, *state_shape]``: V (mV), then w (mA, AdEx models), then the
     last-spike time (ms, Ref models); ``V``, ``w`` and ``last_spike_time`` are views of it,
-    assignable.
+    assignable. Each parameter is an attribute (``layer.tau``: a tensor in its canonical
+    unit; assigning one converts, validates and re-packs it, see
+    :class:`adex.param_attrs.ParamAttributes`).
 
     Attributes:
         has_w: the model has the adaptation current w (AdEx models).
@@ -114,7 +135,6 @@ class SpikingNeuron(nn.Module):
 
     spk_fun = _spec_setting("surrogate", "Surrogate spike function (``adex.surrogate``).")
     spk_reset = _spec_setting("spk_reset", "'soft' or 'hard' reset.")
-    dt = _spec_setting("dt", "Time step (ms); assignable as a quantity.", _to_ms("dt"))
     backend = _spec_setting("backend", "'auto', 'triton', 'cpu' or 'reference'.")
     check_finite = _spec_setting("check_finite", "Reject NaN/inf inputs and states.")
     detach_reset = _spec_setting("detach_reset", "No gradient through the reset spike.")
@@ -139,6 +159,7 @@ class SpikingNeuron(nn.Module):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         super().__init__()
         self._rt = _RunState()  # per-call state: plain attributes, no nn.Module __setattr__
@@ -159,10 +180,12 @@ class SpikingNeuron(nn.Module):
             self._spec.with_return_states(True) if checkpoint_every is None else None
         )
         self.name = name
+        self.batch_first = batch_first
         self._inits: list = [None] * (1 + self.has_w)
         self.V_initializer = V_initializer
         self.w_initializer = w_initializer
         self._init_learnable(params, learnable)
+        _warn_coarse_dt(self._spec.dt, params, self.has_w, stacklevel=4)  # the user's line
 
     def _init_learnable(self, params: AdExParams, learnable: Any) -> None:
         learnable = (learnable,) if isinstance(learnable, str) else tuple(learnable)
@@ -204,6 +227,30 @@ class SpikingNeuron(nn.Module):
         states = self._spec.checkpoint_every is None
         self._spec_states = self._spec.with_return_states(True) if states else None
 
+    @property
+    def dt(self) -> float:
+        """Time step (ms); assignable as a quantity. A step longer than the shortest time
+        constant warns (see :func:`_warn_coarse_dt`)."""
+        return self._spec.dt
+
+    @dt.setter
+    def dt(self, value: Any) -> None:
+        self._set_spec(dt=to_canonical(value, "time", "dt"))
+        _warn_coarse_dt(self._spec.dt, self._params_cache, self.has_w, stacklevel=5)
+
+    @property
+    def batch_first(self) -> bool:
+        """Sequences (the input, spikes and ``return_states``) are ``[batch, T, ...]``
+        instead of ``[T, batch, ...]``, as ``torch.nn.RNN``'s option; an unbatched state
+        (``init_state()`` without a batch size) takes ``[T, *in_size]`` either way."""
+        return self._batch_first
+
+    @batch_first.setter
+    def batch_first(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"batch_first must be True or False, got {value!r}")
+        self._batch_first = value
+
     # -- parameters --------------------------------------------------------------------------
 
     @property
@@ -220,7 +267,7 @@ class SpikingNeuron(nn.Module):
         values = dict(self._scalar_params)
         for key in PARAM_KINDS:
             if key not in values:
-                values[key] = getattr(self, key)
+                values[key] = self._parameters.get(key, self._buffers.get(key))
         return values
 
     def _repack(self) -> None:
@@ -251,20 +298,26 @@ class SpikingNeuron(nn.Module):
         if not self.learnable:
             return base, None
         learnable = tuple(self._parameters[k] for k in self.learnable)
+        compiling = torch.compiler.is_compiling()
+        # traced, the buffers themselves: torch.compile keeps module buffers' shapes static
+        # (plain tensor attributes get symbolic sizes, equated with any equal input size)
+        base, learn_rows = (
+            (self._packed, self._learn_rows) if compiling else (base, self._rt.learn_rows)
+        )
         with torch.no_grad():
             rows = learnable_rows(learnable, base.shape[1])
-            values = base.index_copy(0, self._rt.learn_rows, rows)
+            values = base.index_copy(0, learn_rows, rows)
             violations = None
-            if not torch.compiler.is_compiling():
+            if not compiling:
                 violations = learnable_violations(rows, values, self._rt.checks)
-        return PackedParams(values, self._rt.learn_rows, learnable), violations
+        return PackedParams(values, learn_rows, learnable), violations
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
         super()._apply(fn, recurse)
         device = self._packed.device
         for key, value in kept.items():
-            setattr(self, key, value.to(device))
+            self._buffers[key] = value.to(device)
         self._repack()
         if self._rt.state is not None:
             self._rt.state = self._rt.state.to(device)
@@ -344,11 +397,16 @@ class SpikingNeuron(nn.Module):
         device = self._rt.packed_device if device is None else torch.device(device)
         constants = self._init_constants
         if constants is not None:  # one small copy, no initializer calls
+            # the rows are cached per (dtype, device, rank), not while torch.compile traces
+            # (a cache filled by the trace fails its guard at the next call: a recompile)
+            compiling = torch.compiler.is_compiling()
             key = (dtype, device, len(shape))
-            values = self._rt.init_values.get(key)
+            values = None if compiling else self._rt.init_values.get(key)
             if values is None:
                 values = torch.tensor(constants, dtype=dtype, device=device)
-                values = self._rt.init_values[key] = values.view(-1, *([1] * len(shape)))
+                values = values.view(-1, *([1] * len(shape)))
+                if not compiling:
+                    self._rt.init_values[key] = values
             self._rt.state = values.expand(len(constants), *shape).contiguous()
         else:
             rows = [make_state(init, shape, kind, name, dtype, device) for (init, _), kind, name
@@ -358,7 +416,9 @@ class SpikingNeuron(nn.Module):
                 rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
             self._rt.state = torch.stack(rows)
         self._rt.loose = None
-        self._rt.trusted = self._state_versions() if self._init_trusted else None
+        # (version counters cannot be read while torch.compile traces: checked eagerly)
+        trusted = self._init_trusted and not torch.compiler.is_compiling()
+        self._rt.trusted = self._state_versions() if trusted else None
         self._rt.t_step = 0
 
     def reset_state(
@@ -369,6 +429,17 @@ class SpikingNeuron(nn.Module):
     ) -> None:
         """Refill the states from the initializers (same as :meth:`init_state`)."""
         self.init_state(batch_size, device=device, dtype=dtype)
+
+    def detach_state(self) -> None:
+        """Cut the state (V, w, last-spike time) out of the autograd graph, keeping its
+        values and the clock: truncated BPTT calls it between chunks, so that the next
+        chunk's ``backward()`` stops at the chunk boundary. A layer without a state is left
+        as it is."""
+        rt = self._rt
+        if rt.state is not None:
+            rt.state = rt.state.detach()  # same storage and version counter: still trusted
+        if rt.loose is not None:
+            rt.loose = [None if r is None else r.detach() for r in rt.loose]
 
     def _checked_state(self, value: Any, kind: str, name: str) -> Tensor:
         value = to_canonical(value, kind, name)
@@ -481,8 +552,9 @@ class SpikingNeuron(nn.Module):
         if not isinstance(x, Tensor):
             x = to_canonical(x, "current", "x")
             if isinstance(x, int | float | np.ndarray) and not isinstance(x, bool):
-                x = torch.as_tensor(x, device=device)
-                x = x.to(torch.float32) if x.dtype == torch.float64 else x
+                x = torch.as_tensor(x, device=device)  # numbers and arrays: float32 (float64
+                if x.dtype == torch.float64 or not x.is_floating_point():  # only as a tensor)
+                    x = x.to(torch.float32)
             if not isinstance(x, Tensor):
                 raise TypeError(
                     f"x must be a torch.Tensor (mA) or a current quantity, got {type(x)}"
@@ -501,8 +573,20 @@ class SpikingNeuron(nn.Module):
             raise ValueError(
                 f"x has shape {tuple(x.shape)}; expected {target} (state shape "
                 f"{state_shape}, from init_state) or a shape that broadcasts to it"
+                + self._layout_hint(x, state_shape, leading)
             )
         return x.expand(target)
+
+    def _layout_hint(self, x: Tensor, state_shape: tuple[int, ...],
+                     leading: tuple[int, ...]) -> str:  # fmt: skip
+        """A hint for a sequence given in the other layout (batch and time swapped)."""
+        if not leading or len(state_shape) == len(self.in_size) or x.dim() < 2:
+            return ""
+        if self.batch_first:  # x was transposed to [T, batch, ...] here
+            return "; batch_first=True: the input is [batch, T, ...]"
+        if x.shape[0] == state_shape[0]:
+            return "; the input is [T, batch, ...]: for batch-first data use batch_first=True"
+        return ""
 
     def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool):
         device = x.device
@@ -558,9 +642,11 @@ class SpikingNeuron(nn.Module):
         return self._run(x.unsqueeze(0), state, False, trusted).spikes[0]
 
     def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
-        """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA) in one fused scan.
+        """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA; ``[batch, T, *in_size]``
+        with ``batch_first=True``) in one fused scan.
 
-        Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``), or with
+        Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``;
+        batch-first: ``[batch, T, *in_size]``, a transposed view), or with
         ``return_states=True`` a :class:`StateSequence` with the per-step V and w, all
         differentiable. The final state is left in ``V`` and ``w`` (differentiable too:
         consecutive calls give truncated BPTT).
@@ -578,17 +664,24 @@ class SpikingNeuron(nn.Module):
                     f"x_seq must be a tensor (or current quantity) shaped [T, *state], got "
                     f"{type(x_seq).__name__}"
                 )
-        if x_seq.dim() != len(state_shape) + 1 or x_seq.shape[0] == 0:
+        # batch-first: a [T, batch, ...] view; the outputs are transposed back as views
+        batch_first = self._batch_first and len(state_shape) > len(self.in_size)
+        if x_seq.dim() != len(state_shape) + 1 or x_seq.shape[int(batch_first)] == 0:
+            layout = "[batch, T, *in_size]" if batch_first else "[T, *state_shape]"
             raise ValueError(
-                f"x_seq must be [T, *state_shape] = [T, {', '.join(map(str, state_shape))}] "
-                f"with T >= 1, got shape {tuple(x_seq.shape)} (a missing time axis? use "
-                "update() for one step)"
+                f"x_seq must be {layout} for the state shape {state_shape} with T >= 1, got "
+                f"shape {tuple(x_seq.shape)} (a missing time axis? use update() for one step)"
             )
+        if batch_first:
+            x_seq = x_seq.transpose(0, 1)
         x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
         out = self._run(x_seq, state, return_states, trusted)
         if return_states:
+            if batch_first:
+                return StateSequence(*(None if t is None else t.transpose(0, 1)
+                                       for t in (out.spikes, out.v_seq, out.w_seq)))  # fmt: skip
             return StateSequence(out.spikes, out.v_seq, out.w_seq)
-        return out.spikes
+        return out.spikes.transpose(0, 1) if batch_first else out.spikes
 
     def get_spike(self, V: Tensor | None = None) -> Tensor:
         """``H((V - V_th)/(V_th - V_reset))`` with the surrogate gradient (default: the stored

@@ -131,11 +131,12 @@ class AdExParams:
     def validate(self) -> None:
         """Raise ``ValueError`` where the model would be invalid.
 
-        Requires tau > 0, tau_w > 0, delta_T > 0 and V_th > V_reset (models that do not use
+        Requires R != 0, tau > 0, tau_w > 0, delta_T > 0 and V_th > V_reset (models that do not use
         tau_w or delta_T keep their valid defaults). Learnable parameters are checked again
         before every call, so an optimizer step that breaks a constraint raises here instead
         of producing NaN.
         """
+        _require(self.R, lambda v: v != 0, "R", "non-zero (with R = 0 the input has no effect)")
         _require(self.tau, lambda v: v > 0, "tau", "> 0 ms")
         _require(self.tau_w, lambda v: v > 0, "tau_w", "> 0 ms")
         _require(self.delta_T, lambda v: v > 0, "delta_T", "> 0 mV")
@@ -316,10 +317,13 @@ def _minus(a: ParamValue, b: ParamValue) -> ParamValue:
 
 
 def _require(value: ParamValue, ok, name: str, expected: str) -> None:
+    # a compiled graph cannot branch on tensor values (data-dependent), nor on floats that
+    # torch.compile(dynamic=True) made symbolic; the values were checked eagerly
+    if torch.compiler.is_compiling():
+        return
     if isinstance(value, torch.Tensor):  # one host sync; the message only on failure
         value = value.detach()
-        # meta tensors have no values; a compiled graph cannot branch on them (data-dependent)
-        if value.device.type == "meta" or torch.compiler.is_compiling():
+        if value.device.type == "meta":  # meta tensors have no values
             return
         if bool(ok(value).all()):
             return

@@ -10,6 +10,7 @@ hyper-parameters that the fused backward kernel evaluates with the same formula
 from __future__ import annotations
 
 import math
+import numbers
 from typing import ClassVar
 
 import torch
@@ -69,6 +70,9 @@ class Surrogate:
 
     kind: ClassVar[int]
     param_names: ClassVar[tuple[str, ...]]
+    nonnegative: ClassVar[tuple[str, ...]] = ()
+    """Hyper-parameters that may be 0; every other one must be > 0 (a negative scale or
+    width flips or breaks the gradient), and all finite real numbers."""
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         return _Heaviside.apply(u, self)
@@ -95,6 +99,9 @@ class Surrogate:
                 f"{type(self).__name__}.{name} is fixed at construction; build a new "
                 f"surrogate (e.g. layer.spk_fun = {type(self).__name__}({name}=...))"
             )
+        if name in type(self).param_names:
+            value = _checked_hyper(type(self).__name__, name, value,
+                                   name in type(self).nonnegative)  # fmt: skip
         object.__setattr__(self, name, value)
 
     def __eq__(self, other: object) -> bool:
@@ -102,6 +109,16 @@ class Surrogate:
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.params))
+
+
+def _checked_hyper(cls: str, name: str, value: object, zero_ok: bool) -> float | int:
+    """A surrogate hyper-parameter: a finite real number, > 0 (or >= 0 where ``zero_ok``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{cls}: {name} must be a real number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{cls}: {name} must be finite and {bound}, got {value!r}")
+    return value
 
 
 class ReluGrad(Surrogate):
@@ -254,6 +271,7 @@ class PiecewiseLeakyRelu(Surrogate):
 
     kind = 11
     param_names = ("c", "w")
+    nonnegative = ("c",)
 
     def __init__(self, c: float = 0.01, w: float = 1.0):
         self.c, self.w = c, w
@@ -269,6 +287,7 @@ class LeakyRelu(Surrogate):
 
     kind = 12
     param_names = ("alpha", "beta")
+    nonnegative = ("alpha", "beta")
 
     def __init__(self, alpha: float = 0.1, beta: float = 1.0):
         self.alpha, self.beta = alpha, beta
@@ -282,6 +301,7 @@ class LogTailedRelu(Surrogate):
 
     kind = 13
     param_names = ("alpha",)
+    nonnegative = ("alpha",)
 
     def __init__(self, alpha: float = 0.0):
         self.alpha = alpha

@@ -7,6 +7,7 @@ equations: voltage mV, time ms, current mA, resistance ohm, conductance S
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -30,16 +31,35 @@ CANONICAL = {
 """Physical kind -> (canonical unit, pint dimensionality)."""
 
 
+SAIUNIT_PACKAGES = ("saiunit", "brainunit")
+"""Packages of BrainPy's own quantities (same API; ``brainunit`` is the earlier name), read
+by duck typing: adex never imports them, it uses the one the value's type comes from."""
+
+_SAIUNIT_NAMES = {"mV": "mV", "ms": "ms", "mA": "mA", "ohm": "ohm", "S": "siemens"}
+"""Canonical unit -> its name in saiunit."""
+
+
+def _saiunit_of(value: Any):
+    """The (already imported) saiunit-like package of ``value``'s type, or None."""
+    root = type(value).__module__.partition(".")[0]
+    return sys.modules.get(root) if root in SAIUNIT_PACKAGES else None
+
+
 def is_quantity(value: Any) -> bool:
-    """True if ``value`` is a pint quantity (from any registry)."""
-    return isinstance(value, pint.Quantity)
+    """True if ``value`` is a pint quantity (from any registry) or a saiunit / brainunit
+    quantity."""
+    if isinstance(value, pint.Quantity):
+        return True
+    package = _saiunit_of(value)
+    return package is not None and isinstance(value, package.Quantity)
 
 
 def to_canonical(value: Any, kind: str, name: str) -> Any:
     """Strip the unit of ``value``, expressing it in the canonical unit of ``kind``.
 
     Args:
-        value: a pint quantity (scalar, NumPy array or torch tensor magnitude) or a plain
+        value: a pint or saiunit / brainunit quantity (scalar, NumPy array or torch tensor
+            magnitude; a bare unit means one of it) or a plain
             number / array / tensor, which is taken to be in the canonical unit already.
         kind: one of ``CANONICAL``'s keys ("voltage", "time", "current", "resistance",
             "conductance").
@@ -54,8 +74,9 @@ def to_canonical(value: Any, kind: str, name: str) -> Any:
     unit, dim = CANONICAL[kind]
     if isinstance(value, pint.Unit):  # a bare unit, e.g. ``adex.u.ms``, means one of it
         value = 1 * value
-    if not is_quantity(value):
-        return value
+    if not isinstance(value, pint.Quantity):
+        package = _saiunit_of(value)
+        return value if package is None else _from_saiunit(package, value, kind, name)
     if not value.check(dim):
         raise ValueError(
             f"{name} must be a {kind} quantity (convertible to {unit}), "
@@ -66,3 +87,30 @@ def to_canonical(value: Any, kind: str, name: str) -> Any:
     if isinstance(magnitude, torch.Tensor | np.ndarray):
         return magnitude * factor
     return float(magnitude) * factor
+
+
+def _from_saiunit(package: Any, value: Any, kind: str, name: str) -> Any:
+    """:func:`to_canonical` of a saiunit / brainunit quantity or bare unit (``package``:
+    the module its type comes from). Its mantissa may be a number, a NumPy array or a torch
+    tensor (kept, gradients included)."""
+    unit = CANONICAL[kind][0]
+    target = getattr(package, _SAIUNIT_NAMES[unit])
+    if isinstance(value, package.Unit):
+        value = package.Quantity(1.0, unit=value)
+    elif not isinstance(value, package.Quantity):
+        return value
+    if value.dim != target.dim:
+        raise ValueError(
+            f"{name} must be a {kind} quantity (convertible to {unit}), "
+            f"got {value.unit} ({value.dim})"
+        )
+    magnitude = value.to_decimal(target)
+    if isinstance(magnitude, torch.Tensor | np.ndarray):
+        return magnitude
+    try:
+        return float(magnitude)
+    except TypeError as err:
+        raise TypeError(
+            f"{name}: a {package.__name__} quantity must hold a number, a NumPy array or a "
+            f"torch tensor, got {type(magnitude).__name__}"
+        ) from err

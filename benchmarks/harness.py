@@ -235,8 +235,9 @@ def spikingjelly_factory(torch, smoke: bool):
 
 def import_modules(smoke: bool) -> SimpleNamespace | int:
     """torch, triton, adex and ``adex.kernels.launch`` (``SimpleNamespace``), imported in the
-    order the run needs, or the exit status when it cannot run: 0 without CUDA (one line
-    printed), 2 without pint or, under ``--interpret-smoke``, without the interpreter."""
+    order the run needs, or the exit status when it cannot run: 2 without CUDA (one line
+    printed, as ``adex bench``), without pint or, under ``--interpret-smoke``, without the
+    interpreter."""
     if smoke:
         # Triton reads it when the kernels are decorated: before adex is imported
         os.environ["TRITON_INTERPRET"] = "1"
@@ -244,7 +245,7 @@ def import_modules(smoke: bool) -> SimpleNamespace | int:
 
     if not smoke and not torch.cuda.is_available():
         print(NEEDS_CUDA)
-        return 0
+        return 2
     try:
         import pint  # noqa: F401  (adex imports it for its units)
     except ImportError:

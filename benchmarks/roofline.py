@@ -5,8 +5,9 @@ Usage (repository root)::
     python benchmarks/roofline.py [--quick] [--out benchmarks/results] [--budget-s 300]
     TRITON_INTERPRET=1 python benchmarks/roofline.py --interpret-smoke --out /tmp/bench_smoke
 
-Needs a CUDA GPU: without one it prints one line and exits 0. ``--interpret-smoke`` instead
-runs every step at tiny sizes on CPU through the Triton interpreter, to prove the script works;
+Needs a CUDA GPU: without one it prints one line and exits 2 (as ``adex bench``).
+``--interpret-smoke`` instead runs every step at tiny sizes on CPU through the Triton
+interpreter, to prove the script works (into a temporary folder unless ``--out`` is given);
 its numbers are NOT timings and are labelled so.
 
 Per workload ``(T, batch, neurons, dtype)`` it times, with ``triton.testing.do_bench``
@@ -60,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 
 try:
     from benchmarks import bytes_model, harness
@@ -72,7 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's options from ``argv`` (default ``sys.argv[1:]``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--out", default="benchmarks/results", help="output folder")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default benchmarks/results; a new temporary folder with "
+        "--interpret-smoke, whose figures are no timings)",
+    )
     ap.add_argument(
         "--budget-s",
         type=float,
@@ -100,7 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--stages", default="2,4", help="GPU_STAGES values of the W1/W3 sweep (comma-separated)"
     )
     ap.add_argument("--no-v2", action="store_true", help="skip the version 2 rows")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.out is None:
+        smoke = args.interpret_smoke
+        args.out = tempfile.mkdtemp(prefix="adex_smoke_") if smoke else "benchmarks/results"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
