@@ -1,6 +1,7 @@
 """adex: AdExIF spiking neurons for PyTorch with fused Triton forward/backward scans.
 
-Public API: the :class:`AdExIF` module, the functional :func:`adex_scan`, its per-step
+Public API: the :class:`AdExIF` module (and the family), the recurrent layer
+:class:`Recurrent`, the functional :func:`adex_scan`, its per-step
 PyTorch reference :func:`adex_scan_reference`, parameters :class:`AdExParams`, the unit
 registry ``u``, surrogate spike functions (``adex.surrogate``) and state initializers
 (``adex.init``).
@@ -11,6 +12,7 @@ from adex.functional import RefScanResult, ScanResult, adex_scan
 from adex.models import LIF, AdExIF, AdExIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
+from adex.recurrent import Recurrent
 from adex.reference import adex_scan_reference, adex_step_reference
 from adex.units import u
 
@@ -30,6 +32,7 @@ __all__ = [
     "AdExParams",
     "ExpIF",
     "ExpIFRef",
+    "Recurrent",
     "RefScanResult",
     "ScanResult",
     "SpikingNeuron",
