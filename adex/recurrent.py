@@ -71,8 +71,10 @@ class Recurrent(nn.Module):
         self.neuron = neuron
         n = neuron.in_size[0]
         scale = to_canonical(init_scale, "current", "init_scale")
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(
-            scale
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not math.isfinite(scale)
         ):
             raise ValueError(f"init_scale must be a finite current (mA), got {init_scale!r}")
         self.init_scale = float(scale)

@@ -29,7 +29,8 @@ figures). Larger layers run the per-step fallback loop."""
 
 def fused_recurrent_scan(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor,
                          params: AdExParams, spec: ScanSpec, *, t0_step: int = 0,
-                         packed: Tensor | PackedParams | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+                         packed: Tensor | PackedParams | None = None,
+                         ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The recurrent scan on the fused kernels (or their fallback, see the module doc).
 
     Args:
@@ -67,9 +68,7 @@ def fused_recurrent_scan(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor,
         param_grad = grad_on and any(p.requires_grad for p in learnable)
     else:
         param_grad = grad_on and values.requires_grad
-    needs_grad = param_grad or (
-        grad_on and any(t.requires_grad for t in (x3, s3, weight, state3))
-    )
+    needs_grad = param_grad or (grad_on and any(t.requires_grad for t in (x3, s3, weight, state3)))
     plan = spec.plan(needs_grad, param_grad)
     if needs_grad:
         spikes, state = RecurrentScan.apply(x3, s3, weight, state3, values, spec, plan,
