@@ -221,8 +221,8 @@ def test_fallback_above_the_size_limit(monkeypatch):
     loop = recurrent_fused.recurrent_step_loop
     monkeypatch.setattr(recurrent_fused, "recurrent_step_loop",
                         lambda *a, **k: calls.append(1) or loop(*a, **k))  # fmt: skip
-    assert_spiky(compare(make_layer("AdExIF", n, learnable=("b",)), make_x("AdExIF", 12, batch,
-                                                                              n), batch, "AdExIF"))  # fmt: skip
+    layer = make_layer("AdExIF", n, learnable=("b",))
+    assert_spiky(compare(layer, make_x("AdExIF", 12, batch, n), batch, "AdExIF"))
     assert calls, "the fallback did not run"
 
 
