@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params, surrogate_grad
-from adex.kernels.recurrent_fwd import recurrent_config, tile_offsets
+from adex.kernels.recurrent_fwd import BLOCK_K, recurrent_config
+from adex.kernels.recurrent_tile import tile_matmul, tile_offsets
 from adex.kernels.scan_bwd import _store_param_grads
 from adex.kernels.step import (
     load_flag_bit,
@@ -59,10 +60,10 @@ def _recurrent_bwd_kernel(
     RECOMPUTE: tl.constexpr,  # always False here (no checkpoint mode)
     HAS_GSPK: tl.constexpr, HAS_GSTATE: tl.constexpr,
     WRITE_GSTATE0: tl.constexpr, WRITE_GS0: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     M = tl.cast(B, tl.int64) * N
-    o_m, m, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
+    o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
     dt = tl.cast(dt, tl.float32)
     sg0 = tl.cast(sg0, tl.float32)
     sg1 = tl.cast(sg1, tl.float32)
@@ -74,8 +75,6 @@ def _recurrent_bwd_kernel(
     b_theta = b_vth - b_vreset
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
     b_dcw = -(dt / (b_tau_w * b_tau_w)) * (1.0 - b_cw)  # d c_w / d tau_w
-    m_nn = m_n[:, None] & m_n[None, :]
-    b_wgt = tl.load(weight_ptr + o_n[:, None] * N + o_n[None, :], mask=m_nn, other=0.0)
 
     b_lv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)  # adjoint of the stored V
     b_lw = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)  # adjoint of the stored w
@@ -123,10 +122,11 @@ def _recurrent_bwd_kernel(
         b_gx, b_lvr, b_lwr, b_big = step_adjoint(
             b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
         )
-        b_gx = tl.where(m, b_gx, 0.0)  # no padding lane enters the product
         tl.store(p_gc, b_gx, mask=m)
+        tl.debug_barrier()  # lambda_I(t) visible to the whole program
+        b_rec = tile_matmul(gcur_ptr + tl.cast(t, tl.int64) * M, weight_ptr, N, 1, o_b, B, N,
+                            BLOCK_B, BLOCK_N, BLOCK_K)  # lambda_I(t) @ weight  # fmt: skip
         p_gc -= M
-        b_rec = tl.dot(b_gx, b_wgt, input_precision="ieee")  # lambda_I(t) @ weight
         if PARAM_GRAD:
             if READ_W:
                 b_wprev = tl.where(m_prev, tl.load(p_wprev, mask=m_prev, other=0.0), b_w0)
@@ -214,6 +214,6 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
         gstate0_ptr=grad_state0, gs0_ptr=grad_s0, T=T, B=B, N=N, **plan.bwd_args,
         HAS_GSPK=grad_spikes is not None, HAS_GSTATE=grad_state is not None,
         WRITE_GSTATE0=want_state0, WRITE_GS0=want_s0,
-        BLOCK_B=block_b, BLOCK_N=block_n, num_warps=num_warps,
+        BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
     return RecurrentBackwardOutputs(grad_current, grad_state0, grad_s0, grad_par)

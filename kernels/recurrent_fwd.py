@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params
+from adex.kernels.recurrent_tile import tile_matmul, tile_offsets
 from adex.kernels.step import integrate_step, store_flag_bit
 
 # Bytes per neuron-step (fp32 input): read x (4), write the spike (4), write V (4) when a
@@ -28,23 +29,12 @@ from adex.kernels.step import integrate_step, store_flag_bit
 # (4 N^2 B), nothing per step for the recurrent part.
 
 
-@triton.jit
-def tile_offsets(pid, B, N, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Offsets and masks of a program's tile: ``(o_m [BLOCK_B, BLOCK_N] int64 element
-    offsets b * N + n, m [BLOCK_B, BLOCK_N] in-range mask, o_n [BLOCK_N], m_n [BLOCK_N])``."""
-    o_b = pid.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_n = tl.arange(0, BLOCK_N)
-    m_n = o_n < N
-    m = (o_b < B)[:, None] & m_n[None, :]
-    o_m = o_b[:, None] * N + o_n[None, :]
-    return o_m, m, o_n, m_n
-
-
 @triton.jit(do_not_specialize=["T", "k0"])
 def _recurrent_fwd_kernel(
     x_ptr,  # [T, B, N] input current (mA), fp32/bf16/fp16
     state0_ptr,  # [C, B, N] fp32 state before x[0]: V (mV), w (mA), last-spike time (ms)
-    s0_ptr,  # [B, N] fp32 spikes of the step before x[0] (0/1)
+    sbuf_ptr,  # [B, N] fp32 in/out: the spikes of the step before x[0] (0/1), then of
+    # each step in turn (the recurrent product reads them back in chunks)
     weight_ptr,  # [N, N] fp32 recurrent weight (mA per spike), weight[i, j]: j -> i
     par_ptr,  # [10, N] fp32 packed parameters
     spk_ptr,  # [T, B, N] out: spikes (float, uint8 or bool)
@@ -58,10 +48,10 @@ def _recurrent_fwd_kernel(
     HARD_RESET: tl.constexpr, HAS_W: tl.constexpr, HAS_EXP: tl.constexpr,
     HAS_REF: tl.constexpr,
     STORE_V: tl.constexpr, STORE_W: tl.constexpr, STORE_REF: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     M = tl.cast(B, tl.int64) * N  # elements per step
-    o_m, m, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
+    o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
     dt = tl.cast(dt, tl.float32)
     (b_R, b_tau, b_tau_w, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b) = load_params(
         par_ptr, o_n, m_n, N
@@ -70,9 +60,6 @@ def _recurrent_fwd_kernel(
     b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
     b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w  # = 1 - exp(-dt/tau_w)
     tau_ref = tl.cast(tau_ref, tl.float32)
-    # weight.T on chip: b_wt[j, i] = weight[i, j] (zero outside N x N)
-    m_nn = m_n[:, None] & m_n[None, :]
-    b_wt = tl.load(weight_ptr + o_n[None, :] * N + o_n[:, None], mask=m_nn, other=0.0)
 
     b_v = tl.load(state0_ptr + o_m, mask=m, other=0.0)
     b_w = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
@@ -81,7 +68,6 @@ def _recurrent_fwd_kernel(
     b_tlast = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     if HAS_REF:
         b_tlast = tl.load(state0_ptr + (1 + HAS_W) * M + o_m, mask=m, other=0.0)
-    b_s = tl.load(s0_ptr + o_m, mask=m, other=0.0)
     p_x = x_ptr + o_m
     p_s = spk_ptr + o_m
     if STORE_V:
@@ -93,7 +79,8 @@ def _recurrent_fwd_kernel(
     b_bits = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.int32)
     for i in tl.range(0, T):
         b_x = tl.load(p_x, mask=m, other=0.0).to(tl.float32)
-        b_x += tl.dot(b_s, b_wt, input_precision="ieee")  # s_{t-1} @ weight.T
+        # s_{t-1} @ weight.T: weight.T[k, n] = weight[n, k]
+        b_x += tile_matmul(sbuf_ptr, weight_ptr, 1, N, o_b, B, N, BLOCK_B, BLOCK_N, BLOCK_K)
         b_t = tl.cast(k0 + i, tl.float32) * dt
         b_v, b_w, b_tlast, b_ref = integrate_step(
             b_v, b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT,
@@ -102,6 +89,9 @@ def _recurrent_fwd_kernel(
         )  # fmt: skip
         b_s = tl.where(m & ((b_v - b_vth) / b_theta >= 0.0), 1.0, 0.0)  # 0 outside the tile
         tl.store(p_s, b_s.to(spk_ptr.dtype.element_ty), mask=m)
+        tl.debug_barrier()  # every thread has read s_{t-1}
+        tl.store(sbuf_ptr + o_m, b_s, mask=m)
+        tl.debug_barrier()  # s_t visible to the whole program
         if STORE_REF:
             b_bits, p_r = store_flag_bit(p_r, b_bits, b_ref, i, T - 1, M, m)
         if STORE_V:
@@ -117,6 +107,11 @@ def _recurrent_fwd_kernel(
         tl.store(state_ptr + M + o_m, b_w, mask=m)
     if HAS_REF:
         tl.store(state_ptr + (1 + HAS_W) * M + o_m, b_tlast, mask=m)
+
+
+BLOCK_K = 32
+"""Width of the chunks in which the recurrent product streams the weight (16 for N <= 16:
+``tl.dot`` needs 16 at least)."""
 
 
 class RecurrentForwardOutputs(NamedTuple):
@@ -181,12 +176,12 @@ def recurrent_scan_fwd(x: torch.Tensor, state0: torch.Tensor, s0: torch.Tensor,
     scalars = spec.kernel_scalars
     flags = plan.fwd_flags
     _recurrent_fwd_kernel[(programs,)](
-        x_ptr=x, state0_ptr=state0, s0_ptr=s0, weight_ptr=weight, par_ptr=packed_params,
+        x_ptr=x, state0_ptr=state0, sbuf_ptr=s0.clone(), weight_ptr=weight, par_ptr=packed_params,
         spk_ptr=spikes, state_ptr=state, vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits,
         T=T, B=B, N=N, dt=scalars["dt"], ceiling=scalars["ceiling"], k0=t0_step,
         tau_ref=scalars["tau_ref"], HARD_RESET=flags["HARD_RESET"], HAS_W=flags["HAS_W"],
         HAS_EXP=flags["HAS_EXP"], HAS_REF=flags["HAS_REF"], STORE_V=flags["STORE_V"],
         STORE_W=flags["STORE_W"], STORE_REF=flags["STORE_REF"],
-        BLOCK_B=block_b, BLOCK_N=block_n, num_warps=num_warps,
+        BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
     return RecurrentForwardOutputs(spikes, state, v_seq, w_seq, ref_bits)
