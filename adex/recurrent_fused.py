@@ -21,10 +21,11 @@ from adex.recurrent_reference import recurrent_step_loop
 from adex.spec import Plan, ScanSpec
 
 FUSED_MAX_NEURONS = 256
-"""Largest N that the fused recurrent kernels take: a program keeps the fp32 weight
-``[N, N]`` and its ``[16, N]`` batch tile on chip (at N = 256: 256 KiB of weight, kept by
-the compiler in registers and local memory; see ``benchmarks/NOTES.md`` for the static
-figures). Larger layers run the per-step fallback loop."""
+"""Largest N that the fused recurrent kernels take. A program holds a tile of 16 samples by
+``next_pow2(N)`` neurons in registers (the weight is streamed from L1/L2 in chunks, so the
+limit does not depend on its size or dtype): at N = 256 that is 8 elements per thread at
+16 warps, the most a 64K-register SM holds for the backward's state; the sm_90 static
+figures are in ``benchmarks/NOTES.md``. Larger layers run the per-step fallback loop."""
 
 
 def fused_recurrent_scan(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor,

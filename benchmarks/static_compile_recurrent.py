@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from static_compile import (  # noqa: E402
+from static_compile import (
     CEILING,
     DT,
     MODEL,

@@ -9,7 +9,8 @@ tile; the spike of step t gets the incoming spike gradient plus ``lambda_I(t+1) 
 the gradient of the total input current of each step (which is the gradient of x), and
 ``lambda_s(-1)``, the gradient of the carried spikes before the scan. The weight gradient
 ``sum_t lambda_I(t)^T s(t-1)`` is one matmul after the kernel (``adex.recurrent_fused``).
-The product is fp32 x fp32 with ``input_precision="ieee"`` (no tf32).
+The product reads ``lambda_I(t)`` back from its output rows in chunks against the weight
+(``kernels/recurrent_tile.py``), fp32 x fp32 with ``input_precision="ieee"`` (no tf32).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from adex.kernels.step import (
 from adex.params import ALL_PARAMS
 
 # Bytes per neuron-step (fp32): read V (4), read the spike gradient (4), write lambda_I (4),
-# as the feed-forward backward; the weight is read once per program.
+# as the feed-forward backward; on chip, lambda_I(t) read back and the weight (from L1/L2)
+# per program-step.
 
 
 @triton.jit(do_not_specialize=["T"])

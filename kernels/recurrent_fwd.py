@@ -1,13 +1,16 @@
 """Forward time scan of a recurrent layer: all T steps in one kernel, the recurrent input
-``s_{t-1} @ weight.T`` of each step computed on chip from the previous step's spikes.
+``s_{t-1} @ weight.T`` of each step computed by ``tl.dot`` from the previous step's spikes.
 
 A program holds ``BLOCK_B`` samples of the batch and all N neurons of each (a
-``[BLOCK_B, BLOCK_N]`` tile, ``BLOCK_N = next_pow2(N)``) and the weight ``[N, N]`` (loaded
-once, before the time loop). The step itself is the feed-forward kernels' device function
+``[BLOCK_B, BLOCK_N]`` tile, ``BLOCK_N = next_pow2(N)``; ``kernels/recurrent_tile.py``).
+The step itself is the feed-forward kernels' device function
 (``adex.kernels.step.integrate_step``) on the tile; parameters are per-neuron rows
-``[BLOCK_N]`` that broadcast over the batch rows.
+``[BLOCK_N]`` that broadcast over the batch rows. The spikes of each step are also written
+as fp32 to a ``[B, N]`` buffer, from which the next step's product reads them back in
+``BLOCK_K``-wide chunks, against the matching chunk of the weight (4 N^2 bytes, the same
+for every step and program: it stays in L1/L2); neither operand is held whole in registers.
 
-Precision: the spikes are exactly 0/1 and the weight is fp32; the product uses
+Precision: the spikes are exactly 0/1 and the weight fp32; the product uses
 ``tl.dot(..., input_precision="ieee")``: fp32 products and fp32 accumulation (no tf32), so
 the recurrent input equals an fp32 matmul up to the order of the additions.
 """
@@ -25,8 +28,9 @@ from adex.kernels.recurrent_tile import tile_matmul, tile_offsets
 from adex.kernels.step import integrate_step, store_flag_bit
 
 # Bytes per neuron-step (fp32 input): read x (4), write the spike (4), write V (4) when a
-# gradient is needed, as the feed-forward scan. The weight is read once per program
-# (4 N^2 B), nothing per step for the recurrent part.
+# gradient is needed, as the feed-forward scan; nothing is saved for the recurrent part.
+# On chip per step: the spike buffer written (4 B per neuron) and read back, and the weight
+# (4 N^2 B per program-step, from L1/L2).
 
 
 @triton.jit(do_not_specialize=["T", "k0"])
