@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         opts.T, opts.batch, opts.n, opts.no_compile = 4, 2, 16, True
     import torch
+    from harness import Bench
 
     import adex
-    from harness import Bench
 
     if not opts.smoke and not torch.cuda.is_available():
         print("recurrent_bench.py needs a CUDA GPU (use --smoke to check it on CPU)")
