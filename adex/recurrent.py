@@ -38,9 +38,9 @@ class Recurrent(nn.Module):
     (the recurrent input by ``tl.dot`` on the previous step's spikes, the weight streamed
     from L1/L2 in chunks, fp32 products and accumulation) and so is the backward, plus one
     matmul for the weight gradient; above ``adex.recurrent_fused.FUSED_MAX_NEURONS``
-    neurons, and while ``torch.compile`` traces, a per-step loop of the fused one-step
-    scan and a matmul runs instead, with the same results. ``backend='reference'`` is the literal step loop over
-    the reference step (the CPU path, float64 included). The checkpoint mode
+    neurons, and while ``torch.compile`` traces, a per-step loop of the fused one-step scan
+    and a matmul runs instead, with the same results. ``backend='reference'`` is the literal
+    step loop over the reference step (the CPU path, float64 included). The checkpoint mode
     (``checkpoint_every``) and ``return_states`` are not available on a recurrent layer.
 
     Args:
