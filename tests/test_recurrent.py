@@ -144,10 +144,11 @@ def test_learnable_parameters(model, learnable):
     assert_spiky(compare(layer, make_x(model, 20, batch, n), batch, model))
 
 
-@pytest.mark.parametrize("n, batch", [(1, 2), (16, 17), (33, 1)])
-def test_odd_sizes_and_batch_tiles(n, batch):
+@pytest.mark.parametrize("n, batch, T", [(1, 2, 30), (16, 17, 30), (33, 1, 30), (100, 2, 8),
+                                         (256, 1, 6)])  # fmt: skip
+def test_odd_sizes_and_batch_tiles(n, batch, T):
     layer = make_layer("AdExIF", n, scale=10.0)
-    assert_spiky(compare(layer, make_x("AdExIF", 30, batch, n), batch, "AdExIF"))
+    assert_spiky(compare(layer, make_x("AdExIF", T, batch, n), batch, "AdExIF"))
 
 
 def test_batch_split_over_programs():
