@@ -127,6 +127,12 @@ class Recurrent(nn.Module):
         """Same as :meth:`init_state`."""
         self.init_state(batch_size, device=device, dtype=dtype)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self._spikes is not None:  # the carried spikes follow the device, keep 0/1 dtype
+            self._spikes = self._spikes.to(self.weight.device)
+        return self
+
     def detach_state(self) -> None:
         """Cut the autograd graph of the carried state (the neuron's V, w and the carried
         spikes) from the calls before: truncated BPTT. The values are kept."""
