@@ -22,8 +22,8 @@ except ImportError:  # no Triton: the reference backend still works
 
 class Recurrent(nn.Module):
     """A recurrent layer: ``neuron`` (any family module with a 1-D ``in_size`` N: AdExIF,
-    AdExIFRef, ExpIF, ExpIFRef, LIF) whose spikes feed back through ``weight`` one step
-    later.
+    AdExIFRef, ExpIF, ExpIFRef, LIF, AdLIF, AdLIFRef) whose spikes feed back through
+    ``weight`` one step later.
 
     Over ``x`` ``[T, batch, N]`` (mA) the input current of step t is
     ``x_t + s_{t-1} @ weight.T``, where ``s_{-1}`` is the carried spike state (zeros after
