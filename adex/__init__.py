@@ -1,6 +1,7 @@
 """adex: AdExIF spiking neurons for PyTorch with fused Triton forward/backward scans.
 
-Public API: the :class:`AdExIF` module, the functional :func:`adex_scan`, its per-step
+Public API: the :class:`AdExIF` module (and the family), the recurrent layer
+:class:`Recurrent`, the functional :func:`adex_scan`, its per-step
 PyTorch reference :func:`adex_scan_reference`, parameters :class:`AdExParams`, the unit
 registry ``u``, surrogate spike functions (``adex.surrogate``) and state initializers
 (``adex.init``).
@@ -11,6 +12,7 @@ from adex.functional import RefScanResult, ScanResult, adex_scan
 from adex.models import LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
+from adex.recurrent import Recurrent
 from adex.reference import adex_scan_reference, adex_step_reference
 from adex.state import detach_state, init_state, reset_state
 from adex.units import u
@@ -33,6 +35,7 @@ __all__ = [
     "AdLIFRef",
     "ExpIF",
     "ExpIFRef",
+    "Recurrent",
     "RefScanResult",
     "ScanResult",
     "SpikingNeuron",

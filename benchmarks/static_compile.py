@@ -373,6 +373,12 @@ def _calls_out(body: list[tuple[int, str]], after: int | None) -> int:
 
 def inspect_config(kernel: Any, cfg: Config, capability: int) -> dict:
     args, kwargs = launch_args(kernel, cfg)
+    return inspect_launch(kernel, cfg.name, args, kwargs, capability)
+
+
+def inspect_launch(kernel: Any, name: str, args: tuple, kwargs: dict, capability: int) -> dict:
+    """Compile ``kernel`` for the launch ``(args, kwargs)`` and report its code (one table
+    row named ``name``)."""
     compiled, signature = compile_kernel(kernel, args, kwargs, GPUTarget("cuda", capability, 32))
     usage = ptxas_usage(compiled.asm["ptx"], capability)
     instrs = sass_instructions(compiled.asm["cubin"])
@@ -382,7 +388,7 @@ def inspect_config(kernel: Any, cfg: Config, capability: int) -> dict:
     ops = Counter(_opcode(t) for _, t in body)
     mufu = Counter(t.split("MUFU.")[1].split()[0] for _, t in body if "MUFU." in t)
     return dict(
-        config=cfg.name,
+        config=name,
         kernel=kernel.__name__,
         **usage,
         shared=compiled.metadata.shared,
