@@ -71,9 +71,12 @@ def test_fullgraph_default_backend_inductor():
 
 @pytest.mark.parametrize("model", [adex.AdExIF, adex.ExpIFRef, adex.LIF])
 def test_fullgraph_reference_matches_eager(model):
+    """The reference backend named: eager and compiled run the same reference scan, to
+    1e-6 (with 'auto', eager CPU calls take the fused CPU kernels, which agree with the
+    reference to float32 rounding only: the inductor test above)."""
     torch._dynamo.reset()
     torch.manual_seed(1)
-    net = Net(model=model).to(DEVICE)
+    net = Net(model=model, backend="reference").to(DEVICE)
     x = _x(15, seed=2)
     eager = _run(net, net, x)
     compiled_fn = torch.compile(net, fullgraph=True, backend="aot_eager")
@@ -101,7 +104,7 @@ def test_reference_options_under_compile():
     """return_states, checkpoint_every (the op recomputes the whole scan instead) and
     integer spikes without gradients."""
     torch._dynamo.reset()
-    layer = adex.AdExIF(5, dt=0.5, checkpoint_every=4, learnable=("a",))
+    layer = adex.AdExIF(5, dt=0.5, checkpoint_every=4, learnable=("a",), backend="reference")
     x = _x(9).repeat(1, 1, 2)[..., :5] * 2
 
     def fn(x):
@@ -117,7 +120,7 @@ def test_reference_options_under_compile():
     torch.testing.assert_close(comp_x.grad, grad_e)
     torch.testing.assert_close(layer.a.grad, grad_a)
 
-    states = adex.ExpIF(5, dt=0.5, spike_dtype=torch.uint8)
+    states = adex.ExpIF(5, dt=0.5, spike_dtype=torch.uint8, backend="reference")
 
     def sim(x):
         states.init_state(3)
