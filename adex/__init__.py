@@ -7,9 +7,9 @@ registry ``u``, surrogate spike functions (``adex.surrogate``) and state initial
 """
 
 from adex import init, presets, surrogate
-from adex.functional import RefScanResult, ScanResult, adex_scan
+from adex.functional import RefScanResult, ScanResult, SynScanResult, adex_scan
 from adex.models import LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
-from adex.module import SpikingNeuron, StateSequence
+from adex.module import SpikingNeuron, StateSequence, SynStateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.reference import adex_scan_reference, adex_step_reference
 from adex.units import u
@@ -36,6 +36,8 @@ __all__ = [
     "ScanResult",
     "SpikingNeuron",
     "StateSequence",
+    "SynScanResult",
+    "SynStateSequence",
     "adex_scan",
     "adex_scan_reference",
     "adex_step_reference",

@@ -51,6 +51,18 @@ class RefScanResult(NamedTuple):
     last_spike_time: Tensor
 
 
+class SynScanResult(NamedTuple):
+    """Output of :func:`adex_scan` with a synapse (``I0``): the fields of
+    :class:`ScanResult`, then ``I`` (the synaptic current, mA, shaped like ``V``) and
+    ``last_spike_time`` (``[*S]`` ms with ``tau_ref``, else None)."""
+
+    spikes: Tensor
+    V: Tensor
+    w: Tensor | None
+    I: Tensor
+    last_spike_time: Tensor | None
+
+
 def resolve_backend(backend: str, x: Tensor) -> str:
     """'triton' or 'reference' for ``backend`` ('auto', 'triton', 'reference') on ``x``;
     raises where it cannot run."""
@@ -168,6 +180,8 @@ def _check_finite(x: Tensor, state0: Tensor, spec: ScanSpec, check_state: bool,
             names += [("V0", state0[0])] + ([("w0", state0[spec.w_row])] if spec.has_w else [])
             if spec.has_ref:
                 names.append(("last_spike_time", state0[spec.t_row]))
+            if spec.has_syn:
+                names.append(("I0", state0[spec.i_row]))
         for name, t in names:
             if not bool(torch.isfinite(t.detach()).all()):
                 raise ValueError(f"{name} contains NaN or inf")
@@ -188,14 +202,16 @@ def _check_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.de
 
 
 def stack_state(V: Tensor, w: Tensor | None, last_spike_time: Tensor | None,
-                dtype: torch.dtype) -> Tensor:  # fmt: skip
-    """The state block ``[C, *S]`` in ``dtype``: V, then w and the last-spike time (not
-    differentiable) where given."""
+                dtype: torch.dtype, I: Tensor | None = None) -> Tensor:  # fmt: skip
+    """The state block ``[C, *S]`` in ``dtype``: V, then w, the last-spike time (not
+    differentiable) and the synaptic current I where given."""
     rows = [V.to(dtype)]
     if w is not None:
         rows.append(w.to(dtype))
     if last_spike_time is not None:
         rows.append(last_spike_time.detach().to(dtype))
+    if I is not None:
+        rows.append(I.to(dtype))
     return torch.stack(rows)
 
 
@@ -225,7 +241,8 @@ def adex_scan(
     packed_params: Tensor | None = None,
     spike_dtype: torch.dtype | None = None,
     checkpoint_every: int | None = None,
-) -> ScanResult | RefScanResult:
+    I0: Tensor | None = None,
+) -> ScanResult | RefScanResult | SynScanResult:
     """Simulate T steps of AdExIF (or ExpIF / LIF) neurons with BrainPy's semantics.
 
     The whole forward scan runs as one fused Triton kernel (``backend='triton'``) and so does
@@ -264,10 +281,15 @@ def adex_scan(
             ``x``, and recompute each K-step segment inside the backward kernel (on the
             reference backend: ``torch.utils.checkpoint`` per segment). Pays off when ``x``
             is kept alive anyway; cannot be combined with ``return_states``.
+        I0: ``[*S]`` synaptic current before ``x[0]`` (mA): the model then has a synapse,
+            ``tau_syn dI/dt = -I + x`` integrated exactly before each step, and the membrane
+            reads I where it would read x; ``params.tau_syn`` (ms, > 0) is required with it.
+            None: no synapse.
 
     Returns:
         :class:`ScanResult` ``(spikes, V, w)``, or with ``tau_ref`` a
-        :class:`RefScanResult` that adds ``last_spike_time``.
+        :class:`RefScanResult` that adds ``last_spike_time``, or with ``I0`` a
+        :class:`SynScanResult` ``(spikes, V, w, I, last_spike_time)``.
 
     Example:
         >>> import torch, adex
@@ -290,8 +312,13 @@ def adex_scan(
         surrogate=ReluGrad() if surrogate is None else surrogate, dt=dt,
         detach_reset=detach_reset, spike_dtype=spike_dtype, checkpoint_every=checkpoint_every,
         backend=backend, check_finite=check_finite, return_states=return_states,
+        has_syn=I0 is not None,
     )  # fmt: skip
     state_shape = tuple(x.shape[1:])
+    if (I0 is None) != (params.tau_syn is None):
+        raise ValueError("I0 (the synaptic current, mA) and params.tau_syn go together")
+    if I0 is not None:
+        I0 = _check_tensor("I0", I0, state_shape, x.device)
     V0 = _check_tensor("V0", V0, state_shape, x.device)
     if w0 is not None:
         w0 = _check_tensor("w0", w0, state_shape, x.device)
@@ -309,12 +336,16 @@ def adex_scan(
     if not compiling and (isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0):
         raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
     state0 = stack_state(V0, w0, last_spike_time if spec.has_ref else None,
-                         state_dtype(x.dtype, V0.dtype))  # fmt: skip
+                         state_dtype(x.dtype, V0.dtype), I0)  # fmt: skip
     out = run_scan(x, state0, params, spec, t0_step=t0_step, packed=packed_params)
     if return_states:
-        V, w = out.v_seq, out.w_seq
+        V, w, I = out.v_seq, out.w_seq, out.i_seq
     else:
         V, w = out.state[0], out.state[spec.w_row] if spec.has_w else None
+        I = out.state[spec.i_row] if spec.has_syn else None
+    t_last = out.state[spec.t_row].detach() if spec.has_ref else None
+    if spec.has_syn:
+        return SynScanResult(out.spikes, V, w, I, t_last)
     if spec.has_ref:
-        return RefScanResult(out.spikes, V, w, out.state[spec.t_row].detach())
+        return RefScanResult(out.spikes, V, w, t_last)
     return ScanResult(out.spikes, V, w)

@@ -40,6 +40,13 @@ _COMMON_DOC = """
             ``torch.bool`` write 1 byte per neuron-step, for simulation without gradients.
         checkpoint_every: low-memory BPTT (int K): save the state every K steps instead of
             the per-step V and recompute inside the backward kernel; keeps the input alive.
+        tau_syn: synaptic time constant (ms, > 0; scalar or per-neuron) of an optional
+            synaptic current ``I`` (mA): ``tau_syn dI/dt = -I + x``, integrated exactly with
+            x held over the step, ``I_t = I_{t-1} + (1 - exp(-dt/tau_syn)) (x_t - I_{t-1})``,
+            first in each step; the membrane then reads ``I_t`` where it would read ``x_t``.
+            ``I`` is state like ``V`` (0 after ``init_state``, readable, assignable, in
+            ``return_states``, differentiable); ``tau_syn`` may be learnable. Default None:
+            no synapse (the input drives the membrane directly).
 
     State API (BrainPy's): ``init_state(batch_size=None)`` / ``reset_state``, ``V`` (mV,
     pre-reset) and ``w`` (mA) readable and assignable, ``update(x)`` for one step,
@@ -94,9 +101,11 @@ class AdExIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
                          dt, backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
@@ -140,9 +149,11 @@ class ExpIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
@@ -182,8 +193,10 @@ class LIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest)
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
@@ -237,9 +250,11 @@ class AdExIFRef(AdExIF):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
                                tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
@@ -277,9 +292,11 @@ class ExpIFRef(ExpIF):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
+        params["tau_syn"] = tau_syn
         SpikingNeuron.__init__(self, in_size, params, V_initializer, None, spk_fun, spk_reset,
                                dt, backend, name, check_finite, detach_reset,
                                tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
@@ -327,9 +344,11 @@ class AdLIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
                          dt, backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
@@ -370,9 +389,11 @@ class AdLIFRef(AdLIF):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
                                tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip

@@ -38,6 +38,16 @@ class StateSequence(NamedTuple):
     w: Tensor | None
 
 
+class SynStateSequence(NamedTuple):
+    """``layer(x_seq, return_states=True)`` of a model with a synapse (``tau_syn``): the
+    fields of :class:`StateSequence`, then ``I``, the per-step synaptic current (mA)."""
+
+    spikes: Tensor
+    V: Tensor
+    w: Tensor | None
+    I: Tensor  # noqa: E741 (the synaptic current's name)
+
+
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
     try:
         size = (in_size,) if isinstance(in_size, int) else tuple(in_size)
@@ -110,7 +120,7 @@ class SpikingNeuron(nn.Module):
     has_w: ClassVar[bool] = True
     has_exp: ClassVar[bool] = True
     has_ref: ClassVar[bool] = False
-    param_names: ClassVar[tuple[str, ...]] = tuple(PARAM_KINDS)
+    param_names: ClassVar[tuple[str, ...]] = tuple(k for k in PARAM_KINDS if k != "tau_syn")
 
     spk_fun = _spec_setting("surrogate", "Surrogate spike function (``adex.surrogate``).")
     spk_reset = _spec_setting("spk_reset", "'soft' or 'hard' reset.")
@@ -144,6 +154,7 @@ class SpikingNeuron(nn.Module):
         self._rt = _RunState()  # per-call state: plain attributes, no nn.Module __setattr__
         self.in_size = _in_size_tuple(in_size)
         params = AdExParams.from_values(params, self.in_size)
+        self.has_syn = params.tau_syn is not None
         if self.has_ref:
             tau_ref = to_canonical(tau_ref, "time", "tau_ref")
             if not isinstance(tau_ref, int | float) or isinstance(tau_ref, bool):
@@ -153,7 +164,7 @@ class SpikingNeuron(nn.Module):
             spk_reset=spk_reset, surrogate=ReluGrad() if spk_fun is None else spk_fun,
             dt=to_canonical(dt, "time", "dt"), detach_reset=detach_reset,
             spike_dtype=spike_dtype, checkpoint_every=checkpoint_every, backend=backend,
-            check_finite=check_finite,
+            check_finite=check_finite, has_syn=self.has_syn,
         )  # fmt: skip
         self._spec_states = (
             self._spec.with_return_states(True) if checkpoint_every is None else None
@@ -166,11 +177,13 @@ class SpikingNeuron(nn.Module):
 
     def _init_learnable(self, params: AdExParams, learnable: Any) -> None:
         learnable = (learnable,) if isinstance(learnable, str) else tuple(learnable)
+        names = self.param_names + (("tau_syn",) if self.has_syn else ())
         for key in learnable:
-            if key not in self.param_names:
+            if key not in names:
                 raise ValueError(
                     f"learnable: {key!r} is not a parameter of {type(self).__name__}; "
-                    f"choose from {self.param_names} (tau_ref has no gradient)"
+                    f"choose from {names} (tau_ref has no gradient; tau_syn needs a synapse, "
+                    "tau_syn=...)"
                 )
         self.learnable = learnable
         # learnable parameters are float32 nn.Parameters (scalar: shape (), or in_size);
@@ -309,6 +322,8 @@ class SpikingNeuron(nn.Module):
         constants = [i.value if isinstance(i, Constant) else None for i, _ in self._inits]
         if self.has_ref:
             constants.append(NEVER_SPIKED)
+        if self.has_syn:  # the synaptic current starts at 0 mA
+            constants.append(0.0)
         self._init_constants = None if None in constants else tuple(constants)
         self._init_trusted = all(trusted for _, trusted in self._inits)
 
@@ -338,8 +353,9 @@ class SpikingNeuron(nn.Module):
         """Create the state shaped ``(batch_size, *in_size)`` (or ``in_size``) from the
         initializers: V (mV), w (mA), on ``device`` (default: the module's) in ``dtype``.
 
-        Also restarts the clock (``t_step = 0``: the next step runs at t = 0 ms) and, for the
-        Ref models, sets ``last_spike_time`` to -1e7 ms as BrainPy does."""
+        Also restarts the clock (``t_step = 0``: the next step runs at t = 0 ms), for the
+        Ref models sets ``last_spike_time`` to -1e7 ms as BrainPy does, and with
+        ``tau_syn`` sets the synaptic current ``I`` to 0 mA."""
         shape = self._state_shape(batch_size)
         device = self._rt.packed_device if device is None else torch.device(device)
         constants = self._init_constants
@@ -356,6 +372,8 @@ class SpikingNeuron(nn.Module):
                            strict=False)]  # fmt: skip
             if self.has_ref:
                 rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
+            if self.has_syn:
+                rows.append(torch.zeros(shape, dtype=dtype, device=device))
             self._rt.state = torch.stack(rows)
         self._rt.loose = None
         self._rt.trusted = self._state_versions() if self._init_trusted else None
@@ -434,6 +452,18 @@ class SpikingNeuron(nn.Module):
             raise AttributeError(f"{type(self).__name__} has no refractory period")
         self._set_row(self._spec.t_row, self._checked_state(value, "time", "last_spike_time"))
 
+    @property
+    def I(self) -> Tensor | None:  # noqa: E743 (the synaptic current's name)
+        """Synaptic current (mA) after the last step (models with ``tau_syn``; else None);
+        assignable, differentiable like ``V``."""
+        return self._row(self._spec.i_row)
+
+    @I.setter
+    def I(self, value: Any) -> None:  # noqa: E743
+        if not self.has_syn:
+            raise AttributeError(f"{type(self).__name__} has no synaptic current (tau_syn=None)")
+        self._set_row(self._spec.i_row, self._checked_state(value, "current", "I"))
+
     def _state_versions(self) -> tuple[int, ...] | None:
         """The version counters of the state's tensors: an in-place write (even through a
         view such as ``layer.V``) changes them. None where they cannot tell (no state yet,
@@ -463,15 +493,17 @@ class SpikingNeuron(nn.Module):
             raise RuntimeError(f"{type(self).__name__}: call init_state(batch_size) first")
         names = (
             ["V"] + (["w"] if self.has_w else []) + (["last_spike_time"] if self.has_ref else [])
-        )
+            + (["I"] if self.has_syn else [])
+        )  # fmt: skip
         for name, r in zip(names[1:], rows[1:], strict=True):
             if r.shape != rows[0].shape:
                 raise ValueError(f"V {tuple(rows[0].shape)} and {name} {tuple(r.shape)} differ")
         if any(r.device != rows[0].device for r in rows):
-            raise ValueError("V, w (and last_spike_time) are on different devices")
+            raise ValueError("V, w (and last_spike_time, I) are on different devices")
         t_last = rows[self._spec.t_row] if self.has_ref else None
         w = rows[1] if self.has_w else None
-        return stack_state(rows[0], w, t_last, state_dtype(x_dtype, rows[0].dtype))
+        I = rows[self._spec.i_row] if self.has_syn else None
+        return stack_state(rows[0], w, t_last, state_dtype(x_dtype, rows[0].dtype), I)
 
     # -- dynamics ----------------------------------------------------------------------------
 
@@ -527,7 +559,8 @@ class SpikingNeuron(nn.Module):
             self._raise_invalid_params()
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
             rows = [out.v_seq[-1]] + ([out.w_seq[-1]] if self.has_w else [])
-            self._rt.state, self._rt.loose = None, rows + ([out.state[-1]] if self.has_ref else [])
+            rows += [out.state[r] for r in (self._spec.t_row, self._spec.i_row) if r is not None]
+            self._rt.state, self._rt.loose = None, rows
         else:
             self._rt.state, self._rt.loose = out.state, None
         self._rt.trusted = None if torch.compiler.is_compiling() else self._state_versions()
@@ -587,6 +620,8 @@ class SpikingNeuron(nn.Module):
         x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
         out = self._run(x_seq, state, return_states, trusted)
         if return_states:
+            if self.has_syn:
+                return SynStateSequence(out.spikes, out.v_seq, out.w_seq, out.i_seq)
             return StateSequence(out.spikes, out.v_seq, out.w_seq)
         return out.spikes
 
@@ -613,6 +648,11 @@ class SpikingNeuron(nn.Module):
             parts.append(f"{key}={shown}")
         if self.has_ref:
             parts.append(f"tau_ref={self.tau_ref:g} ms")
+        if self.has_syn:
+            tau_syn = self._params_cache.tau_syn
+            learn = "tau_syn" in self.learnable
+            shown = "learnable" if learn else "per-neuron" if isinstance(tau_syn, Tensor) else None
+            parts.append(f"tau_syn={shown} [ms]" if shown else f"tau_syn={tau_syn:g} ms")
         if self.detach_reset:
             parts.append("detach_reset=True")
         if self.spike_dtype is not None:

@@ -9,6 +9,7 @@ Autograd through it gives BrainPy's BPTT gradients.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -32,6 +33,7 @@ class _Values(NamedTuple):
     delta_T: object
     a: object
     b: object
+    tau_syn: object = None
 
 
 EXP_CLAMP = 20.0
@@ -196,6 +198,34 @@ def adex_scan_reference(
     return torch.stack(spikes), torch.stack(Vs), w_seq
 
 
+def synapse_reference(x: torch.Tensor, I0: torch.Tensor, tau_syn, dt: float) -> torch.Tensor:
+    """The synaptic current of every step, ``tau_syn dI/dt = -I + x`` integrated exactly
+    with x held over each step: ``I_t = I_{t-1} + (1 - exp(-dt/tau_syn)) (x_t - I_{t-1})``.
+
+    Args:
+        x: ``[T, *S]`` input current (mA), any float dtype.
+        I0: ``[*S]`` synaptic current before ``x[0]`` (mA).
+        tau_syn: synaptic time constant (ms, > 0): a float or a tensor broadcastable to S.
+        dt: time step (ms).
+
+    Returns:
+        ``[T, *S]`` I (mA) in the compute dtype (float64 when x or I0 is, else float32),
+        differentiable in x, I0 and a tensor tau_syn. The membrane step reads ``I_t`` where
+        it would read ``x_t``; I does not depend on V, so filtering the whole sequence first
+        is the same as filtering at the start of each step."""
+    compute = torch.float64 if torch.float64 in (x.dtype, I0.dtype) else torch.float32
+    if isinstance(tau_syn, torch.Tensor):
+        c = -torch.expm1(-dt / tau_syn.to(device=x.device, dtype=compute))
+    else:
+        c = -math.expm1(-dt / tau_syn)
+    current = I0.to(compute)
+    out = []
+    for t in range(x.shape[0]):
+        current = current + c * (x[t].to(compute) - current)
+        out.append(current)
+    return torch.stack(out)
+
+
 def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, spec, *,
                    t0_step: int = 0, packed: torch.Tensor | None = None):  # fmt: skip
     """The reference backend with the fused backend's signature and result
@@ -208,6 +238,9 @@ def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, sp
     Returns an ``adex.fused.ScanOutput``."""
     from adex.spec import ScanOutput
 
+    x_dtype, i_seq = x.dtype, None
+    if spec.has_syn:  # the membrane reads the synaptic current
+        x = i_seq = synapse_reference(x, state0[spec.i_row], params.tau_syn, spec.dt)
     V0 = state0[0]
     w0 = state0[spec.w_row] if spec.has_w else None
     t_last = state0[spec.t_row].detach() if spec.has_ref else None
@@ -229,10 +262,12 @@ def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, sp
         t_last = out[3] if spec.has_ref else None
         if not spec.return_states:
             v_seq = w_seq = None
-    if spec.spike_dtype is not None:
-        spikes = spikes.to(spec.spike_dtype)
+    spikes = spikes.to(x_dtype if spec.spike_dtype is None else spec.spike_dtype)
     rows = [V] + ([w] if spec.has_w else []) + ([t_last.to(V.dtype)] if spec.has_ref else [])
-    return ScanOutput(spikes, torch.stack(rows), v_seq, w_seq)
+    if spec.has_syn:
+        rows.append(i_seq[-1].to(V.dtype))
+        i_seq = i_seq if spec.return_states else None
+    return ScanOutput(spikes, torch.stack(rows), v_seq, w_seq, i_seq)
 
 
 def _checkpointed(x, V0, w0, last_spike_time, t0_step: int, every: int, kwargs: dict):
