@@ -45,7 +45,7 @@ class SynStateSequence(NamedTuple):
     spikes: Tensor
     V: Tensor
     w: Tensor | None
-    I: Tensor  # noqa: E741 (the synaptic current's name)
+    I: Tensor
 
 
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:

@@ -17,7 +17,8 @@ T, B, N = 9, 2, 3
 MODELS = (adex.AdExIF, adex.AdExIFRef, adex.ExpIF, adex.ExpIFRef, adex.LIF, adex.AdLIF,
           adex.AdLIFRef)  # fmt: skip
 # inputs (mA) that make each model spike a few times at dt = 0.5 ms
-SCALE = {adex.LIF: 6.0, adex.ExpIF: 40.0, adex.ExpIFRef: 40.0, adex.AdLIF: 70.0, adex.AdLIFRef: 70.0}
+SCALE = {adex.LIF: 6.0, adex.ExpIF: 40.0, adex.ExpIFRef: 40.0, adex.AdLIF: 70.0,
+         adex.AdLIFRef: 70.0}  # fmt: skip
 
 
 def _layer(cls, backend, *, learnable=("tau", "tau_syn"), **kw):
