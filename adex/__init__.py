@@ -8,7 +8,7 @@ registry ``u``, surrogate spike functions (``adex.surrogate``) and state initial
 
 from adex import init, presets, surrogate
 from adex.functional import RefScanResult, ScanResult, SynScanResult, adex_scan
-from adex.models import LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
+from adex.models import LI, LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence, SynStateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.reference import adex_scan_reference, adex_step_reference
@@ -23,6 +23,7 @@ except ImportError:  # no Triton on this platform: the reference backend still w
 
 __all__ = [
     "HAS_TRITON",
+    "LI",
     "LIF",
     "RUNAWAY_CEILING",
     "AdExIF",
