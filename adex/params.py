@@ -140,8 +140,9 @@ class AdExParams:
         return shapes.pop() if shapes else None
 
     def items(self) -> list[tuple[str, ParamValue]]:
-        """(name, value) pairs in field order."""
-        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+        """(name, value) pairs in field order, without a ``tau_syn`` of None (no synapse)."""
+        pairs = [(f.name, getattr(self, f.name)) for f in fields(self)]
+        return [(k, v) for k, v in pairs if v is not None]
 
     def validate(self) -> None:
         """Raise ``ValueError`` where the model would be invalid.
@@ -159,8 +160,7 @@ class AdExParams:
         theta = _minus(self.V_th, self.V_reset)
         _require(theta, lambda v: v > 0, "V_th", "> V_reset (V_th - V_reset > 0 mV)")
         for name, value in self.items():
-            if value is not None:
-                _require(value, _finite, name, "finite")
+            _require(value, _finite, name, "finite")
 
     def packed(self, n_neurons: int, device: torch.device) -> torch.Tensor:
         """All parameters as one contiguous float32 tensor ``[N_PARAMS, n_neurons]`` (a
@@ -170,7 +170,8 @@ class AdExParams:
         differentiable in the parameters that require grad (learnable parameters).
         """
         rows = []
-        for name, value in self.items():
+        for name in PARAM_KINDS:
+            value = getattr(self, name)
             value = UNUSED_TAU_SYN if value is None else value
             if isinstance(value, torch.Tensor):
                 row = value.to(device=device, dtype=torch.float32).reshape(-1)
