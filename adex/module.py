@@ -231,8 +231,8 @@ class SpikingNeuron(nn.Module):
 
     def _param_values(self) -> dict[str, Any]:
         values = dict(self._scalar_params)
-        for key in PARAM_KINDS:
-            if key not in values:
+        for key in PARAM_KINDS:  # without a synapse tau_syn stays None (AdExParams')
+            if key not in values and (key != "tau_syn" or self.has_syn):
                 values[key] = getattr(self, key)
         return values
 
