@@ -106,7 +106,8 @@ _INTERPRETED: list[bool] = []
 def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExParams],
              spec: ScanSpec, *,
              t0_step: int = 0, packed: Tensor | None = None, check_state: bool = True,
-             extra_check: Tensor | None = None) -> ScanOutput:  # fmt: skip
+             extra_check: Tensor | None = None,
+             lengths: Tensor | None = None) -> ScanOutput:  # fmt: skip
     """One call of a validated scan: choose the backend, check finiteness, run.
 
     Args:
@@ -123,6 +124,7 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
             inf where it failed (e.g. a learnable-parameter constraint), read in the same
             host sync as the finiteness check; :class:`ExtraCheckError` reports its failure,
             which the caller explains.
+        lengths: ``[S[0]]`` int32 steps per sample from :func:`check_lengths`, or None.
     """
     backend = _backend_for(spec.backend, x)
     if not torch.compiler.is_compiling() and (spec.check_finite or extra_check is not None):
@@ -133,7 +135,41 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
         params = params()
     if backend == "triton" and state0.dtype != torch.float32:
         state0 = state0.to(torch.float32)
-    return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed)
+    extra = {} if lengths is None else {"lengths": lengths}
+    return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
+                                  **extra)  # fmt: skip
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_lengths(lengths: object, T: int, state_shape: tuple[int, ...],
+                  device: torch.device) -> Tensor:  # fmt: skip
+    """``lengths`` of a multi-step call, validated: an integer tensor ``[batch]``
+    (``batch = state_shape[0]``) on ``device`` with every value in ``1..T``. Returns it as
+    contiguous int32. Raises ``TypeError`` (not an integer tensor) or ``ValueError`` (shape,
+    device, range; the range check is one host sync, skipped while compiling)."""
+    if not isinstance(lengths, Tensor):
+        raise TypeError(f"lengths must be an integer torch.Tensor, got {type(lengths).__name__}")
+    if lengths.dtype not in _INT_DTYPES:
+        raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+    if len(state_shape) < 2:
+        raise ValueError(
+            f"lengths needs a batch: the state shape {state_shape} has no batch dimension "
+            "(init_state(batch_size))"
+        )
+    if tuple(lengths.shape) != (state_shape[0],):
+        raise ValueError(
+            f"lengths must have shape ({state_shape[0]},) (one per sample), got "
+            f"{tuple(lengths.shape)}"
+        )
+    if lengths.device != device:
+        raise ValueError(f"lengths is on {lengths.device} but x is on {device}")
+    if not torch.compiler.is_compiling():
+        lo, hi = (int(v) for v in torch.aminmax(lengths.to(torch.int64)))
+        if lo < 1 or hi > T:
+            raise ValueError(f"lengths must be in 1..T = 1..{T}, got values in {lo}..{hi}")
+    return lengths.to(torch.int32).contiguous()
 
 
 def _refuse_gradient(x: Tensor, state0: Tensor, params, packed: Tensor | None,
@@ -242,6 +278,7 @@ def adex_scan(
     spike_dtype: torch.dtype | None = None,
     checkpoint_every: int | None = None,
     I0: Tensor | None = None,
+    lengths: Tensor | None = None,
 ) -> ScanResult | RefScanResult | SynScanResult:
     """Simulate T steps of AdExIF (or ExpIF / LIF) neurons with BrainPy's semantics.
 
@@ -285,6 +322,10 @@ def adex_scan(
             ``tau_syn dI/dt = -I + x`` integrated exactly before each step, and the membrane
             reads I where it would read x; ``params.tau_syn`` (ms, > 0) is required with it.
             None: no synapse.
+        lengths: ``[S[0]]`` integer steps per sample (1..T), or None (every sample runs T
+            steps): from step ``lengths[b]`` on sample b holds its state (the per-step V, w,
+            I repeat its last values), writes zero spikes and passes no gradient through
+            those steps; the final state is each sample's state after its own last step.
 
     Returns:
         :class:`ScanResult` ``(spikes, V, w)``, or with ``tau_ref`` a
@@ -337,7 +378,10 @@ def adex_scan(
         raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
     state0 = stack_state(V0, w0, last_spike_time if spec.has_ref else None,
                          state_dtype(x.dtype, V0.dtype), I0)  # fmt: skip
-    out = run_scan(x, state0, params, spec, t0_step=t0_step, packed=packed_params)
+    if lengths is not None:
+        lengths = check_lengths(lengths, x.shape[0], state_shape, x.device)
+    out = run_scan(x, state0, params, spec, t0_step=t0_step, packed=packed_params,
+                   lengths=lengths)  # fmt: skip
     if return_states:
         V, w, I = out.v_seq, out.w_seq, out.i_seq
     else:

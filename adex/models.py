@@ -463,11 +463,13 @@ class LI(SpikingNeuron):
         super().__init__(in_size, params, V_initializer, None, None, "soft", dt, backend, name,
                          check_finite, detach_reset=True, learnable=learnable)  # fmt: skip
 
-    def forward(self, x_seq: Any, return_states: bool = False) -> Tensor:
+    def forward(self, x_seq: Any, return_states: bool = False,
+                lengths: Tensor | None = None) -> Tensor:  # fmt: skip
         """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA); returns the V sequence
         ``[T, *state_shape]`` (mV, float32), differentiable. With ``return_states=True``
-        the whole (Syn)StateSequence (its spikes are all zero)."""
-        out = super().forward(x_seq, return_states=True)
+        the whole (Syn)StateSequence (its spikes are all zero). ``lengths``: as in
+        :meth:`adex.SpikingNeuron.forward` (past its length a sample's V is held)."""
+        out = super().forward(x_seq, return_states=True, lengths=lengths)
         return out if return_states else out.V
 
     def update(self, x: Any = 0.0) -> Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adex.functional import ExtraCheckError, run_scan, stack_state, state_dtype
+from adex.functional import ExtraCheckError, check_lengths, run_scan, stack_state, state_dtype
 from adex.init import Constant, make_state, resolve_initializer
 from adex.params import (
     PACKED_ROWS,
@@ -536,7 +536,8 @@ class SpikingNeuron(nn.Module):
             )
         return x.expand(target)
 
-    def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool):
+    def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool,
+             lengths: Tensor | None = None):  # fmt: skip
         device = x.device
         if state.device != device:
             raise ValueError(
@@ -554,7 +555,8 @@ class SpikingNeuron(nn.Module):
         try:
             out = run_scan(x, state, params, spec, t0_step=self._rt.t_step if self.has_ref else 0,
                            packed=packed,
-                           check_state=not trusted, extra_check=violations)  # fmt: skip
+                           check_state=not trusted, extra_check=violations,
+                           lengths=lengths)  # fmt: skip
         except ExtraCheckError:
             self._raise_invalid_params()
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
@@ -590,8 +592,17 @@ class SpikingNeuron(nn.Module):
         x = self._input(x, tuple(state.shape[1:]), state.device, ())
         return self._run(x.unsqueeze(0), state, False, trusted).spikes[0]
 
-    def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
+    def forward(self, x_seq: Any, return_states: bool = False,
+                lengths: Tensor | None = None) -> Tensor | StateSequence:  # fmt: skip
         """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA) in one fused scan.
+
+        ``lengths`` (variable-length batches): a ``[batch]`` integer tensor, each in 1..T,
+        on x's device. For sample b, steps ``t >= lengths[b]`` leave its state unchanged,
+        write zero spikes, and pass no gradient (to x, the state or the parameters); the
+        per-step V, w and I of ``return_states`` hold the sample's last values there, so
+        ``V[-1]`` is every sample's V after its own last step, as is the state left in the
+        layer: the call equals running each sample alone on its own length. The clock
+        (``t_step``, read by the Ref models) still advances by T for every sample.
 
         Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``), or with
         ``return_states=True`` a :class:`StateSequence` with the per-step V and w, all
@@ -618,7 +629,9 @@ class SpikingNeuron(nn.Module):
                 "update() for one step)"
             )
         x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
-        out = self._run(x_seq, state, return_states, trusted)
+        if lengths is not None:
+            lengths = check_lengths(lengths, x_seq.shape[0], state_shape, x_seq.device)
+        out = self._run(x_seq, state, return_states, trusted, lengths)
         if return_states:
             if self.has_syn:
                 return SynStateSequence(out.spikes, out.v_seq, out.w_seq, out.i_seq)

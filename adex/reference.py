@@ -142,6 +142,7 @@ def adex_scan_reference(
     tau_ref: float | None = None,
     last_spike_time: torch.Tensor | None = None,
     t0_step: int = 0,
+    lengths: torch.Tensor | None = None,
 ):
     """Run :func:`adex_step_reference` over ``x[0..T-1]``.
 
@@ -156,6 +157,9 @@ def adex_scan_reference(
             it at -1e7 ms); required with ``tau_ref``.
         t0_step: global index k of ``x[0]``; step k runs at ``t = float(k) * dt`` in the
             compute dtype, as BrainPy's tests set it.
+        lengths: ``[S[0]]`` integer steps per sample (counted from ``x[0]``), or None: from
+            step ``lengths[b]`` on, sample b holds its state (V, w, last-spike time; the
+            per-step V and w repeat its last values) and its spikes are 0.
 
     Returns:
         ``(spikes [T, *S] in x's dtype, V [T, *S], w [T, *S] or None)``, the per-step V
@@ -187,8 +191,14 @@ def adex_scan_reference(
             detach_reset=detach_reset,
             refractory=refractory,
         )
+        if lengths is not None:  # a sample past its length holds its state, spikes 0
+            on = _active(lengths, t, V)
+            s, V = torch.where(on, s, 0.0), torch.where(on, V, Vs[-1] if Vs else V0.to(compute))
+            if w is not None:
+                w = torch.where(on, w, ws[-1] if ws else w0.to(compute))
         if tau_ref is not None:
-            t_last = torch.where(V.detach() >= p.V_th, t_now, t_last)
+            t_new = torch.where(V.detach() >= p.V_th, t_now, t_last)
+            t_last = t_new if lengths is None else torch.where(on, t_new, t_last)
         spikes.append(s.to(x.dtype))
         Vs.append(V)
         ws.append(w)
@@ -198,7 +208,8 @@ def adex_scan_reference(
     return torch.stack(spikes), torch.stack(Vs), w_seq
 
 
-def synapse_reference(x: torch.Tensor, I0: torch.Tensor, tau_syn, dt: float) -> torch.Tensor:
+def synapse_reference(x: torch.Tensor, I0: torch.Tensor, tau_syn, dt: float,
+                      lengths: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """The synaptic current of every step, ``tau_syn dI/dt = -I + x`` integrated exactly
     with x held over each step: ``I_t = I_{t-1} + (1 - exp(-dt/tau_syn)) (x_t - I_{t-1})``.
 
@@ -207,6 +218,8 @@ def synapse_reference(x: torch.Tensor, I0: torch.Tensor, tau_syn, dt: float) -> 
         I0: ``[*S]`` synaptic current before ``x[0]`` (mA).
         tau_syn: synaptic time constant (ms, > 0): a float or a tensor broadcastable to S.
         dt: time step (ms).
+        lengths: ``[S[0]]`` integer steps per sample, or None: from step ``lengths[b]`` on,
+            sample b's I is held.
 
     Returns:
         ``[T, *S]`` I (mA) in the compute dtype (float64 when x or I0 is, else float32),
@@ -221,26 +234,35 @@ def synapse_reference(x: torch.Tensor, I0: torch.Tensor, tau_syn, dt: float) -> 
     current = I0.to(compute)
     out = []
     for t in range(x.shape[0]):
-        current = current + c * (x[t].to(compute) - current)
+        new = current + c * (x[t].to(compute) - current)
+        current = new if lengths is None else torch.where(_active(lengths, t, new), new, current)
         out.append(current)
     return torch.stack(out)
 
 
+def _active(lengths: torch.Tensor, t: int, like: torch.Tensor) -> torch.Tensor:
+    """``t < lengths[b]`` as a bool tensor that broadcasts over ``like`` ``[S[0], ...]``."""
+    return (lengths > t).view(-1, *([1] * (like.dim() - 1)))
+
+
 def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, spec, *,
-                   t0_step: int = 0, packed: torch.Tensor | None = None):  # fmt: skip
+                   t0_step: int = 0, packed: torch.Tensor | None = None,
+                   lengths: torch.Tensor | None = None):  # fmt: skip
     """The reference backend with the fused backend's signature and result
     (``adex.fused.fused_scan``): the state as one block ``[C, *S]`` (V, then w and the
     last-spike time as far as the model has them), settings from the ``ScanSpec``.
     ``packed`` is accepted for the common signature and not read (the reference computes
     with ``params`` in its own dtype, float64 included). With ``spec.checkpoint_every``
     (and a gradient needed) each K-step segment runs under ``torch.utils.checkpoint``.
+    ``lengths``: ``[S[0]]`` integer steps per sample, or None (see
+    :func:`adex_scan_reference`).
 
     Returns an ``adex.fused.ScanOutput``."""
     from adex.spec import ScanOutput
 
     x_dtype, i_seq = x.dtype, None
     if spec.has_syn:  # the membrane reads the synaptic current
-        x = i_seq = synapse_reference(x, state0[spec.i_row], params.tau_syn, spec.dt)
+        x = i_seq = synapse_reference(x, state0[spec.i_row], params.tau_syn, spec.dt, lengths)
     V0 = state0[0]
     w0 = state0[spec.w_row] if spec.has_w else None
     t_last = state0[spec.t_row].detach() if spec.has_ref else None
@@ -253,10 +275,11 @@ def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, sp
     )  # fmt: skip
     if spec.checkpoint_every and needs_grad:
         spikes, V, w, t_last = _checkpointed(x, V0, w0, t_last, t0_step, spec.checkpoint_every,
-                                             kwargs)  # fmt: skip
+                                             kwargs, lengths)  # fmt: skip
         v_seq = w_seq = None
     else:
-        out = adex_scan_reference(x, V0, w0, last_spike_time=t_last, t0_step=t0_step, **kwargs)
+        out = adex_scan_reference(x, V0, w0, last_spike_time=t_last, t0_step=t0_step,
+                                  lengths=lengths, **kwargs)  # fmt: skip
         spikes, v_seq, w_seq = out[:3]
         V, w = v_seq[-1], None if w_seq is None else w_seq[-1]
         t_last = out[3] if spec.has_ref else None
@@ -270,14 +293,17 @@ def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, sp
     return ScanOutput(spikes, torch.stack(rows), v_seq, w_seq, i_seq)
 
 
-def _checkpointed(x, V0, w0, last_spike_time, t0_step: int, every: int, kwargs: dict):
+def _checkpointed(x, V0, w0, last_spike_time, t0_step: int, every: int, kwargs: dict,
+                  lengths: torch.Tensor | None = None):  # fmt: skip
     """The reference scan in segments of ``every`` steps under ``torch.utils.checkpoint``:
     only the state between segments (and ``x``) is kept for backward.
 
     Returns ``(spikes [T, *S], V_last, w_last or None, last_spike_time or None)``."""
 
     def segment(x_seg, V, w, t_last, k0):
-        out = adex_scan_reference(x_seg, V, w, last_spike_time=t_last, t0_step=k0, **kwargs)
+        seg_len = None if lengths is None else lengths - (k0 - t0_step)  # from x_seg[0]
+        out = adex_scan_reference(x_seg, V, w, last_spike_time=t_last, t0_step=k0,
+                                  lengths=seg_len, **kwargs)  # fmt: skip
         return (out[0], out[1][-1], None if w is None else out[2][-1],
                 out[3] if t_last is not None else None)  # fmt: skip
 

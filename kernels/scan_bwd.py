@@ -40,6 +40,7 @@ def _recompute_segment(
     BLOCK: tl.constexpr,
     isq_ptr=None, b_cs=1.0,  # synaptic current scratch rows (READ_I); 1 - exp(-dt/tau_syn)
     HAS_SYN: tl.constexpr = False, READ_I: tl.constexpr = False,
+    b_len=0, HAS_LEN: tl.constexpr = False,  # the sample's length (the forward's hold)
 ):  # fmt: skip
     """Rerun the forward over steps ``t0 .. t0 + L - 1`` from checkpoint ``seg`` into the
     scratch rows ``0 .. L-1`` (V; w with READ_W; the refractory bits with HAS_REF; the
@@ -70,17 +71,27 @@ def _recompute_segment(
     for j in tl.range(0, L, num_stages=NUM_STAGES):
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
         if HAS_SYN:
+            b_ih = b_i
             b_i = synapse_step(b_i, b_x, b_cs)
             b_x = b_i
+            if HAS_LEN:
+                b_i = tl.where(b_len > t0 + j, b_i, b_ih)
         if READ_I:
             tl.store(q_i, b_i, mask=m_m)
             q_i += M
+        if HAS_LEN:
+            b_vh, b_wh, b_th = b_v, b_w, b_tl
         b_t = tl.cast(k0 + t0 + j, tl.float32) * dt
         b_v, b_w, b_tl, b_rf = integrate_step(
             b_v, b_w, b_tl, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT,
             b_dT, b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
             HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
         )  # fmt: skip
+        if HAS_LEN:
+            b_on = b_len > t0 + j
+            b_v = tl.where(b_on, b_v, b_vh)
+            b_w = tl.where(b_on, b_w, b_wh)
+            b_tl = tl.where(b_on, b_tl, b_th)
         tl.store(q_v, b_v, mask=m_m)
         q_v += M
         if READ_W:
@@ -160,6 +171,9 @@ def _adex_scan_bwd_kernel(
     HAS_SYN: tl.constexpr = False,  # the synaptic current I (state row 1 + HAS_W + HAS_REF)
     READ_I: tl.constexpr = False,  # read the stored I and x (the tau_syn gradient)
     HAS_GISEQ: tl.constexpr = False,
+    len_ptr=None,  # [batch] int32 steps each sample ran (HAS_LEN): later steps pass no gradient
+    SPS=1,  # elements per sample, M // batch (HAS_LEN)
+    HAS_LEN: tl.constexpr = False,
 ):  # fmt: skip
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_m = o_m < M
@@ -199,6 +213,9 @@ def _adex_scan_bwd_kernel(
         if HAS_GSTATE:
             b_li += tl.load(gstate_ptr + I_ROW * M + o_m, mask=m_m, other=0.0).to(tl.float32)
     g_ts = z
+    b_len = 0
+    if HAS_LEN:
+        b_len = tl.load(len_ptr + o_m // SPS, mask=m_m, other=0)
 
     n_seg = tl.cdiv(T, K)
     for s in range(0, n_seg):
@@ -211,7 +228,7 @@ def _adex_scan_bwd_kernel(
                 x_ptr, ckpt_ptr, vseq_ptr, wseq_ptr, ref_ptr, seg, t0, L, M, k0, o_m, m_m,
                 b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_vcap,
                 b_cw, dt, tau_ref, HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
-                READ_W, NUM_STAGES, BLOCK, isq_ptr, b_cs, HAS_SYN, READ_I,
+                READ_W, NUM_STAGES, BLOCK, isq_ptr, b_cs, HAS_SYN, READ_I, b_len, HAS_LEN,
             )  # fmt: skip
             if READ_I:  # I before the segment, from its checkpoint
                 p_c = ckpt_ptr + (tl.cast(seg, tl.int64) * (I_ROW + 1) + I_ROW) * M + o_m
@@ -250,10 +267,14 @@ def _adex_scan_bwd_kernel(
             # the returned spike of step t and the per-step state outputs
             b_gsg = tl.zeros([BLOCK], dtype=tl.float32)
             b_u = tl.zeros([BLOCK], dtype=tl.float32)
+            if HAS_LEN:  # a step at or past the sample's length held the state: identity
+                b_on = b_len > t0 + L - 1 - i
             if HAS_GSPK:
                 b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
                 b_u = (b_vnew - b_vth) / b_theta
                 b_gsg = b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
+                if HAS_LEN:  # its spike was the constant 0
+                    b_gsg = tl.where(b_on, b_gsg, 0.0)
                 b_lv += b_gsg
                 p_gs -= M
             if HAS_GVSEQ:
@@ -267,6 +288,10 @@ def _adex_scan_bwd_kernel(
                 b_vprev, b_vnew, b_tau, b_vth, b_vreset, b_vT, b_dT, b_theta, dt,
                 HARD_RESET, HAS_EXP,
             )  # fmt: skip
+            if HAS_LEN:  # the step's terms get zero adjoints; the carried ones are restored
+                b_lvh, b_lwh = b_lv, b_lw
+                b_lv = tl.where(b_on, b_lv, 0.0)
+                b_lw = tl.where(b_on, b_lw, 0.0)
             b_ref = tl.zeros([BLOCK], dtype=tl.int1)  # all false without HAS_REF
             if HAS_REF:
                 b_ref = load_flag_bit(ref_ptr, L - 1 - i, M, o_m, m_m)
@@ -277,7 +302,12 @@ def _adex_scan_bwd_kernel(
                 if HAS_GISEQ:
                     b_li += tl.load(p_gi, mask=m_m, other=0.0).to(tl.float32)
                     p_gi -= M
+                if HAS_LEN:
+                    b_lih = b_li
+                    b_li = tl.where(b_on, b_li, 0.0)
                 b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
+                if HAS_LEN:
+                    b_li = tl.where(b_on, b_li, b_lih)
                 if READ_I:
                     b_iprev = tl.load(p_iprev, mask=m_prev, other=0.0)
                     b_iprev = tl.where(m_prev, b_iprev, b_i0)
@@ -307,6 +337,9 @@ def _adex_scan_bwd_kernel(
                 b_lvr, b_lwr, b_lw, b_vprev, b_uprev, b_vreset, b_b, b_theta, sg0, sg1, sg2,
                 sg3, SURROGATE, HARD_RESET, HAS_W, DETACH_RESET,
             )  # fmt: skip
+            if HAS_LEN:
+                b_lv = tl.where(b_on, b_lv, b_lvh)
+                b_lw = tl.where(b_on, b_lw, b_lwh)
             b_vnew = b_vprev
             p_vprev -= M
     if WRITE_GSTATE0:
@@ -380,6 +413,7 @@ def adex_scan_bwd(
     want_x: bool = True,
     want_state0: bool = True,
     grad_i_seq: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> BackwardOutputs:
     """Launch the backward scan.
 
@@ -397,6 +431,7 @@ def adex_scan_bwd(
             that does not require grad is neither written nor allocated).
         grad_i_seq: contiguous ``[T, *S]`` incoming gradient of the synaptic-current
             sequence, or None.
+        lengths: the forward's ``[S[0]]`` int32 sample lengths, or None.
 
 
     Returns:
@@ -439,7 +474,8 @@ def adex_scan_bwd(
         T=T, M=M, N=packed_params.shape[1], K=K if K else T, k0=t0_step, **plan.bwd_args,
         HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
         HAS_GWSEQ=grad_w_seq is not None, HAS_GSTATE=grad_state is not None,
-        HAS_GISEQ=grad_i_seq is not None, WRITE_GX=want_x, WRITE_GSTATE0=want_state0,
+        HAS_GISEQ=grad_i_seq is not None, len_ptr=lengths, HAS_LEN=lengths is not None,
+        SPS=1 if lengths is None else M // lengths.shape[0], WRITE_GX=want_x, WRITE_GSTATE0=want_state0,
         NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
     return BackwardOutputs(grad_x, grad_state0, grad_par)

@@ -55,6 +55,9 @@ def _adex_scan_fwd_kernel(
     isq_ptr=None,  # [T, M] out: fp32 synaptic current after each step (STORE_I), else None
     HAS_SYN: tl.constexpr = False,  # the synaptic current I (filters x before each step)
     STORE_I: tl.constexpr = False,
+    len_ptr=None,  # [batch] int32 steps each sample runs (HAS_LEN); later steps hold its state
+    SPS=1,  # elements per sample, M // batch (HAS_LEN)
+    HAS_LEN: tl.constexpr = False,
 ):
     C = 1 + HAS_W + HAS_REF + HAS_SYN  # rows of the state block
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -82,6 +85,8 @@ def _adex_scan_fwd_kernel(
         b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn)
     if STORE_I:
         p_i = isq_ptr + o_m
+    if HAS_LEN:  # this element's sample's length
+        b_len = tl.load(len_ptr + o_m // SPS, mask=m_m, other=0)
     p_x = x_ptr + o_m
     p_s = spk_ptr + o_m
     if STORE_V:
@@ -104,8 +109,13 @@ def _adex_scan_fwd_kernel(
                     tl.store(p_c + (1 + HAS_W + HAS_REF) * M, b_i, mask=m_m)
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
         if HAS_SYN:  # the membrane reads the filtered current I_t
+            b_ih = b_i
             b_i = synapse_step(b_i, b_x, b_cs)
             b_x = b_i
+            if HAS_LEN:
+                b_i = tl.where(b_len > i, b_i, b_ih)
+        if HAS_LEN:
+            b_vh, b_wh, b_th = b_v, b_w, b_tlast
         if STORE_I:
             tl.store(p_i, b_i, mask=m_m)
             p_i += M
@@ -115,7 +125,14 @@ def _adex_scan_fwd_kernel(
             b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
             HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
         )  # fmt: skip
+        if HAS_LEN:  # past its length a sample holds its state and writes no spike
+            b_on = b_len > i
+            b_v = tl.where(b_on, b_v, b_vh)
+            b_w = tl.where(b_on, b_w, b_wh)
+            b_tlast = tl.where(b_on, b_tlast, b_th)
         b_spike = tl.where((b_v - b_vth) / b_theta >= 0.0, 1.0, 0.0)
+        if HAS_LEN:
+            b_spike = tl.where(b_on, b_spike, 0.0)
         tl.store(p_s, b_spike.to(spk_ptr.dtype.element_ty), mask=m_m)
         if STORE_REF:
             b_bits, p_r = store_flag_bit(p_r, b_bits, b_ref, i, T - 1, M, m_m)
@@ -161,7 +178,8 @@ class ForwardOutputs(NamedTuple):
 
 
 def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Tensor, spec,
-                  plan, t0_step: int = 0) -> ForwardOutputs:  # fmt: skip
+                  plan, t0_step: int = 0,
+                  lengths: torch.Tensor | None = None) -> ForwardOutputs:  # fmt: skip
     """Launch the forward scan.
 
     Args:
@@ -173,6 +191,9 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
         spec: the ``adex.spec.ScanSpec`` (model flags, dt, tau_ref, spike dtype).
         plan: its ``Plan`` for this call (which sequences to write).
         t0_step: global step index of ``x[0]`` (step k runs at ``t = float(k) * dt``).
+        lengths: ``[S[0]]`` int32 steps each sample runs (1..T), or None (all T): from step
+            ``lengths[b]`` on, sample b holds its state (V, w, I and the sequences repeat its
+            last values) and writes zero spikes.
 
     Returns:
         :class:`ForwardOutputs`.
@@ -199,6 +220,8 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     _adex_scan_fwd_kernel[(programs,)](
         x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes, state_ptr=state,
         vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits, ckpt_ptr=checkpoints, isq_ptr=i_seq,
+        len_ptr=lengths, SPS=1 if lengths is None else M // lengths.shape[0],
+        HAS_LEN=lengths is not None,
         T=T, M=M, N=packed_params.shape[1], dt=scalars["dt"], ceiling=scalars["ceiling"],
         k0=t0_step, tau_ref=scalars["tau_ref"], K=max(K, 1), **plan.fwd_flags,
         NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
