@@ -164,7 +164,7 @@ def check_lengths(lengths: object, T: int, state_shape: tuple[int, ...],
             f"{tuple(lengths.shape)}"
         )
     if lengths.device != device:
-        raise ValueError(f"lengths is on {lengths.device} but x is on {device}")
+        raise ValueError(f"lengths is on device {lengths.device} but x is on {device}")
     if not torch.compiler.is_compiling():
         lo, hi = (int(v) for v in torch.aminmax(lengths.to(torch.int64)))
         if lo < 1 or hi > T:
