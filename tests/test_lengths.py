@@ -14,6 +14,7 @@ LENGTHS = (9, 4, 6)
 CASES = {  # model, its arguments, input scale (mA) that makes it spike
     "adexif": (adex.AdExIF, dict(learnable=("tau", "b")), 40.0),
     "adexif_syn": (adex.AdExIF, dict(tau_syn=1.5, learnable=("tau_syn",)), 60.0),
+    "adexif_hard": (adex.AdExIF, dict(spk_reset="hard", learnable=("V_reset",)), 40.0),
     "adexifref": (adex.AdExIFRef, {}, 40.0),
     "expif": (adex.ExpIF, {}, 60.0),
     "lif": (adex.LIF, dict(learnable=("tau",)), 8.0),
