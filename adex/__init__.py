@@ -8,9 +8,9 @@ registry ``u``, surrogate spike functions (``adex.surrogate``) and state initial
 """
 
 from adex import init, presets, surrogate
-from adex.functional import RefScanResult, ScanResult, adex_scan
-from adex.models import LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
-from adex.module import SpikingNeuron, StateSequence
+from adex.functional import RefScanResult, ScanResult, SynScanResult, adex_scan
+from adex.models import LI, LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
+from adex.module import SpikingNeuron, StateSequence, SynStateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.recurrent import Recurrent
 from adex.reference import adex_scan_reference, adex_step_reference
@@ -26,6 +26,7 @@ except ImportError:  # no Triton on this platform: the reference backend still w
 
 __all__ = [
     "HAS_TRITON",
+    "LI",
     "LIF",
     "RUNAWAY_CEILING",
     "AdExIF",
@@ -40,6 +41,8 @@ __all__ = [
     "ScanResult",
     "SpikingNeuron",
     "StateSequence",
+    "SynScanResult",
+    "SynStateSequence",
     "adex_scan",
     "adex_scan_reference",
     "adex_step_reference",

@@ -59,6 +59,18 @@ class RefScanResult(NamedTuple):
     last_spike_time: Tensor
 
 
+class SynScanResult(NamedTuple):
+    """Output of :func:`adex_scan` with a synapse (``I0``): the fields of
+    :class:`ScanResult`, then ``I`` (the synaptic current, mA, shaped like ``V``) and
+    ``last_spike_time`` (``[*S]`` ms with ``tau_ref``, else None)."""
+
+    spikes: Tensor
+    V: Tensor
+    w: Tensor | None
+    I: Tensor
+    last_spike_time: Tensor | None
+
+
 def resolve_backend(backend: str, x: Tensor) -> str:
     """'triton', 'cpu' or 'reference' for ``backend`` ('auto', 'triton', 'cpu',
     'reference') on ``x``; raises where it cannot run."""
@@ -67,17 +79,23 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     return _backend_for(backend, x)
 
 
-def _backend_for(backend: str, x: Tensor) -> str:
-    """:func:`resolve_backend` for a backend name a spec validated already."""
+def _backend_for(backend: str, x: Tensor, cpu_ok: bool = True) -> str:
+    """:func:`resolve_backend` for a backend name a spec validated already; ``cpu_ok``:
+    the CPU kernels can run the call (they have no synaptic current and no ``lengths``)."""
     if backend == "auto":
         if x.is_cuda and x.dtype in KERNEL_DTYPES:
             return "triton"
         # the CPU kernels are opaque to torch.compile: traced calls take the reference
         cpu = x.device.type == "cpu" and x.dtype in CPU_DTYPES and cpu_scan is not None
-        return "cpu" if cpu and not torch.compiler.is_compiling() else "reference"
+        return "cpu" if cpu and cpu_ok and not torch.compiler.is_compiling() else "reference"
     if backend == "cpu":
         if cpu_scan is None:
             raise RuntimeError("backend='cpu' needs the numba package, which is missing")
+        if not cpu_ok:
+            raise ValueError(
+                "backend='cpu' has no synaptic current (tau_syn) and no lengths= yet: use "
+                "backend='auto' (the reference on CPU for these) or 'reference'"
+            )
         if x.device.type != "cpu":
             raise ValueError(f"backend='cpu' takes CPU tensors, got x on {x.device}")
         if torch.compiler.is_compiling():
@@ -120,7 +138,8 @@ _INTERPRETED: list[bool] = []
 def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExParams],
              spec: ScanSpec, *,
              t0_step: int = 0, packed: Tensor | None = None, check_state: bool = True,
-             extra_check: Tensor | None = None) -> ScanOutput:  # fmt: skip
+             extra_check: Tensor | None = None,
+             lengths: Tensor | None = None) -> ScanOutput:  # fmt: skip
     """One call of a validated scan: choose the backend, check finiteness, run.
 
     Args:
@@ -137,8 +156,9 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
             inf where it failed (e.g. a learnable-parameter constraint), read in the same
             host sync as the finiteness check; :class:`ExtraCheckError` reports its failure,
             which the caller explains.
+        lengths: ``[S[0]]`` int32 steps per sample from :func:`check_lengths`, or None.
     """
-    backend = _backend_for(spec.backend, x)
+    backend = _backend_for(spec.backend, x, cpu_ok=not spec.has_syn and lengths is None)
     if not torch.compiler.is_compiling() and (spec.check_finite or extra_check is not None):
         _check_finite(x, state0, spec, check_state and spec.check_finite, extra_check)
     if spec.spike_dtype is not None and not spec.spike_dtype.is_floating_point:
@@ -147,7 +167,41 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
         params = params()
     if backend == "triton" and state0.dtype != torch.float32:
         state0 = state0.to(torch.float32)
-    return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed)
+    extra = {} if lengths is None else {"lengths": lengths}
+    return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
+                                  **extra)  # fmt: skip
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_lengths(lengths: object, T: int, state_shape: tuple[int, ...],
+                  device: torch.device) -> Tensor:  # fmt: skip
+    """``lengths`` of a multi-step call, validated: an integer tensor ``[batch]``
+    (``batch = state_shape[0]``) on ``device`` with every value in ``1..T``. Returns it as
+    contiguous int32. Raises ``TypeError`` (not an integer tensor) or ``ValueError`` (shape,
+    device, range; the range check is one host sync, skipped while compiling)."""
+    if not isinstance(lengths, Tensor):
+        raise TypeError(f"lengths must be an integer torch.Tensor, got {type(lengths).__name__}")
+    if lengths.dtype not in _INT_DTYPES:
+        raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+    if len(state_shape) < 2:
+        raise ValueError(
+            f"lengths needs a batch: the state shape {state_shape} has no batch dimension "
+            "(init_state(batch_size))"
+        )
+    if tuple(lengths.shape) != (state_shape[0],):
+        raise ValueError(
+            f"lengths must have shape ({state_shape[0]},) (one per sample), got "
+            f"{tuple(lengths.shape)}"
+        )
+    if lengths.device != device:
+        raise ValueError(f"lengths is on device {lengths.device} but x is on {device}")
+    if not torch.compiler.is_compiling():
+        lo, hi = (int(v) for v in torch.aminmax(lengths.to(torch.int64)))
+        if lo < 1 or hi > T:
+            raise ValueError(f"lengths must be in 1..T = 1..{T}, got values in {lo}..{hi}")
+    return lengths.to(torch.int32).contiguous()
 
 
 def _refuse_gradient(x: Tensor, state0: Tensor, params, packed: Tensor | None,
@@ -194,6 +248,8 @@ def _check_finite(x: Tensor, state0: Tensor, spec: ScanSpec, check_state: bool,
             names += [("V0", state0[0])] + ([("w0", state0[spec.w_row])] if spec.has_w else [])
             if spec.has_ref:
                 names.append(("last_spike_time", state0[spec.t_row]))
+            if spec.has_syn:
+                names.append(("I0", state0[spec.i_row]))
         for name, t in names:
             if not bool(torch.isfinite(t.detach()).all()):
                 raise ValueError(f"{name} contains NaN or inf")
@@ -214,14 +270,16 @@ def _check_tensor(name: str, t: object, shape: tuple[int, ...], device: torch.de
 
 
 def stack_state(V: Tensor, w: Tensor | None, last_spike_time: Tensor | None,
-                dtype: torch.dtype) -> Tensor:  # fmt: skip
-    """The state block ``[C, *S]`` in ``dtype``: V, then w and the last-spike time (not
-    differentiable) where given."""
+                dtype: torch.dtype, I: Tensor | None = None) -> Tensor:  # fmt: skip
+    """The state block ``[C, *S]`` in ``dtype``: V, then w, the last-spike time (not
+    differentiable) and the synaptic current I where given."""
     rows = [V.to(dtype)]
     if w is not None:
         rows.append(w.to(dtype))
     if last_spike_time is not None:
         rows.append(last_spike_time.detach().to(dtype))
+    if I is not None:
+        rows.append(I.to(dtype))
     return torch.stack(rows)
 
 
@@ -251,7 +309,9 @@ def adex_scan(
     packed_params: Tensor | None = None,
     spike_dtype: torch.dtype | None = None,
     checkpoint_every: int | None = None,
-) -> ScanResult | RefScanResult:
+    I0: Tensor | None = None,
+    lengths: Tensor | None = None,
+) -> ScanResult | RefScanResult | SynScanResult:
     """Simulate T steps of AdExIF (or ExpIF / LIF) neurons with BrainPy's semantics.
 
     The whole forward scan runs as one fused Triton kernel (``backend='triton'``) and so does
@@ -291,10 +351,19 @@ def adex_scan(
             ``x``, and recompute each K-step segment inside the backward kernel (on the
             reference backend: ``torch.utils.checkpoint`` per segment). Pays off when ``x``
             is kept alive anyway; cannot be combined with ``return_states``.
+        I0: ``[*S]`` synaptic current before ``x[0]`` (mA): the model then has a synapse,
+            ``tau_syn dI/dt = -I + x`` integrated exactly before each step, and the membrane
+            reads I where it would read x; ``params.tau_syn`` (ms, > 0) is required with it.
+            None: no synapse.
+        lengths: ``[S[0]]`` integer steps per sample (1..T), or None (every sample runs T
+            steps): from step ``lengths[b]`` on sample b holds its state (the per-step V, w,
+            I repeat its last values), writes zero spikes and passes no gradient through
+            those steps; the final state is each sample's state after its own last step.
 
     Returns:
         :class:`ScanResult` ``(spikes, V, w)``, or with ``tau_ref`` a
-        :class:`RefScanResult` that adds ``last_spike_time``.
+        :class:`RefScanResult` that adds ``last_spike_time``, or with ``I0`` a
+        :class:`SynScanResult` ``(spikes, V, w, I, last_spike_time)``.
 
     Example:
         >>> import torch, adex
@@ -317,8 +386,13 @@ def adex_scan(
         surrogate=ReluGrad() if surrogate is None else surrogate, dt=dt,
         detach_reset=detach_reset, spike_dtype=spike_dtype, checkpoint_every=checkpoint_every,
         backend=backend, check_finite=check_finite, return_states=return_states,
+        has_syn=I0 is not None,
     )  # fmt: skip
     state_shape = tuple(x.shape[1:])
+    if (I0 is None) != (params.tau_syn is None):
+        raise ValueError("I0 (the synaptic current, mA) and params.tau_syn go together")
+    if I0 is not None:
+        I0 = _check_tensor("I0", I0, state_shape, x.device)
     V0 = _check_tensor("V0", V0, state_shape, x.device)
     if w0 is not None:
         w0 = _check_tensor("w0", w0, state_shape, x.device)
@@ -336,12 +410,19 @@ def adex_scan(
     if not compiling and (isinstance(t0_step, bool) or not isinstance(t0_step, int) or t0_step < 0):
         raise ValueError(f"t0_step must be an int >= 0, got {t0_step!r}")
     state0 = stack_state(V0, w0, last_spike_time if spec.has_ref else None,
-                         state_dtype(x.dtype, V0.dtype))  # fmt: skip
-    out = run_scan(x, state0, params, spec, t0_step=t0_step, packed=packed_params)
+                         state_dtype(x.dtype, V0.dtype), I0)  # fmt: skip
+    if lengths is not None:
+        lengths = check_lengths(lengths, x.shape[0], state_shape, x.device)
+    out = run_scan(x, state0, params, spec, t0_step=t0_step, packed=packed_params,
+                   lengths=lengths)  # fmt: skip
     if return_states:
-        V, w = out.v_seq, out.w_seq
+        V, w, I = out.v_seq, out.w_seq, out.i_seq
     else:
         V, w = out.state[0], out.state[spec.w_row] if spec.has_w else None
+        I = out.state[spec.i_row] if spec.has_syn else None
+    t_last = out.state[spec.t_row].detach() if spec.has_ref else None
+    if spec.has_syn:
+        return SynScanResult(out.spikes, V, w, I, t_last)
     if spec.has_ref:
-        return RefScanResult(out.spikes, V, w, out.state[spec.t_row].detach())
+        return RefScanResult(out.spikes, V, w, t_last)
     return ScanResult(out.spikes, V, w)

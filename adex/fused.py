@@ -27,6 +27,7 @@ def fused_scan(
     *,
     t0_step: int = 0,
     packed: Tensor | PackedParams | None = None,
+    lengths: Tensor | None = None,
 ) -> ScanOutput:
     """Run the scan on the fused kernels.
 
@@ -38,6 +39,7 @@ def fused_scan(
         t0_step: global step index of ``x[0]`` (read by the Ref models).
         packed: ``params.packed(...)`` on x's device, precomputed (differentiable where
             parameters are), or a layer's :class:`PackedParams`.
+        lengths: ``[S[0]]`` int32 steps each sample runs (validated by the caller), or None.
 
     Returns:
         :class:`ScanOutput`.
@@ -57,19 +59,28 @@ def fused_scan(
     needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
     plan = spec.plan(needs_grad, param_grad)
     if _through_ops():
+        if lengths is not None:
+            raise NotImplementedError(
+                "lengths= is not supported while torch.compile traces the fused scan yet; "
+                "run the layer eagerly, or pad without lengths"
+            )
         values = layer_packed.differentiable() if learnable else packed
         out = torch.ops.adex.scan_fwd(x, state0, values, spec.key, needs_grad, param_grad,
                                       t0_step)  # fmt: skip
-        return ScanOutput(out[0], out[1], out[2] if spec.return_states else None,
-                          out[3] if spec.return_states and spec.has_w else None)  # fmt: skip
+        states = spec.return_states
+        return ScanOutput(out[0], out[1], out[2] if states else None,
+                          out[3] if states and spec.has_w else None,
+                          out[6] if states and spec.has_syn else None)  # fmt: skip
     if needs_grad:
-        spikes, state, v_seq, w_seq = FusedScan.apply(x, state0, packed, spec, plan, t0_step,
-                                                      layer_packed, *learnable)  # fmt: skip
+        spikes, state, v_seq, w_seq, i_seq = FusedScan.apply(
+            x, state0, packed, spec, (plan, lengths), t0_step, layer_packed, *learnable
+        )
     else:  # the launcher itself: autograd's bookkeeping costs more than a short scan
-        spikes, state, v_seq, w_seq = adex_scan_fwd(x, state0, packed, spec, plan, t0_step)[:4]
+        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, lengths)
+        spikes, state, v_seq, w_seq, i_seq = (*out[:4], out.i_seq)
     if not spec.return_states:
-        v_seq = w_seq = None
-    return ScanOutput(spikes, state, v_seq, w_seq)
+        v_seq = w_seq = i_seq = None
+    return ScanOutput(spikes, state, v_seq, w_seq, i_seq)
 
 
 def _through_ops() -> bool:
@@ -80,34 +91,38 @@ def _through_ops() -> bool:
 
 class FusedScan(torch.autograd.Function):
     """The eager autograd node of the fused scan: forward and backward launchers, no
-    custom-op dispatch. Inputs ``(x, state0, packed, spec, plan, t0_step, layer_packed,
-    *learnable)``: ``packed`` ``[10, N]`` (differentiable for functional callers), or a
+    custom-op dispatch. Inputs ``(x, state0, packed, spec, (plan, lengths), t0_step,
+    layer_packed, *learnable)`` (``lengths``: the ``[S[0]]`` int32 sample lengths, or
+    None): ``packed`` ``[10, N]`` (differentiable for functional callers), or a
     layer's ``PackedParams`` as ``layer_packed`` with its learnable tensors after it, which
     receive their gradients directly. Outputs ``(spikes, state, v_seq or None, w_seq or
-    None)``."""
+    None, i_seq or None)``."""
 
     @staticmethod
-    def forward(ctx, x, state0, packed, spec: ScanSpec, plan: Plan, t0_step: int,
+    def forward(ctx, x, state0, packed, spec: ScanSpec, plan_lengths: tuple, t0_step: int,
                 layer_packed: PackedParams | None, *learnable):  # fmt: skip
-        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step)
+        plan, lengths = plan_lengths  # the plan and the sample lengths (or None)
+        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, lengths)
+        ctx.lengths = lengths
         ctx.set_materialize_grads(False)
         ctx.spec, ctx.plan, ctx.t0_step = spec, plan, t0_step
         ctx.x_dtype, ctx.T, ctx.layer_packed = x.dtype, x.shape[0], layer_packed
         ctx.save_for_backward(state0, packed, out.v_seq, out.w_seq, out.ref_bits,
-                              out.checkpoints, x if plan.checkpoint_every else None)  # fmt: skip
-        return out.spikes, out.state, out.v_seq, out.w_seq
+                              out.checkpoints, x if plan.checkpoint_every or plan.read_i else None,
+                              out.i_seq)  # fmt: skip
+        return out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq
 
     @staticmethod
-    def backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq):
-        state0, packed, v_seq, w_seq, ref_bits, checkpoints, x = ctx.saved_tensors
-        saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x)
+    def backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq=None):
+        state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq = ctx.saved_tensors
+        saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x, i_seq)
         needs = ctx.needs_input_grad
         layer_packed = ctx.layer_packed
         learn_grad = layer_packed is not None and any(needs[7:])
-        out_grads = (g_spikes, g_state, g_v_seq, g_w_seq)
+        out_grads = (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq)
         grad_x, grad_state0, grad_elements = fused_backward(
             ctx.spec, ctx.plan, saved, packed, (needs[0], needs[1], needs[2] or learn_grad),
-            ctx.x_dtype, ctx.T, ctx.t0_step, out_grads, adex_scan_bwd,
+            ctx.x_dtype, ctx.T, ctx.t0_step, out_grads, adex_scan_bwd, ctx.lengths,
         )  # fmt: skip
         grad_packed = per_neuron(grad_elements, packed.shape[1]) if needs[2] else None
         grads = (grad_x, grad_state0, grad_packed, None, None, None, None)
@@ -119,10 +134,11 @@ class FusedScan(torch.autograd.Function):
 
 def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: Tensor,
                    needs: tuple[bool, ...], x_dtype: torch.dtype, T: int, t0_step: int,
-                   grads: tuple, launch) -> tuple[Tensor | None, ...]:  # fmt: skip
+                   grads: tuple, launch,
+                   lengths: Tensor | None = None) -> tuple[Tensor | None, ...]:  # fmt: skip
     """The gradients of ``(x, state0)`` and the per-element parameter gradients
-    ``[10, *S]`` (None where ``needs`` says no) from those of the forward's outputs
-    ``(spikes, state, v_seq, w_seq)`` (None or empty where absent), by ``launch``:
+    ``[N_PARAMS, *S]`` (None where ``needs`` says no) from those of the forward's outputs
+    ``(spikes, state, v_seq, w_seq[, i_seq])`` (None or empty where absent), by ``launch``:
     ``adex.kernels.adex_scan_bwd``, or the ``adex::scan_bwd`` op while compiling (same
     signature and result)."""
     if not plan.needs_grad:
@@ -130,18 +146,23 @@ def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: 
             "the fused scan ran without saving V (no input required grad at call time); "
             "cannot backpropagate through it"
         )
-    g_spikes, g_state, g_v_seq, g_w_seq = (_present(g) for g in grads)
+    g_spikes, g_state, g_v_seq, g_w_seq = (_present(g) for g in grads[:4])
+    extra = {}
+    if spec.has_syn:  # the synaptic-current sequence's gradient
+        extra["grad_i_seq"] = _present(grads[4]) if len(grads) > 4 else None
+    if lengths is not None:  # the eager launcher only (the ops refuse lengths)
+        extra["lengths"] = lengths
     grad_x, grad_state0, grad_par = launch(saved, packed, spec, plan, g_spikes, g_v_seq,
                                            g_w_seq, g_state, x_dtype, T, t0_step, needs[0],
-                                           needs[1])  # fmt: skip
+                                           needs[1], **extra)  # fmt: skip
     return (grad_x if needs[0] else None, grad_state0 if needs[1] else None,
             grad_par if needs[2] else None)  # fmt: skip
 
 
 def per_neuron(grad_elements: Tensor, n: int) -> Tensor:
-    """Per-element parameter gradients ``[10, *S]`` as the packed ``[10, N]`` gradient,
-    summed over the batch."""
-    return grad_elements.reshape(10, -1, n).sum(1)
+    """Per-element parameter gradients ``[N_PARAMS, *S]`` as the packed ``[N_PARAMS, N]``
+    gradient, summed over the batch."""
+    return grad_elements.reshape(grad_elements.shape[0], -1, n).sum(1)
 
 
 def _present(grad: Tensor | None) -> Tensor | None:

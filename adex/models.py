@@ -1,11 +1,13 @@
 """The AdEx family as modules with BrainPy's signatures and defaults: AdExIF, ExpIF, LIF,
-AdExIFRef, ExpIFRef; and AdLIF, AdLIFRef (AdExIF without the exponential term)."""
+AdExIFRef, ExpIFRef; AdLIF, AdLIFRef (AdExIF without the exponential term); LI (the
+non-spiking leaky-integrator readout)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from adex.init import Constant
 from adex.module import SpikingNeuron
@@ -45,6 +47,13 @@ _COMMON_DOC = """
             instead of ``[T, batch, ...]`` (as ``torch.nn.RNN``); the outputs are transposed
             views. The fused kernels read a contiguous ``[T, ...]`` input, so they copy a
             batch-first one; the reference reads it through its strides.
+        tau_syn: synaptic time constant (ms, > 0; scalar or per-neuron) of an optional
+            synaptic current ``I`` (mA): ``tau_syn dI/dt = -I + x``, integrated exactly with
+            x held over the step, ``I_t = I_{t-1} + (1 - exp(-dt/tau_syn)) (x_t - I_{t-1})``,
+            first in each step; the membrane then reads ``I_t`` where it would read ``x_t``.
+            ``I`` is state like ``V`` (0 after ``init_state``, readable, assignable, in
+            ``return_states``, differentiable); ``tau_syn`` may be learnable. Default None:
+            no synapse (the input drives the membrane directly).
 
     State API (BrainPy's): ``init_state(batch_size=None)`` / ``reset_state``, ``V`` (mV,
     pre-reset) and ``w`` (mA) readable and assignable, ``update(x)`` for one step,
@@ -100,9 +109,11 @@ class AdExIF(SpikingNeuron):
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
         batch_first: bool = False,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
                          dt, backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
@@ -147,9 +158,11 @@ class ExpIF(SpikingNeuron):
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
         batch_first: bool = False,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
@@ -190,8 +203,10 @@ class LIF(SpikingNeuron):
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
         batch_first: bool = False,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest)
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, None, spk_fun, spk_reset, dt,
                          backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
@@ -246,9 +261,11 @@ class AdExIFRef(AdExIF):
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
         batch_first: bool = False,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       V_T=V_T, delta_T=delta_T, a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
                                tau_ref, learnable, spike_dtype, checkpoint_every,
@@ -288,9 +305,11 @@ class ExpIFRef(ExpIF):
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
         batch_first: bool = False,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, V_th=V_th, V_reset=V_reset, V_rest=V_rest, V_T=V_T,
                       delta_T=delta_T)  # fmt: skip
+        params["tau_syn"] = tau_syn
         SpikingNeuron.__init__(self, in_size, params, V_initializer, None, spk_fun, spk_reset,
                                dt, backend, name, check_finite, detach_reset,
                                tau_ref, learnable, spike_dtype, checkpoint_every,
@@ -339,13 +358,16 @@ class AdLIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
                          dt, backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
-                         checkpoint_every=checkpoint_every)  # fmt: skip
+                         checkpoint_every=checkpoint_every, batch_first=batch_first)  # fmt: skip
 
 
 class AdLIFRef(AdLIF):
@@ -382,12 +404,95 @@ class AdLIFRef(AdLIF):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
+        tau_syn: Any = None,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       a=a, b=b)  # fmt: skip
+        params["tau_syn"] = tau_syn
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
-                               tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
+                               tau_ref, learnable, spike_dtype, checkpoint_every,
+                               batch_first)  # fmt: skip
+
+
+LI_THRESHOLD = 1e30
+"""The threshold (mV) of the LIF scan that :class:`LI` runs: no V that float32 holds
+below it is reached, so the reset never fires."""
+
+
+class LI(SpikingNeuron):
+    """Non-spiking leaky integrators, the usual readout of a spiking network:
+    ``tau dV/dt = -(V - V_rest) + R x``, the same exponential-Euler step as :class:`LIF`
+    (exact for the step's input), no threshold, no reset. The output is the V sequence
+    ``[T, *state_shape]`` (mV); readouts take its max or mean over time, or V at the last
+    step. With ``tau_syn`` the membrane reads the synaptic current I instead of x.
+
+    How it runs: as a LIF that never reaches its threshold, on the same scans (fused
+    kernels or reference), because that is what an LI is: ``V_th`` is
+    :data:`LI_THRESHOLD` (1e30 mV) above 0 and ``V_reset`` 0 mV (constants, not
+    parameters), the reset is detached (no surrogate gradient through a reset that never
+    happens) and the spikes, all zero, are dropped (their gradient is None). The V
+    sequence and its gradients are therefore exactly those of the LIF path; the price of
+    the reuse is the forward's spike store (one x-dtype write per neuron-step, discarded)
+    and the reset's arithmetic, which a dedicated kernel flag would save; in exchange the
+    kernels carry no LI-only branch. There is no low-memory mode (the output is the V
+    sequence that mode avoids storing).
+
+    Args:
+        in_size: neurons per sample (int or shape).
+        tau: time constant (ms, > 0). R: resistance (ohm). V_rest: resting potential (mV).
+        V_initializer: initial V (mV), as in :class:`LIF`.
+        dt: time step (ms, > 0). tau_syn: optional synaptic time constant (ms, > 0), as in
+            :class:`LIF`. learnable: any of ``('tau', 'R', 'V_rest', 'tau_syn')``.
+        backend, name, check_finite, batch_first: as in :class:`LIF`.
+
+    Example:
+        >>> import torch, adex
+        >>> readout = adex.LI(10, tau=20 * adex.u.ms)
+        >>> readout.init_state(batch_size=8)
+        >>> V = readout(torch.rand(100, 8, 10))  # [100, 8, 10] mV
+        >>> logits = V.max(0).values
+    """
+
+    has_w = False
+    has_exp = False
+    param_names = ("R", "tau", "V_rest")
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        tau: Any = 5 * u.ms,
+        R: Any = 1 * u.ohm,
+        V_rest: Any = 0 * u.mV,
+        V_initializer: Any = Constant(0 * u.mV),  # noqa: B008
+        dt: Any = 0.1 * u.ms,
+        tau_syn: Any = None,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+        learnable: tuple[str, ...] = (),
+        batch_first: bool = False,
+    ):
+        params = dict(R=R, tau=tau, V_rest=V_rest, V_th=LI_THRESHOLD, V_reset=0.0,
+                      tau_syn=tau_syn)  # fmt: skip
+        super().__init__(in_size, params, V_initializer, None, None, "soft", dt, backend, name,
+                         check_finite, detach_reset=True, learnable=learnable,
+                         batch_first=batch_first)  # fmt: skip
+
+    def forward(self, x_seq: Any, return_states: bool = False,
+                lengths: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA); returns the V sequence
+        ``[T, *state_shape]`` (mV, float32), differentiable. With ``return_states=True``
+        the whole (Syn)StateSequence (its spikes are all zero). ``lengths``: as in
+        :meth:`adex.SpikingNeuron.forward` (past its length a sample's V is held)."""
+        out = super().forward(x_seq, return_states=True, lengths=lengths)
+        return out if return_states else out.V
+
+    def update(self, x: Any = 0.0) -> Tensor:
+        """One step; returns the new V (mV), shaped like the state."""
+        super().update(x)
+        return self.V
 
 
 for _cls in (AdExIF, ExpIF, LIF, AdExIFRef, ExpIFRef, AdLIF, AdLIFRef):

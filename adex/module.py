@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adex.functional import ExtraCheckError, run_scan, stack_state, state_dtype
+from adex.functional import ExtraCheckError, check_lengths, run_scan, stack_state, state_dtype
 from adex.init import Constant, make_state, resolve_initializer
 from adex.param_attrs import ParamAttributes
 from adex.params import (
@@ -55,6 +55,16 @@ def _warn_coarse_dt(dt: float, params: AdExParams, has_w: bool, stacklevel: int)
                 stacklevel=stacklevel,
             )
             return
+
+
+class SynStateSequence(NamedTuple):
+    """``layer(x_seq, return_states=True)`` of a model with a synapse (``tau_syn``): the
+    fields of :class:`StateSequence`, then ``I``, the per-step synaptic current (mA)."""
+
+    spikes: Tensor
+    V: Tensor
+    w: Tensor | None
+    I: Tensor
 
 
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
@@ -131,7 +141,7 @@ class SpikingNeuron(ParamAttributes):
     has_w: ClassVar[bool] = True
     has_exp: ClassVar[bool] = True
     has_ref: ClassVar[bool] = False
-    param_names: ClassVar[tuple[str, ...]] = tuple(PARAM_KINDS)
+    param_names: ClassVar[tuple[str, ...]] = tuple(k for k in PARAM_KINDS if k != "tau_syn")
 
     spk_fun = _spec_setting("surrogate", "Surrogate spike function (``adex.surrogate``).")
     spk_reset = _spec_setting("spk_reset", "'soft' or 'hard' reset.")
@@ -165,6 +175,7 @@ class SpikingNeuron(ParamAttributes):
         self._rt = _RunState()  # per-call state: plain attributes, no nn.Module __setattr__
         self.in_size = _in_size_tuple(in_size)
         params = AdExParams.from_values(params, self.in_size)
+        self.has_syn = params.tau_syn is not None
         if self.has_ref:
             tau_ref = to_canonical(tau_ref, "time", "tau_ref")
             if not isinstance(tau_ref, int | float) or isinstance(tau_ref, bool):
@@ -174,7 +185,7 @@ class SpikingNeuron(ParamAttributes):
             spk_reset=spk_reset, surrogate=ReluGrad() if spk_fun is None else spk_fun,
             dt=to_canonical(dt, "time", "dt"), detach_reset=detach_reset,
             spike_dtype=spike_dtype, checkpoint_every=checkpoint_every, backend=backend,
-            check_finite=check_finite,
+            check_finite=check_finite, has_syn=self.has_syn,
         )  # fmt: skip
         self._spec_states = (
             self._spec.with_return_states(True) if checkpoint_every is None else None
@@ -189,11 +200,13 @@ class SpikingNeuron(ParamAttributes):
 
     def _init_learnable(self, params: AdExParams, learnable: Any) -> None:
         learnable = (learnable,) if isinstance(learnable, str) else tuple(learnable)
+        names = self.param_names + (("tau_syn",) if self.has_syn else ())
         for key in learnable:
-            if key not in self.param_names:
+            if key not in names:
                 raise ValueError(
                     f"learnable: {key!r} is not a parameter of {type(self).__name__}; "
-                    f"choose from {self.param_names} (tau_ref has no gradient)"
+                    f"choose from {names} (tau_ref has no gradient; tau_syn needs a synapse, "
+                    "tau_syn=...)"
                 )
         self.learnable = learnable
         # learnable parameters are float32 nn.Parameters (scalar: shape (), or in_size);
@@ -265,8 +278,8 @@ class SpikingNeuron(ParamAttributes):
 
     def _param_values(self) -> dict[str, Any]:
         values = dict(self._scalar_params)
-        for key in PARAM_KINDS:
-            if key not in values:
+        for key in PARAM_KINDS:  # without a synapse tau_syn stays None (AdExParams')
+            if key not in values and (key != "tau_syn" or self.has_syn):
                 values[key] = self._parameters.get(key, self._buffers.get(key))
         return values
 
@@ -362,6 +375,8 @@ class SpikingNeuron(ParamAttributes):
         constants = [i.value if isinstance(i, Constant) else None for i, _ in self._inits]
         if self.has_ref:
             constants.append(NEVER_SPIKED)
+        if self.has_syn:  # the synaptic current starts at 0 mA
+            constants.append(0.0)
         self._init_constants = None if None in constants else tuple(constants)
         self._init_trusted = all(trusted for _, trusted in self._inits)
 
@@ -391,8 +406,9 @@ class SpikingNeuron(ParamAttributes):
         """Create the state shaped ``(batch_size, *in_size)`` (or ``in_size``) from the
         initializers: V (mV), w (mA), on ``device`` (default: the module's) in ``dtype``.
 
-        Also restarts the clock (``t_step = 0``: the next step runs at t = 0 ms) and, for the
-        Ref models, sets ``last_spike_time`` to -1e7 ms as BrainPy does."""
+        Also restarts the clock (``t_step = 0``: the next step runs at t = 0 ms), for the
+        Ref models sets ``last_spike_time`` to -1e7 ms as BrainPy does, and with
+        ``tau_syn`` sets the synaptic current ``I`` to 0 mA."""
         shape = self._state_shape(batch_size)
         device = self._rt.packed_device if device is None else torch.device(device)
         constants = self._init_constants
@@ -414,6 +430,8 @@ class SpikingNeuron(ParamAttributes):
                            strict=False)]  # fmt: skip
             if self.has_ref:
                 rows.append(torch.full(shape, NEVER_SPIKED, dtype=dtype, device=device))
+            if self.has_syn:
+                rows.append(torch.zeros(shape, dtype=dtype, device=device))
             self._rt.state = torch.stack(rows)
         self._rt.loose = None
         # (version counters cannot be read while torch.compile traces: checked eagerly)
@@ -505,6 +523,18 @@ class SpikingNeuron(ParamAttributes):
             raise AttributeError(f"{type(self).__name__} has no refractory period")
         self._set_row(self._spec.t_row, self._checked_state(value, "time", "last_spike_time"))
 
+    @property
+    def I(self) -> Tensor | None:  # noqa: E743 (the synaptic current's name)
+        """Synaptic current (mA) after the last step (models with ``tau_syn``; else None);
+        assignable, differentiable like ``V``."""
+        return self._row(self._spec.i_row)
+
+    @I.setter
+    def I(self, value: Any) -> None:  # noqa: E743
+        if not self.has_syn:
+            raise AttributeError(f"{type(self).__name__} has no synaptic current (tau_syn=None)")
+        self._set_row(self._spec.i_row, self._checked_state(value, "current", "I"))
+
     def _state_versions(self) -> tuple[int, ...] | None:
         """The version counters of the state's tensors: an in-place write (even through a
         view such as ``layer.V``) changes them. None where they cannot tell (no state yet,
@@ -534,15 +564,17 @@ class SpikingNeuron(ParamAttributes):
             raise RuntimeError(f"{type(self).__name__}: call init_state(batch_size) first")
         names = (
             ["V"] + (["w"] if self.has_w else []) + (["last_spike_time"] if self.has_ref else [])
-        )
+            + (["I"] if self.has_syn else [])
+        )  # fmt: skip
         for name, r in zip(names[1:], rows[1:], strict=True):
             if r.shape != rows[0].shape:
                 raise ValueError(f"V {tuple(rows[0].shape)} and {name} {tuple(r.shape)} differ")
         if any(r.device != rows[0].device for r in rows):
-            raise ValueError("V, w (and last_spike_time) are on different devices")
+            raise ValueError("V, w (and last_spike_time, I) are on different devices")
         t_last = rows[self._spec.t_row] if self.has_ref else None
         w = rows[1] if self.has_w else None
-        return stack_state(rows[0], w, t_last, state_dtype(x_dtype, rows[0].dtype))
+        I = rows[self._spec.i_row] if self.has_syn else None
+        return stack_state(rows[0], w, t_last, state_dtype(x_dtype, rows[0].dtype), I)
 
     # -- dynamics ----------------------------------------------------------------------------
 
@@ -588,7 +620,8 @@ class SpikingNeuron(ParamAttributes):
             return "; the input is [T, batch, ...]: for batch-first data use batch_first=True"
         return ""
 
-    def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool):
+    def _run(self, x: Tensor, state: Tensor, return_states: bool, trusted: bool,
+             lengths: Tensor | None = None):  # fmt: skip
         device = x.device
         if state.device != device:
             raise ValueError(
@@ -606,12 +639,14 @@ class SpikingNeuron(ParamAttributes):
         try:
             out = run_scan(x, state, params, spec, t0_step=self._rt.t_step if self.has_ref else 0,
                            packed=packed,
-                           check_state=not trusted, extra_check=violations)  # fmt: skip
+                           check_state=not trusted, extra_check=violations,
+                           lengths=lengths)  # fmt: skip
         except ExtraCheckError:
             self._raise_invalid_params()
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
             rows = [out.v_seq[-1]] + ([out.w_seq[-1]] if self.has_w else [])
-            self._rt.state, self._rt.loose = None, rows + ([out.state[-1]] if self.has_ref else [])
+            rows += [out.state[r] for r in (self._spec.t_row, self._spec.i_row) if r is not None]
+            self._rt.state, self._rt.loose = None, rows
         else:
             self._rt.state, self._rt.loose = out.state, None
         self._rt.trusted = None if torch.compiler.is_compiling() else self._state_versions()
@@ -641,9 +676,18 @@ class SpikingNeuron(ParamAttributes):
         x = self._input(x, tuple(state.shape[1:]), state.device, ())
         return self._run(x.unsqueeze(0), state, False, trusted).spikes[0]
 
-    def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
+    def forward(self, x_seq: Any, return_states: bool = False,
+                lengths: Tensor | None = None) -> Tensor | StateSequence:  # fmt: skip
         """Run ``T`` steps over ``x_seq`` ``[T, *state_shape]`` (mA; ``[batch, T, *in_size]``
         with ``batch_first=True``) in one fused scan.
+
+        ``lengths`` (variable-length batches): a ``[batch]`` integer tensor, each in 1..T,
+        on x's device. For sample b, steps ``t >= lengths[b]`` leave its state unchanged,
+        write zero spikes, and pass no gradient (to x, the state or the parameters); the
+        per-step V, w and I of ``return_states`` hold the sample's last values there, so
+        ``V[-1]`` is every sample's V after its own last step, as is the state left in the
+        layer: the call equals running each sample alone on its own length. The clock
+        (``t_step``, read by the Ref models) still advances by T for every sample.
 
         Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``;
         batch-first: ``[batch, T, *in_size]``, a transposed view), or with
@@ -675,12 +719,14 @@ class SpikingNeuron(ParamAttributes):
         if batch_first:
             x_seq = x_seq.transpose(0, 1)
         x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
-        out = self._run(x_seq, state, return_states, trusted)
+        if lengths is not None:
+            lengths = check_lengths(lengths, x_seq.shape[0], state_shape, x_seq.device)
+        out = self._run(x_seq, state, return_states, trusted, lengths)
         if return_states:
+            seqs = (out.spikes, out.v_seq, out.w_seq) + ((out.i_seq,) if self.has_syn else ())
             if batch_first:
-                return StateSequence(*(None if t is None else t.transpose(0, 1)
-                                       for t in (out.spikes, out.v_seq, out.w_seq)))  # fmt: skip
-            return StateSequence(out.spikes, out.v_seq, out.w_seq)
+                seqs = tuple(None if t is None else t.transpose(0, 1) for t in seqs)
+            return SynStateSequence(*seqs) if self.has_syn else StateSequence(*seqs)
         return out.spikes.transpose(0, 1) if batch_first else out.spikes
 
     def get_spike(self, V: Tensor | None = None) -> Tensor:
@@ -706,6 +752,11 @@ class SpikingNeuron(ParamAttributes):
             parts.append(f"{key}={shown}")
         if self.has_ref:
             parts.append(f"tau_ref={self.tau_ref:g} ms")
+        if self.has_syn:
+            tau_syn = self._params_cache.tau_syn
+            learn = "tau_syn" in self.learnable
+            shown = "learnable" if learn else "per-neuron" if isinstance(tau_syn, Tensor) else None
+            parts.append(f"tau_syn={shown} [ms]" if shown else f"tau_syn={tau_syn:g} ms")
         if self.detach_reset:
             parts.append("detach_reset=True")
         if self.spike_dtype is not None:

@@ -16,9 +16,10 @@ from torch import Tensor
 from adex.fused import fused_backward, per_neuron
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
+from adex.params import N_PARAMS
 from adex.spec import ScanSpec
 
-_FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 def _or_empty(t: Tensor | None, like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -36,11 +37,12 @@ def scan_fwd(x: Tensor, state0: Tensor, packed: Tensor, spec: str, needs_grad: b
              param_grad: bool, t0_step: int) -> _FwdOut:  # fmt: skip
     """Fused forward scan (``adex.kernels.adex_scan_fwd``) under the plan of ``spec`` (a
     ``ScanSpec.key``) for ``needs_grad``/``param_grad``. Returns ``(spikes, state, v_seq,
-    w_seq, ref_bits, checkpoints)``, empty where the plan writes none."""
+    w_seq, ref_bits, checkpoints, i_seq)``, empty where the plan writes none."""
     s = ScanSpec.from_key(spec)
     out = adex_scan_fwd(x, state0, packed, s, s.plan(needs_grad, param_grad), t0_step)
     return (out.spikes, out.state, _or_empty(out.v_seq, x), _or_empty(out.w_seq, x),
-            _or_empty(out.ref_bits, x, torch.uint8), _or_empty(out.checkpoints, x))  # fmt: skip
+            _or_empty(out.ref_bits, x, torch.uint8), _or_empty(out.checkpoints, x),
+            _or_empty(out.i_seq, x))  # fmt: skip
 
 
 @scan_fwd.register_fake
@@ -60,6 +62,7 @@ def _(x, state0, packed, spec, needs_grad, param_grad, t0_step):
         f32(x.shape, plan.store_w),
         x.new_empty(((T + 7) // 8, *S) if plan.store_ref else (0,), dtype=torch.uint8),
         f32((-(-T // K) if K else 0, s.n_state, *S), bool(K)),
+        f32(x.shape, plan.store_i),
     )
 
 
@@ -84,15 +87,17 @@ def scan_bwd(
     t0_step: int,
     want_x: bool,
     want_state0: bool,
+    i_seq: Tensor | None = None,
+    grad_i_seq: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fused backward scan (``adex.kernels.adex_scan_bwd``). Returns ``(grad_x,
     grad_state0, grad_params)``, each empty where not wanted (``grad_params`` without
     ``param_grad``)."""
     s = ScanSpec.from_key(spec)
-    saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x)
+    saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x, i_seq)
     out = adex_scan_bwd(saved, packed, s, s.plan(needs_grad, param_grad), grad_spikes,
                         grad_v_seq, grad_w_seq, grad_state, x_dtype, T, t0_step, want_x,
-                        want_state0)  # fmt: skip
+                        want_state0, grad_i_seq)  # fmt: skip
     return (_or_empty(out.grad_x, state0, x_dtype), _or_empty(out.grad_state0, state0),
             _or_empty(out.grad_params, state0))  # fmt: skip
 
@@ -100,9 +105,9 @@ def scan_bwd(
 @scan_bwd.register_fake
 def _(state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, grad_spikes, grad_v_seq,
       grad_w_seq, grad_state, spec, needs_grad, param_grad, x_dtype, T, t0_step, want_x,
-      want_state0):  # fmt: skip
+      want_state0, i_seq=None, grad_i_seq=None):  # fmt: skip
     S = state0.shape[1:]
-    grad_par = state0.new_empty((10, *S) if param_grad else (0,), dtype=torch.float32)
+    grad_par = state0.new_empty((N_PARAMS, *S) if param_grad else (0,), dtype=torch.float32)
     grad_x = state0.new_empty((T, *S) if want_x else (0,), dtype=x_dtype)
     grad_state0 = state0.new_empty(state0.shape if want_state0 else (0,), dtype=torch.float32)
     return grad_x, grad_state0, grad_par
@@ -110,35 +115,37 @@ def _(state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, grad_spikes, grad_
 
 def _setup_context(ctx, inputs, output):
     x, state0, packed, spec, needs_grad, param_grad, t0_step = inputs
-    _, _, v_seq, w_seq, ref_bits, checkpoints = output
+    _, _, v_seq, w_seq, ref_bits, checkpoints, i_seq = output
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(ref_bits, checkpoints)
     ctx.spec, ctx.t0_step = spec, t0_step
     ctx.plan = ScanSpec.from_key(spec).plan(needs_grad, param_grad)
     ctx.x_dtype, ctx.T = x.dtype, x.shape[0]
+    keep_x = ctx.plan.checkpoint_every or ctx.plan.read_i
     ctx.save_for_backward(state0, packed, v_seq, w_seq, ref_bits, checkpoints,
-                          x if ctx.plan.checkpoint_every else None)  # fmt: skip
+                          x if keep_x else None, i_seq)  # fmt: skip
 
 
 def _launch_op(saved, packed, spec, plan, g_spikes, g_v_seq, g_w_seq, g_state, x_dtype, T,
-               t0_step, want_x, want_state0):  # fmt: skip
+               t0_step, want_x, want_state0, grad_i_seq=None):  # fmt: skip
     """``adex_scan_bwd``'s signature over the ``adex::scan_bwd`` op."""
     grad_x, grad_state0, grad_par = scan_bwd(
         saved.state0, packed, saved.v_seq, saved.w_seq, saved.ref_bits, saved.checkpoints,
         saved.x, g_spikes, g_v_seq, g_w_seq, g_state, spec.key, plan.needs_grad,
-        plan.param_grad, x_dtype, T, t0_step, want_x, want_state0,
+        plan.param_grad, x_dtype, T, t0_step, want_x, want_state0, saved.i_seq, grad_i_seq,
     )  # fmt: skip
     return (grad_x if want_x else None, grad_state0 if want_state0 else None,
             grad_par if plan.param_grad else None)  # fmt: skip
 
 
-def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, _g_ckpt):
-    state0, packed, v_seq, w_seq, ref_bits, checkpoints, x = ctx.saved_tensors
+def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, _g_ckpt, g_i_seq):
+    state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq = ctx.saved_tensors
     saved = SavedForBackward(state0, _or_none(v_seq), _or_none(w_seq), _or_none(ref_bits),
-                             _or_none(checkpoints), x)  # fmt: skip
+                             _or_none(checkpoints), x, _or_none(i_seq))  # fmt: skip
     grad_x, grad_state0, grad_elements = fused_backward(
         ScanSpec.from_key(ctx.spec), ctx.plan, saved, packed, ctx.needs_input_grad[:3],
-        ctx.x_dtype, ctx.T, ctx.t0_step, (g_spikes, g_state, g_v_seq, g_w_seq), _launch_op,
+        ctx.x_dtype, ctx.T, ctx.t0_step, (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq),
+        _launch_op,
     )  # fmt: skip
     grad_packed = None if grad_elements is None else per_neuron(grad_elements, packed.shape[1])
     return grad_x, grad_state0, grad_packed, None, None, None, None

@@ -25,11 +25,21 @@ PARAM_KINDS: dict[str, str] = {
     "delta_T": "voltage",
     "a": "conductance",
     "b": "current",
+    "tau_syn": "time",
 }
-"""Every parameter of the AdEx family and its physical kind (see ``adex.units.CANONICAL``)."""
+"""Every parameter of the AdEx family and its physical kind (see ``adex.units.CANONICAL``);
+``tau_syn`` is the synaptic time constant of the optional synaptic current (None: none)."""
 
-ALL_PARAMS = (1 << len(PARAM_KINDS)) - 1
-"""A parameter mask (bit k: the parameter in packed row k, ``PARAM_KINDS`` order) of all ten."""
+N_PARAMS = len(PARAM_KINDS)
+"""Rows of the packed parameter layout (``[N_PARAMS, N]``)."""
+
+ALL_PARAMS = (1 << N_PARAMS) - 1
+"""A parameter mask (bit k: the parameter in packed row k, ``PARAM_KINDS`` order) of all of
+them."""
+
+UNUSED_TAU_SYN = 1.0
+"""The packed ``tau_syn`` row of a model without a synapse (``tau_syn=None``): a valid value
+that no kernel reads (they read the row only with a synapse)."""
 
 RUNAWAY_CEILING = 10.0
 """A runaway step stores ``V = V_th``: the neuron reached its spike peak within the step.
@@ -59,11 +69,12 @@ measure-zero coincidence; no resting state lies above V_T with V_th above it).
 
 @dataclass(frozen=True)
 class AdExParams:
-    """The ten AdEx parameters in canonical units (mV, ms, mA, ohm, S).
+    """The AdEx parameters in canonical units (mV, ms, mA, ohm, S).
 
     Each field is a Python float (shared by every neuron) or a tensor broadcastable to the
     layer's ``in_size`` (per-neuron values). ExpIF and LIF ignore the fields they lack
-    (``tau_w``, ``a``, ``b``; LIF also ``V_T``, ``delta_T``).
+    (``tau_w``, ``a``, ``b``; LIF also ``V_T``, ``delta_T``). ``tau_syn`` (ms, > 0) is the
+    synaptic time constant of the models with a synaptic current, None without one.
     """
 
     R: ParamValue = 1.0
@@ -76,6 +87,7 @@ class AdExParams:
     delta_T: ParamValue = 3.48
     a: ParamValue = 1.0
     b: ParamValue = 1.0
+    tau_syn: ParamValue | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +104,9 @@ class AdExParams:
         for name, value in values.items():
             if name not in PARAM_KINDS:
                 raise TypeError(f"unknown AdEx parameter {name!r}")
+            if name == "tau_syn" and value is None:  # no synaptic current
+                converted[name] = None
+                continue
             magnitude = to_canonical(value, PARAM_KINDS[name], name)
             converted[name] = _as_param(magnitude, name, in_size)
         return cls(**converted)
@@ -125,21 +140,24 @@ class AdExParams:
         return shapes.pop() if shapes else None
 
     def items(self) -> list[tuple[str, ParamValue]]:
-        """(name, value) pairs in field order."""
-        return [(f.name, getattr(self, f.name)) for f in fields(self)]
+        """(name, value) pairs in field order, without a ``tau_syn`` of None (no synapse)."""
+        pairs = [(f.name, getattr(self, f.name)) for f in fields(self)]
+        return [(k, v) for k, v in pairs if v is not None]
 
     def validate(self) -> None:
         """Raise ``ValueError`` where the model would be invalid.
 
-        Requires R != 0, tau > 0, tau_w > 0, delta_T > 0 and V_th > V_reset (models that do not use
-        tau_w or delta_T keep their valid defaults). Learnable parameters are checked again
-        before every call, so an optimizer step that breaks a constraint raises here instead
-        of producing NaN.
+        Requires R != 0, tau > 0, tau_w > 0, delta_T > 0, tau_syn > 0 (unless None) and
+        V_th > V_reset (models that do not use tau_w or delta_T keep their valid defaults).
+        Learnable parameters are checked again before every call, so an optimizer step that
+        breaks a constraint raises here instead of producing NaN.
         """
         _require(self.R, lambda v: v != 0, "R", "non-zero (with R = 0 the input has no effect)")
         _require(self.tau, lambda v: v > 0, "tau", "> 0 ms")
         _require(self.tau_w, lambda v: v > 0, "tau_w", "> 0 ms")
         _require(self.delta_T, lambda v: v > 0, "delta_T", "> 0 mV")
+        if self.tau_syn is not None:
+            _require(self.tau_syn, lambda v: v > 0, "tau_syn", "> 0 ms")
         theta = _minus(self.V_th, self.V_reset)
         _require(theta, lambda v: v > 0, "V_th", "> V_reset (V_th - V_reset > 0 mV)")
         for name, value in self.items():
@@ -147,14 +165,17 @@ class AdExParams:
 
     def packed(self, n_neurons: int, device: torch.device,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
-        """All ten parameters as one contiguous tensor ``[10, n_neurons]`` in ``dtype``
-        (float32: the Triton kernels'; float64 for the CPU kernels' float64 path).
+        """All parameters as one contiguous tensor ``[N_PARAMS, n_neurons]`` in ``dtype``
+        (float32: the Triton kernels'; float64 for the CPU kernels' float64 path); a
+        ``tau_syn`` of None packs as :data:`UNUSED_TAU_SYN`.
 
         The fused kernels index it with ``neuron = flat_state_index % n_neurons``. It is
         differentiable in the parameters that require grad (learnable parameters).
         """
         rows = []
-        for name, value in self.items():
+        for name in PARAM_KINDS:
+            value = getattr(self, name)
+            value = UNUSED_TAU_SYN if value is None else value
             if isinstance(value, torch.Tensor):
                 row = value.to(device=device, dtype=dtype).reshape(-1)
                 if row.numel() != n_neurons:
@@ -180,7 +201,8 @@ class AdExParams:
 _DEFAULTS = {f.name: f.default for f in fields(AdExParams)}
 
 PACKED_ROWS = {name: row for row, name in enumerate(PARAM_KINDS)}
-"""Row of each parameter in the packed ``[10, N]`` layout (``AdExParams`` field order)."""
+"""Row of each parameter in the packed ``[N_PARAMS, N]`` layout (``AdExParams`` field
+order)."""
 
 
 class PackedParams(NamedTuple):
@@ -189,7 +211,7 @@ class PackedParams(NamedTuple):
     packing itself).
 
     Attributes:
-        values: ``[10, N]`` fp32, not differentiable: every parameter's current value.
+        values: ``[N_PARAMS, N]`` fp32, not differentiable: every parameter's current value.
         rows: ``[k]`` int64 rows of ``values`` that hold the learnable parameters (on
             ``values``' device).
         learnable: the k learnable tensors (shape ``()`` or ``in_size``, any float dtype),
@@ -202,7 +224,7 @@ class PackedParams(NamedTuple):
 
     def grads(self, grad_elements: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The learnable tensors' gradients from the per-element parameter gradients
-        ``[10, *S]`` of the fused backward (summed over the batch, and over the neurons
+        ``[N_PARAMS, *S]`` of the fused backward (summed over the batch, and over the neurons
         for a scalar parameter)."""
         k, n = len(self.learnable), self.values.shape[1]
         rows = grad_elements.index_select(0, self.rows)
@@ -218,7 +240,7 @@ class PackedParams(NamedTuple):
         return tuple(out)
 
     def differentiable(self) -> torch.Tensor:
-        """``values`` with the learnable rows written in differentiably (``[10, N]``)."""
+        """``values`` with the learnable rows written in differentiably (``[N_PARAMS, N]``)."""
         rows = learnable_rows(self.learnable, self.values.shape[1])
         return self.values.index_copy(0, self.rows, rows)
 
@@ -237,7 +259,7 @@ def learnable_rows(learnable: tuple[torch.Tensor, ...], n: int) -> torch.Tensor:
 def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
                          checks: LearnableChecks) -> torch.Tensor:  # fmt: skip
     """A 0-dim fp32 tensor, finite when the learnable rows ``[k, N]`` (in ``values``
-    ``[10, N]``) keep every model constraint (finite; tau, tau_w, delta_T > 0;
+    ``[N_PARAMS, N]``) keep every model constraint (finite; tau, tau_w, delta_T, tau_syn > 0;
     V_th > V_reset) and NaN or inf when one breaks: :meth:`AdExParams.validate`'s rules as a
     few small ops, without a host sync."""
     # log(v) is finite exactly when 0 < v < inf (positive rows); log(0 * v + 1) exactly when
@@ -262,7 +284,8 @@ class LearnableChecks(NamedTuple):
     @staticmethod
     def of(learnable: tuple[str, ...], device: torch.device) -> LearnableChecks:
         """The checks for the learnable parameter names (in the order of their rows)."""
-        scale = torch.tensor([float(k in ("tau", "tau_w", "delta_T")) for k in learnable],
+        positive = ("tau", "tau_w", "delta_T", "tau_syn")
+        scale = torch.tensor([float(k in positive) for k in learnable],
                              device=device).reshape(-1, 1)  # fmt: skip
         ordered = "V_th" in learnable or "V_reset" in learnable
         return LearnableChecks(scale, 1.0 - scale, ordered)

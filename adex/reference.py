@@ -9,6 +9,7 @@ Autograd through it gives BrainPy's BPTT gradients.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -32,6 +33,7 @@ class _Values(NamedTuple):
     delta_T: object
     a: object
     b: object
+    tau_syn: object = None
 
 
 EXP_CLAMP = 20.0
@@ -167,6 +169,7 @@ def adex_scan_reference(
     tau_ref: float | None = None,
     last_spike_time: torch.Tensor | None = None,
     t0_step: int = 0,
+    lengths: torch.Tensor | None = None,
 ):
     """Run :func:`adex_step_reference` over ``x[0..T-1]``.
 
@@ -181,6 +184,9 @@ def adex_scan_reference(
             it at -1e7 ms); required with ``tau_ref``.
         t0_step: global index k of ``x[0]``; step k runs at ``t = float(k) * dt`` in the
             compute dtype, as BrainPy's tests set it.
+        lengths: ``[S[0]]`` integer steps per sample (counted from ``x[0]``), or None: from
+            step ``lengths[b]`` on, sample b holds its state (V, w, last-spike time; the
+            per-step V and w repeat its last values) and its spikes are 0.
 
     Returns:
         ``(spikes [T, *S] in x's dtype, V [T, *S], w [T, *S] or None)``, the per-step V
@@ -203,13 +209,19 @@ def adex_scan_reference(
     if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in p):
         shared = _step_constants(V, p, dt, w is not None)
     # unbind, not x[t]: each x[t]'s backward would write a zero gradient of all of x
-    for x_t, t_now in zip(x.to(compute).unbind(0), times, strict=True):
+    for t, (x_t, t_now) in enumerate(zip(x.to(compute).unbind(0), times, strict=True)):
         refractory = None if tau_ref is None else (t_now - t_last) < tau_ref
         c = shared if shared is not None else _step_constants(V, p, dt, w is not None)
         s, V, w = _step(x_t, V, w, p, c, dt, surrogate, hard_reset, has_exp, detach_reset,
                         refractory)  # fmt: skip
+        if lengths is not None:  # a sample past its length holds its state, spikes 0
+            on = _active(lengths, t, V)
+            s, V = torch.where(on, s, 0.0), torch.where(on, V, Vs[-1] if Vs else V0.to(compute))
+            if w is not None:
+                w = torch.where(on, w, ws[-1] if ws else w0.to(compute))
         if tau_ref is not None:
-            t_last = torch.where(V.detach() >= p.V_th, t_now, t_last)
+            t_new = torch.where(V.detach() >= p.V_th, t_now, t_last)
+            t_last = t_new if lengths is None else torch.where(on, t_new, t_last)
         spikes.append(s.to(x.dtype))
         Vs.append(V)
         ws.append(w)
@@ -219,18 +231,61 @@ def adex_scan_reference(
     return torch.stack(spikes), torch.stack(Vs), w_seq
 
 
+def synapse_reference(x: torch.Tensor, I0: torch.Tensor, tau_syn, dt: float,
+                      lengths: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The synaptic current of every step, ``tau_syn dI/dt = -I + x`` integrated exactly
+    with x held over each step: ``I_t = I_{t-1} + (1 - exp(-dt/tau_syn)) (x_t - I_{t-1})``.
+
+    Args:
+        x: ``[T, *S]`` input current (mA), any float dtype.
+        I0: ``[*S]`` synaptic current before ``x[0]`` (mA).
+        tau_syn: synaptic time constant (ms, > 0): a float or a tensor broadcastable to S.
+        dt: time step (ms).
+        lengths: ``[S[0]]`` integer steps per sample, or None: from step ``lengths[b]`` on,
+            sample b's I is held.
+
+    Returns:
+        ``[T, *S]`` I (mA) in the compute dtype (float64 when x or I0 is, else float32),
+        differentiable in x, I0 and a tensor tau_syn. The membrane step reads ``I_t`` where
+        it would read ``x_t``; I does not depend on V, so filtering the whole sequence first
+        is the same as filtering at the start of each step."""
+    compute = torch.float64 if torch.float64 in (x.dtype, I0.dtype) else torch.float32
+    if isinstance(tau_syn, torch.Tensor):
+        c = -torch.expm1(-dt / tau_syn.to(device=x.device, dtype=compute))
+    else:
+        c = -math.expm1(-dt / tau_syn)
+    current = I0.to(compute)
+    out = []
+    for t in range(x.shape[0]):
+        new = current + c * (x[t].to(compute) - current)
+        current = new if lengths is None else torch.where(_active(lengths, t, new), new, current)
+        out.append(current)
+    return torch.stack(out)
+
+
+def _active(lengths: torch.Tensor, t: int, like: torch.Tensor) -> torch.Tensor:
+    """``t < lengths[b]`` as a bool tensor that broadcasts over ``like`` ``[S[0], ...]``."""
+    return (lengths > t).view(-1, *([1] * (like.dim() - 1)))
+
+
 def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, spec, *,
-                   t0_step: int = 0, packed: torch.Tensor | None = None):  # fmt: skip
+                   t0_step: int = 0, packed: torch.Tensor | None = None,
+                   lengths: torch.Tensor | None = None):  # fmt: skip
     """The reference backend with the fused backend's signature and result
     (``adex.fused.fused_scan``): the state as one block ``[C, *S]`` (V, then w and the
     last-spike time as far as the model has them), settings from the ``ScanSpec``.
     ``packed`` is accepted for the common signature and not read (the reference computes
     with ``params`` in its own dtype, float64 included). With ``spec.checkpoint_every``
     (and a gradient needed) each K-step segment runs under ``torch.utils.checkpoint``.
+    ``lengths``: ``[S[0]]`` integer steps per sample, or None (see
+    :func:`adex_scan_reference`).
 
     Returns an ``adex.fused.ScanOutput``."""
     from adex.spec import ScanOutput
 
+    x_dtype, i_seq = x.dtype, None
+    if spec.has_syn:  # the membrane reads the synaptic current
+        x = i_seq = synapse_reference(x, state0[spec.i_row], params.tau_syn, spec.dt, lengths)
     V0 = state0[0]
     w0 = state0[spec.w_row] if spec.has_w else None
     t_last = state0[spec.t_row].detach() if spec.has_ref else None
@@ -243,29 +298,35 @@ def reference_scan(x: torch.Tensor, state0: torch.Tensor, params: AdExParams, sp
     )  # fmt: skip
     if spec.checkpoint_every and needs_grad:
         spikes, V, w, t_last = _checkpointed(x, V0, w0, t_last, t0_step, spec.checkpoint_every,
-                                             kwargs)  # fmt: skip
+                                             kwargs, lengths)  # fmt: skip
         v_seq = w_seq = None
     else:
-        out = adex_scan_reference(x, V0, w0, last_spike_time=t_last, t0_step=t0_step, **kwargs)
+        out = adex_scan_reference(x, V0, w0, last_spike_time=t_last, t0_step=t0_step,
+                                  lengths=lengths, **kwargs)  # fmt: skip
         spikes, v_seq, w_seq = out[:3]
         V, w = v_seq[-1], None if w_seq is None else w_seq[-1]
         t_last = out[3] if spec.has_ref else None
         if not spec.return_states:
             v_seq = w_seq = None
-    if spec.spike_dtype is not None:
-        spikes = spikes.to(spec.spike_dtype)
+    spikes = spikes.to(x_dtype if spec.spike_dtype is None else spec.spike_dtype)
     rows = [V] + ([w] if spec.has_w else []) + ([t_last.to(V.dtype)] if spec.has_ref else [])
-    return ScanOutput(spikes, torch.stack(rows), v_seq, w_seq)
+    if spec.has_syn:
+        rows.append(i_seq[-1].to(V.dtype))
+        i_seq = i_seq if spec.return_states else None
+    return ScanOutput(spikes, torch.stack(rows), v_seq, w_seq, i_seq)
 
 
-def _checkpointed(x, V0, w0, last_spike_time, t0_step: int, every: int, kwargs: dict):
+def _checkpointed(x, V0, w0, last_spike_time, t0_step: int, every: int, kwargs: dict,
+                  lengths: torch.Tensor | None = None):  # fmt: skip
     """The reference scan in segments of ``every`` steps under ``torch.utils.checkpoint``:
     only the state between segments (and ``x``) is kept for backward.
 
     Returns ``(spikes [T, *S], V_last, w_last or None, last_spike_time or None)``."""
 
     def segment(x_seg, V, w, t_last, k0):
-        out = adex_scan_reference(x_seg, V, w, last_spike_time=t_last, t0_step=k0, **kwargs)
+        seg_len = None if lengths is None else lengths - (k0 - t0_step)  # from x_seg[0]
+        out = adex_scan_reference(x_seg, V, w, last_spike_time=t_last, t0_step=k0,
+                                  lengths=seg_len, **kwargs)  # fmt: skip
         return (out[0], out[1][-1], None if w is None else out[2][-1],
                 out[3] if t_last is not None else None)  # fmt: skip
 

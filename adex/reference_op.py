@@ -30,11 +30,16 @@ _OpOut = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 def reference_backend(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanSpec, *,
-                      t0_step: int = 0, packed=None) -> ScanOutput:  # fmt: skip
+                      t0_step: int = 0, packed=None,
+                      lengths: Tensor | None = None) -> ScanOutput:  # fmt: skip
     """The reference backend (``adex.functional.SCAN_BACKENDS['reference']``): the eager
-    reference, or while ``torch.compile`` traces the ``adex::reference_scan`` op."""
-    if not torch.compiler.is_compiling():
-        return reference_scan(x, state0, params, spec, t0_step=t0_step, packed=packed)
+    reference, or while ``torch.compile`` traces the ``adex::reference_scan`` op. A scan
+    with a synaptic current or ``lengths`` is traced through the reference itself (the op
+    does not carry them: correct, but its compile time grows with T)."""
+    if not torch.compiler.is_compiling() or spec.has_syn or lengths is not None:
+        extra = {} if lengths is None else {"lengths": lengths}
+        return reference_scan(x, state0, params, spec, t0_step=t0_step, packed=packed,
+                              **extra)  # fmt: skip
     grad_names, grad_tensors, const_names, const_tensors, scalars = [], [], [], [], []
     for name, value in params.items():
         if not isinstance(value, Tensor):

@@ -42,6 +42,9 @@ class Plan(NamedTuple):
         store_w: write the per-step w ``[T, *S]`` (returned, or read by parameter gradients).
         read_w: the backward reads the stored w (the tau_w gradient is wanted).
         store_ref: write the refractory flags (1 bit per neuron-step, read by the backward).
+        store_i: write the per-step synaptic current I ``[T, *S]`` (returned, or read by the
+            tau_syn gradient).
+        read_i: the backward reads the stored I and x (the tau_syn gradient is wanted).
         checkpoint_every: K > 0: write the state before every K-th step instead of the
             per-step sequences (low-memory BPTT); 0 otherwise.
     """
@@ -58,6 +61,8 @@ class Plan(NamedTuple):
     bwd_args: dict
     """The backward kernel's scalars and constexprs for this plan, except those of the
     incoming gradients (which are present only per call)."""
+    store_i: bool = False
+    read_i: bool = False
 
 
 class ScanOutput(NamedTuple):
@@ -70,12 +75,15 @@ class ScanOutput(NamedTuple):
             the last-spike time (ms) as far as the model has them.
         v_seq: ``[T, *S]`` per-step V with ``spec.return_states``, else None.
         w_seq: ``[T, *S]`` per-step w with ``spec.return_states`` (models with w), else None.
+        i_seq: ``[T, *S]`` per-step synaptic current I (mA) with ``spec.return_states``
+            (models with a synapse), else None.
     """
 
     spikes: Tensor
     state: Tensor
     v_seq: Tensor | None
     w_seq: Tensor | None
+    i_seq: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class ScanSpec:
         has_w: the model has the adaptation current w (AdEx models).
         has_exp: the model has the exponential term (AdEx, ExpIF).
         tau_ref: refractory period (ms, >= 0) of the Ref models; None: no refractory period.
+        has_syn: the model has a synaptic current I (``tau_syn dI/dt = -I + x``, integrated
+            exactly before each step; the membrane reads I where it read x).
         spk_reset: 'soft' (V -= V_th - V_reset) or 'hard' (V = V_reset).
         surrogate: the spike function (forward Heaviside, backward surrogate gradient).
         dt: time step (ms, finite, > 0).
@@ -114,6 +124,7 @@ class ScanSpec:
     check_finite: bool = True
     return_states: bool = False
     param_mask: int = ALL_PARAMS
+    has_syn: bool = False
     # derived once in __post_init__, not part of the identity
     model_flags: dict = field(init=False, repr=False, compare=False, hash=False)
     kernel_flags: dict = field(init=False, repr=False, compare=False, hash=False)
@@ -125,7 +136,7 @@ class ScanSpec:
         self._validate()
         sg = self.surrogate
         model = dict(HARD_RESET=self.hard_reset, HAS_W=self.has_w, HAS_EXP=self.has_exp,
-                     HAS_REF=self.has_ref)  # fmt: skip
+                     HAS_REF=self.has_ref, HAS_SYN=self.has_syn)  # fmt: skip
         flags = dict(model, SURROGATE=sg.kind, DETACH_RESET=self.detach_reset)
         sg0, sg1, sg2, sg3 = sg.params
         scalars = dict(dt=self.dt, ceiling=RUNAWAY_CEILING, sg0=sg0, sg1=sg1, sg2=sg2, sg3=sg3,
@@ -154,8 +165,8 @@ class ScanSpec:
     @property
     def n_state(self) -> int:
         """Rows of the state block ``[C, *S]``: V, then w (has_w), then the last-spike time
-        (has_ref)."""
-        return 1 + self.has_w + self.has_ref
+        (has_ref), then the synaptic current I (has_syn)."""
+        return 1 + self.has_w + self.has_ref + self.has_syn
 
     @property
     def w_row(self) -> int | None:
@@ -166,6 +177,11 @@ class ScanSpec:
     def t_row(self) -> int | None:
         """Row of the last-spike time in the state block, or None."""
         return 1 + self.has_w if self.has_ref else None
+
+    @property
+    def i_row(self) -> int | None:
+        """Row of the synaptic current I in the state block, or None."""
+        return 1 + self.has_w + self.has_ref if self.has_syn else None
 
     def plan(self, needs_grad: bool, param_grad: bool) -> Plan:
         """Which tensors a call writes, for this spec and whether gradients are needed
@@ -192,12 +208,17 @@ class ScanSpec:
         read_w = self.has_w and param_grad and bool(self.param_mask >> PACKED_ROWS["tau_w"] & 1)
         store_w = self.has_w and (self.return_states or (read_w and not ckpt))
         store_ref = self.has_ref and needs_grad and not ckpt
+        # I_{t-1} and x_t enter only the tau_syn gradient: I is stored for it only if wanted
+        read_i = self.has_syn and param_grad and bool(self.param_mask >> PACKED_ROWS["tau_syn"] & 1)
+        store_i = self.has_syn and (self.return_states or (read_i and not ckpt))
         fwd_flags = dict(self.model_flags, STORE_V=store_v, STORE_W=store_w,
                          STORE_REF=store_ref, CHECKPOINT=ckpt > 0)  # fmt: skip
         bwd_args = dict(self.kernel_scalars, **self.kernel_flags, PARAM_GRAD=param_grad,
                         PARAM_MASK=self.param_mask, READ_W=read_w, RECOMPUTE=ckpt > 0)  # fmt: skip
+        fwd_flags["STORE_I"] = store_i
+        bwd_args["READ_I"] = read_i
         return Plan(needs_grad, param_grad, store_v, store_w, read_w, store_ref, ckpt,
-                    fwd_flags, bwd_args)  # fmt: skip
+                    fwd_flags, bwd_args, store_i, read_i)  # fmt: skip
 
     def _validate(self) -> None:
         if self.spk_reset not in RESETS:
@@ -239,7 +260,8 @@ class ScanSpec:
         m = self.param_mask
         if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= ALL_PARAMS:
             raise ValueError(f"param_mask must be an int in [0, {ALL_PARAMS}], got {m!r}")
-        for name in ("has_w", "has_exp", "detach_reset", "check_finite", "return_states"):
+        for name in ("has_w", "has_exp", "detach_reset", "check_finite", "return_states",
+                     "has_syn"):  # fmt: skip
             object.__setattr__(self, name, bool(getattr(self, name)))
 
     def _encode(self) -> str:
@@ -249,7 +271,7 @@ class ScanSpec:
         fields_ = (self.has_w, self.has_exp, self.tau_ref, self.spk_reset, type(sg).__name__,
                    *sg.params, self.dt, self.detach_reset, spike, self.checkpoint_every,
                    self.backend, self.check_finite, self.return_states,
-                   self.param_mask)  # fmt: skip
+                   self.param_mask, self.has_syn)  # fmt: skip
         return "|".join([str(f) for f in fields_])
 
 
@@ -264,7 +286,7 @@ def _decode(key: str) -> ScanSpec:
     import adex.surrogate as surrogates
 
     (has_w, has_exp, tau_ref, spk_reset, sg_name, p0, p1, p2, p3, dt, detach_reset, spike,
-     ckpt, backend, check_finite, return_states, param_mask) = key.split("|")  # fmt: skip
+     ckpt, backend, check_finite, return_states, param_mask, has_syn) = key.split("|")  # fmt: skip
     sg_cls = getattr(surrogates, sg_name)
     params = (float(p0), float(p1), float(p2), float(p3))
     sg = sg_cls(**dict(zip(sg_cls.param_names, params, strict=False)))
@@ -275,7 +297,7 @@ def _decode(key: str) -> ScanSpec:
         spike_dtype=None if spike == "None" else getattr(torch, spike),
         checkpoint_every=None if ckpt == "None" else int(ckpt), backend=backend,
         check_finite=check_finite == "True", return_states=return_states == "True",
-        param_mask=int(param_mask),
+        param_mask=int(param_mask), has_syn=has_syn == "True",
     )  # fmt: skip
 
 

@@ -18,8 +18,10 @@ from adex.kernels.step import (
     step_factors,
     step_param_grads,
     store_flag_bit,
+    synapse_adjoint,
+    synapse_step,
 )
-from adex.params import ALL_PARAMS
+from adex.params import ALL_PARAMS, N_PARAMS
 
 # Bytes per neuron-step (fp32 I/O): read V (4; the next step's V is carried in registers),
 # read grad spikes (4), write grad x (4): 12 B; 8 B with bf16/fp16 spikes and x.
@@ -36,11 +38,15 @@ def _recompute_segment(
     HARD_RESET: tl.constexpr, HAS_W: tl.constexpr, HAS_EXP: tl.constexpr,
     HAS_REF: tl.constexpr, READ_W: tl.constexpr, NUM_STAGES: tl.constexpr,
     BLOCK: tl.constexpr,
+    isq_ptr=None, b_cs=1.0,  # synaptic current scratch rows (READ_I); 1 - exp(-dt/tau_syn)
+    HAS_SYN: tl.constexpr = False, READ_I: tl.constexpr = False,
+    b_len=0, HAS_LEN: tl.constexpr = False,  # the sample's length (the forward's hold)
 ):  # fmt: skip
     """Rerun the forward over steps ``t0 .. t0 + L - 1`` from checkpoint ``seg`` into the
-    scratch rows ``0 .. L-1`` (V; w with READ_W; the refractory bits with HAS_REF).
-    Returns ``(V, w)`` before the segment (w zeros without HAS_W)."""
-    C = 1 + HAS_W + HAS_REF  # rows of the state block
+    scratch rows ``0 .. L-1`` (V; w with READ_W; the refractory bits with HAS_REF; the
+    synaptic current with READ_I). Returns ``(V, w)`` before the segment (w zeros without
+    HAS_W)."""
+    C = 1 + HAS_W + HAS_REF + HAS_SYN  # rows of the state block
     p_c = ckpt_ptr + tl.cast(seg, tl.int64) * C * M + o_m
     b_v0 = tl.load(p_c, mask=m_m, other=0.0)
     b_w0 = tl.zeros([BLOCK], dtype=tl.float32)
@@ -49,6 +55,10 @@ def _recompute_segment(
     b_tl = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_REF:
         b_tl = tl.load(p_c + (1 + HAS_W) * M, mask=m_m, other=0.0)
+    if HAS_SYN:
+        b_i = tl.load(p_c + (1 + HAS_W + HAS_REF) * M, mask=m_m, other=0.0)
+    if READ_I:
+        q_i = isq_ptr + o_m
     b_v = b_v0
     b_w = b_w0
     p_x = x_ptr + tl.cast(t0, tl.int64) * M + o_m
@@ -60,12 +70,28 @@ def _recompute_segment(
     b_bits = tl.zeros([BLOCK], dtype=tl.int32)
     for j in tl.range(0, L, num_stages=NUM_STAGES):
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
+        if HAS_SYN:
+            b_ih = b_i
+            b_i = synapse_step(b_i, b_x, b_cs)
+            b_x = b_i
+            if HAS_LEN:
+                b_i = tl.where(b_len > t0 + j, b_i, b_ih)
+        if READ_I:
+            tl.store(q_i, b_i, mask=m_m)
+            q_i += M
+        if HAS_LEN:
+            b_vh, b_wh, b_th = b_v, b_w, b_tl
         b_t = tl.cast(k0 + t0 + j, tl.float32) * dt
         b_v, b_w, b_tl, b_rf = integrate_step(
             b_v, b_w, b_tl, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT,
             b_dT, b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
             HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
         )  # fmt: skip
+        if HAS_LEN:
+            b_on = b_len > t0 + j
+            b_v = tl.where(b_on, b_v, b_vh)
+            b_w = tl.where(b_on, b_w, b_wh)
+            b_tl = tl.where(b_on, b_tl, b_th)
         tl.store(q_v, b_v, mask=m_m)
         q_v += M
         if READ_W:
@@ -81,7 +107,7 @@ def _recompute_segment(
 @triton.jit
 def _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
                        g_vT, g_dT, g_a, g_b, PARAM_MASK: tl.constexpr):  # fmt: skip
-    """Row k of the ``[10, M]`` per-element parameter gradients is parameter k's; only the
+    """Row k of the ``[N_PARAMS, M]`` per-element parameter gradients is parameter k's; only the
     rows whose bit is set in PARAM_MASK are written (the compiler drops the others' terms
     from the time loop)."""
     M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
@@ -111,7 +137,7 @@ def _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vres
 def _adex_scan_bwd_kernel(
     vseq_ptr,  # [T, M] fp32 stored V of every step (forward output); RECOMPUTE: [K, M] scratch
     state0_ptr,  # [C, M] fp32 state before the scan (V0; w0 read for parameter gradients)
-    par_ptr,  # [10, N] fp32 packed parameters
+    par_ptr,  # [N_PARAMS, N] fp32 packed parameters
     gspk_ptr,  # [T, M] grad of spikes, or None
     gvseq_ptr,  # [T, M] grad of the V sequence, or None
     gwseq_ptr,  # [T, M] grad of the w sequence, or None
@@ -119,7 +145,7 @@ def _adex_scan_bwd_kernel(
     ref_ptr,  # [cdiv(T, 8), M] uint8 refractory bits of the forward (HAS_REF); RECOMPUTE:
     # [cdiv(K, 8), M] scratch
     wseq_ptr,  # [T, M] fp32 stored w of every step (READ_W); RECOMPUTE: [K, M]
-    gpar_ptr,  # [10, M] out: fp32 per-element parameter gradients, or None
+    gpar_ptr,  # [N_PARAMS, M] out: fp32 per-element parameter gradients, or None
     gx_ptr,  # [T, M] out: grad of x, x's dtype, or None (not wanted)
     gstate0_ptr,  # [C, M] out: fp32 grad of the initial state (zero last-spike-time row),
     # or None (not wanted)
@@ -140,6 +166,14 @@ def _adex_scan_bwd_kernel(
     WRITE_GX: tl.constexpr, WRITE_GSTATE0: tl.constexpr,  # outgoing gradients wanted
     NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
     BLOCK: tl.constexpr,
+    isq_ptr=None,  # [T, M] fp32 stored synaptic current (READ_I); RECOMPUTE: [K, M] scratch
+    gisq_ptr=None,  # [T, M] grad of the synaptic-current sequence, or None
+    HAS_SYN: tl.constexpr = False,  # the synaptic current I (state row 1 + HAS_W + HAS_REF)
+    READ_I: tl.constexpr = False,  # read the stored I and x (the tau_syn gradient)
+    HAS_GISEQ: tl.constexpr = False,
+    len_ptr=None,  # [batch] int32 steps each sample ran (HAS_LEN): later steps pass no gradient
+    SPS=1,  # elements per sample, M // batch (HAS_LEN)
+    HAS_LEN: tl.constexpr = False,
 ):  # fmt: skip
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_m = o_m < M
@@ -170,6 +204,19 @@ def _adex_scan_bwd_kernel(
     b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
     tau_ref = tl.cast(tau_ref, tl.float32)
     b_wprev = tl.zeros([BLOCK], dtype=tl.float32)
+    I_ROW = 1 + HAS_W + HAS_REF  # row of I in the state block (HAS_SYN)
+    b_cs = 1.0
+    if HAS_SYN:
+        b_ts = tl.load(par_ptr + 10 * tl.cast(N, tl.int64) + o_n, mask=m_m, other=1.0)
+        b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn)
+        b_dcs = -(dt / (b_ts * b_ts)) * (1.0 - b_cs)  # d c_s / d tau_syn
+        b_li = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the synaptic current
+        if HAS_GSTATE:
+            b_li += tl.load(gstate_ptr + I_ROW * M + o_m, mask=m_m, other=0.0).to(tl.float32)
+    g_ts = z
+    b_len = 0
+    if HAS_LEN:
+        b_len = tl.load(len_ptr + o_m // SPS, mask=m_m, other=0)
 
     n_seg = tl.cdiv(T, K)
     for s in range(0, n_seg):
@@ -182,12 +229,17 @@ def _adex_scan_bwd_kernel(
                 x_ptr, ckpt_ptr, vseq_ptr, wseq_ptr, ref_ptr, seg, t0, L, M, k0, o_m, m_m,
                 b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_vcap,
                 b_cw, dt, tau_ref, HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
-                READ_W, NUM_STAGES, BLOCK,
+                READ_W, NUM_STAGES, BLOCK, isq_ptr, b_cs, HAS_SYN, READ_I, b_len, HAS_LEN,
             )  # fmt: skip
+            if READ_I:  # I before the segment, from its checkpoint
+                p_c = ckpt_ptr + (tl.cast(seg, tl.int64) * (I_ROW + 1) + I_ROW) * M + o_m
+                b_i0 = tl.load(p_c, mask=m_m, other=0.0)
         else:
             b_v0 = tl.load(state0_ptr + o_m, mask=m_m, other=0.0)
             if READ_W:
                 b_w0 = tl.load(state0_ptr + M + o_m, mask=m_m, other=0.0)
+            if READ_I:
+                b_i0 = tl.load(state0_ptr + I_ROW * M + o_m, mask=m_m, other=0.0)
 
         last = tl.cast(L - 1, tl.int64) * M  # last row of the segment in vseq/wseq
         g_last = tl.cast(t0 + L - 1, tl.int64) * M  # its row in the [T, M] gradients
@@ -210,18 +262,27 @@ def _adex_scan_bwd_kernel(
         if HAS_GSPK:
             b_u = (b_vnew - b_vth) * b_itheta
             b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
+        if HAS_GISEQ:
+            p_gi = gisq_ptr + g_last + o_m
+        if READ_I:
+            p_iprev = isq_ptr + last - M + o_m
+            p_xt = x_ptr + g_last + o_m
         for i in tl.range(0, L, num_stages=NUM_STAGES):
             # V before step t (stored V of step t-1, or V0 at t = 0)
             m_prev = m_m & (o_m * 0 + i < L - 1)
             b_vprev = tl.load(p_vprev, mask=m_prev, other=b_v0)  # V0 at t = 0
             # the returned spike of step t and the per-step state outputs
             b_gsg = tl.zeros([BLOCK], dtype=tl.float32)
+            if HAS_LEN:  # a step at or past the sample's length held the state: identity
+                b_on = b_len > t0 + L - 1 - i
             if HAS_GSPK:
                 b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
                 if PARAM_GRAD:  # recomputed: two more carried values spill there (sm_90)
                     b_u = (b_vnew - b_vth) * b_itheta
                     b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
                 b_gsg = b_gs * b_sig
+                if HAS_LEN:  # its spike was the constant 0
+                    b_gsg = tl.where(b_on, b_gsg, 0.0)
                 b_lv += b_gsg
                 p_gs -= M
             if HAS_GVSEQ:
@@ -235,12 +296,33 @@ def _adex_scan_bwd_kernel(
                 b_vprev, b_vnew, b_tau, b_vth, b_vreset, b_vT, b_dT, b_theta, dt,
                 HARD_RESET, HAS_EXP,
             )  # fmt: skip
+            if HAS_LEN:  # the step's terms get zero adjoints; the carried ones are restored
+                b_lvh, b_lwh = b_lv, b_lw
+                b_lv = tl.where(b_on, b_lv, 0.0)
+                b_lw = tl.where(b_on, b_lw, 0.0)
             b_ref = tl.zeros([BLOCK], dtype=tl.int1)  # all false without HAS_REF
             if HAS_REF:
                 b_ref = load_flag_bit(ref_ptr, L - 1 - i, M, o_m, m_m)
             b_gx, b_lvr, b_lwr, b_big = step_adjoint(
                 b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
             )
+            if HAS_SYN:  # the membrane read I_t: through the synapse to x_t and I_{t-1}
+                if HAS_GISEQ:
+                    b_li += tl.load(p_gi, mask=m_m, other=0.0).to(tl.float32)
+                    p_gi -= M
+                if HAS_LEN:
+                    b_lih = b_li
+                    b_li = tl.where(b_on, b_li, 0.0)
+                b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
+                if HAS_LEN:
+                    b_li = tl.where(b_on, b_li, b_lih)
+                if READ_I:
+                    b_iprev = tl.load(p_iprev, mask=m_prev, other=0.0)
+                    b_iprev = tl.where(m_prev, b_iprev, b_i0)
+                    b_xt = tl.load(p_xt, mask=m_m, other=0.0).to(tl.float32)
+                    g_ts += b_lt * b_dcs * (b_xt - b_iprev)
+                    p_iprev -= M
+                    p_xt -= M
             if WRITE_GX:
                 tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
                 p_gx -= M
@@ -265,6 +347,9 @@ def _adex_scan_bwd_kernel(
             if HAS_GSPK and not PARAM_GRAD:  # the reset's own expressions: computed once
                 b_u = b_uprev
                 b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) * (1.0 / b_theta)
+            if HAS_LEN:
+                b_lv = tl.where(b_on, b_lv, b_lvh)
+                b_lw = tl.where(b_on, b_lw, b_lwh)
             b_vnew = b_vprev
             p_vprev -= M
     if WRITE_GSTATE0:
@@ -273,9 +358,13 @@ def _adex_scan_bwd_kernel(
             tl.store(gstate0_ptr + M + o_m, b_lw, mask=m_m)
         if HAS_REF:  # the last-spike time carries no gradient
             tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m_m)
+        if HAS_SYN:
+            tl.store(gstate0_ptr + I_ROW * M + o_m, b_li, mask=m_m)
     if PARAM_GRAD:
         _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
                            g_vT, g_dT, g_a, g_b, PARAM_MASK)  # fmt: skip
+        if PARAM_MASK & 1024:  # row 10: tau_syn (zero without HAS_SYN)
+            tl.store(gpar_ptr + 10 * tl.cast(M, tl.int64) + o_m, g_ts, mask=m_m)
 
 
 class BackwardOutputs(NamedTuple):
@@ -286,7 +375,7 @@ class BackwardOutputs(NamedTuple):
             not wanted).
         grad_state0: ``[C, *S]`` fp32 gradient of the initial state (the last-spike-time
             row is zero: it carries no gradient; None when not wanted).
-        grad_params: ``[10, *S]`` fp32 per-element parameter gradients (summing over the
+        grad_params: ``[N_PARAMS, *S]`` fp32 per-element parameter gradients (summing over the
             batch dims gives the gradient of the packed parameters; the rows outside the
             spec's ``param_mask`` are zero), or None.
     """
@@ -305,7 +394,9 @@ class SavedForBackward(NamedTuple):
         w_seq: ``[T, *S]`` fp32 stored w (parameter gradients with w, default mode).
         ref_bits: ``[cdiv(T, 8), *S]`` uint8 refractory flags (Ref models, default mode).
         checkpoints: ``[cdiv(T, K), C, *S]`` fp32 state checkpoints (checkpoint mode).
-        x: ``[T, *S]`` contiguous input, read again in checkpoint mode.
+        x: ``[T, *S]`` contiguous input, read again in checkpoint mode and for the tau_syn
+            gradient.
+        i_seq: ``[T, *S]`` fp32 stored synaptic current (tau_syn gradient, default mode).
     """
 
     state0: torch.Tensor
@@ -314,6 +405,7 @@ class SavedForBackward(NamedTuple):
     ref_bits: torch.Tensor | None
     checkpoints: torch.Tensor | None
     x: torch.Tensor | None
+    i_seq: torch.Tensor | None = None
 
 
 def adex_scan_bwd(
@@ -330,12 +422,14 @@ def adex_scan_bwd(
     t0_step: int = 0,
     want_x: bool = True,
     want_state0: bool = True,
+    grad_i_seq: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> BackwardOutputs:
     """Launch the backward scan.
 
     Args:
         saved: the forward's :class:`SavedForBackward`.
-        packed_params: ``[10, N]`` fp32.
+        packed_params: ``[N_PARAMS, N]`` fp32.
         spec, plan: the ``adex.spec.ScanSpec`` and the ``Plan`` the forward ran with.
         grad_spikes, grad_v_seq, grad_w_seq: contiguous ``[T, *S]`` incoming gradients of
             the forward's outputs, or None where zero.
@@ -345,6 +439,9 @@ def adex_scan_bwd(
             the refractory test).
         want_x, want_state0: write ``grad_x`` / ``grad_state0`` (the gradient of an input
             that does not require grad is neither written nor allocated).
+        grad_i_seq: contiguous ``[T, *S]`` incoming gradient of the synaptic-current
+            sequence, or None.
+        lengths: the forward's ``[S[0]]`` int32 sample lengths, or None.
 
 
     Returns:
@@ -355,7 +452,7 @@ def adex_scan_bwd(
     M = state0.numel() // state0.shape[0]
     device = state0.device
     K = plan.checkpoint_every
-    v_seq, w_seq, ref_bits = saved.v_seq, saved.w_seq, saved.ref_bits
+    v_seq, w_seq, ref_bits, i_seq = saved.v_seq, saved.w_seq, saved.ref_bits, saved.i_seq
     if K:  # scratch rows of one segment, rewritten per segment
         rows = min(K, T)
         v_seq = torch.empty((rows, M), dtype=torch.float32, device=device)
@@ -365,6 +462,9 @@ def adex_scan_bwd(
         ref_bits = None
         if spec.has_ref:  # 1 bit per step
             ref_bits = torch.empty(((rows + 7) // 8, M), dtype=torch.uint8, device=device)
+        i_seq = None
+        if plan.read_i:
+            i_seq = torch.empty((rows, M), dtype=torch.float32, device=device)
     grad_x = torch.empty((T, *S), dtype=x_dtype, device=device) if want_x else None
     grad_state0 = None
     if want_state0:
@@ -372,18 +472,20 @@ def adex_scan_bwd(
     grad_par = None
     if plan.param_grad:  # rows outside the spec's param_mask are not written: zero
         alloc = torch.empty if spec.param_mask == ALL_PARAMS else torch.zeros
-        grad_par = alloc((10, *S), dtype=torch.float32, device=device)
+        grad_par = alloc((N_PARAMS, *S), dtype=torch.float32, device=device)
     block, num_warps, programs = block_config(M, device)
     _adex_scan_bwd_kernel[(programs,)](
         vseq_ptr=v_seq, state0_ptr=state0, par_ptr=packed_params,
         gspk_ptr=grad_spikes, gvseq_ptr=grad_v_seq, gwseq_ptr=grad_w_seq,
         gstate_ptr=grad_state, ref_ptr=ref_bits, wseq_ptr=w_seq, gpar_ptr=grad_par,
-        gx_ptr=grad_x, gstate0_ptr=grad_state0, x_ptr=saved.x if K else None,
+        gx_ptr=grad_x, gstate0_ptr=grad_state0,
+        x_ptr=saved.x if K or plan.read_i else None, isq_ptr=i_seq, gisq_ptr=grad_i_seq,
         ckpt_ptr=saved.checkpoints if K else None,
         T=T, M=M, N=packed_params.shape[1], K=K if K else T, k0=t0_step, **plan.bwd_args,
         HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
         HAS_GWSEQ=grad_w_seq is not None, HAS_GSTATE=grad_state is not None,
-        WRITE_GX=want_x, WRITE_GSTATE0=want_state0,
+        HAS_GISEQ=grad_i_seq is not None, len_ptr=lengths, HAS_LEN=lengths is not None,
+        SPS=1 if lengths is None else M // lengths.shape[0], WRITE_GX=want_x, WRITE_GSTATE0=want_state0,
         NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
         enable_fp_fusion=FP_FUSION,
     )  # fmt: skip

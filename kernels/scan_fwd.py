@@ -10,7 +10,7 @@ import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params, spike
 from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
-from adex.kernels.step import integrate_spiked, store_flag_bit
+from adex.kernels.step import integrate_spiked, store_flag_bit, synapse_step
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
 # gradient is needed: 12 B; 8 B with bf16/fp16 I/O, 1 B less per byte-wide spike dtype.
@@ -18,7 +18,8 @@ from adex.kernels.step import integrate_spiked, store_flag_bit
 # follows from consecutive V (spec 10, 14). In checkpoint mode nothing per step is saved:
 # the state (V, w, t_last) before every K-th step, 4-12 B per K neuron-steps. Refractory
 # models also save 1 bit per neuron-step (the refractory flags, packed 8 steps per byte).
-# The state block [C, M] holds V, then w (HAS_W), then the last-spike time (HAS_REF).
+# The state block [C, M] holds V, then w (HAS_W), then the last-spike time (HAS_REF), then
+# the synaptic current I (HAS_SYN; packed parameter row 10 holds tau_syn).
 
 
 @triton.jit(do_not_specialize=["T", "k0", "K"])
@@ -51,8 +52,14 @@ def _adex_scan_fwd_kernel(
     CHECKPOINT: tl.constexpr,
     NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
     BLOCK: tl.constexpr,
+    isq_ptr=None,  # [T, M] out: fp32 synaptic current after each step (STORE_I), else None
+    HAS_SYN: tl.constexpr = False,  # the synaptic current I (filters x before each step)
+    STORE_I: tl.constexpr = False,
+    len_ptr=None,  # [batch] int32 steps each sample runs (HAS_LEN); later steps hold its state
+    SPS=1,  # elements per sample, M // batch (HAS_LEN)
+    HAS_LEN: tl.constexpr = False,
 ):
-    C = 1 + HAS_W + HAS_REF  # rows of the state block
+    C = 1 + HAS_W + HAS_REF + HAS_SYN  # rows of the state block
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_m = o_m < M
     o_n = o_m % N
@@ -72,6 +79,14 @@ def _adex_scan_fwd_kernel(
     b_tlast = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_REF:
         b_tlast = tl.load(state0_ptr + (1 + HAS_W) * M + o_m, mask=m_m, other=0.0)
+    if HAS_SYN:
+        b_i = tl.load(state0_ptr + (1 + HAS_W + HAS_REF) * M + o_m, mask=m_m, other=0.0)
+        b_ts = tl.load(par_ptr + 10 * tl.cast(N, tl.int64) + o_n, mask=m_m, other=1.0)
+        b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn)
+    if STORE_I:
+        p_i = isq_ptr + o_m
+    if HAS_LEN:  # this element's sample's length
+        b_len = tl.load(len_ptr + o_m // SPS, mask=m_m, other=0)
     p_x = x_ptr + o_m
     p_s = spk_ptr + o_m
     if STORE_V:
@@ -91,15 +106,36 @@ def _adex_scan_fwd_kernel(
                     tl.store(p_c + M, b_w, mask=m_m)
                 if HAS_REF:
                     tl.store(p_c + (1 + HAS_W) * M, b_tlast, mask=m_m)
+                if HAS_SYN:
+                    tl.store(p_c + (1 + HAS_W + HAS_REF) * M, b_i, mask=m_m)
         b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
+        if HAS_SYN:  # the membrane reads the filtered current I_t
+            b_ih = b_i
+            b_i = synapse_step(b_i, b_x, b_cs)
+            b_x = b_i
+            if HAS_LEN:
+                b_i = tl.where(b_len > i, b_i, b_ih)
+        if HAS_LEN:
+            b_vh, b_wh, b_th = b_v, b_w, b_tlast
+        if STORE_I:
+            tl.store(p_i, b_i, mask=m_m)
+            p_i += M
         b_t = tl.cast(k0 + i, tl.float32) * dt
         b_v, b_w, b_tlast, b_ref = integrate_spiked(
             b_v, b_spike, b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT,
             b_dT, b_a, b_b, b_theta, b_vcap, b_cw, dt, tau_ref,
             HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
         )  # fmt: skip
+        if HAS_LEN:  # past its length a sample holds its state and writes no spike
+            b_on = b_len > i
+            b_v = tl.where(b_on, b_v, b_vh)
+            b_w = tl.where(b_on, b_w, b_wh)
+            b_tlast = tl.where(b_on, b_tlast, b_th)
         b_spike = spike(b_v, b_vth)  # u >= 0 with theta > 0 (validated)
-        tl.store(p_s, b_spike.to(spk_ptr.dtype.element_ty), mask=m_m)
+        b_out = b_spike  # a held step's own spike is 0; its carried one no step reads
+        if HAS_LEN:
+            b_out = tl.where(b_on, b_spike, 0.0)
+        tl.store(p_s, b_out.to(spk_ptr.dtype.element_ty), mask=m_m)
         if STORE_REF:
             b_bits, p_r = store_flag_bit(p_r, b_bits, b_ref, i, T - 1, M, m_m)
         if STORE_V:
@@ -115,6 +151,8 @@ def _adex_scan_fwd_kernel(
         tl.store(state_ptr + M + o_m, b_w, mask=m_m)
     if HAS_REF:
         tl.store(state_ptr + (1 + HAS_W) * M + o_m, b_tlast, mask=m_m)
+    if HAS_SYN:
+        tl.store(state_ptr + (1 + HAS_W + HAS_REF) * M + o_m, b_i, mask=m_m)
 
 
 class ForwardOutputs(NamedTuple):
@@ -129,6 +167,7 @@ class ForwardOutputs(NamedTuple):
             ``t // 8`` (``plan.store_ref``).
         checkpoints: ``[cdiv(T, K), C, *S]`` fp32 state before steps 0, K, 2K, ...
             (``plan.checkpoint_every = K``).
+        i_seq: ``[T, *S]`` fp32 synaptic current I of every step (``plan.store_i``).
     """
 
     spikes: torch.Tensor
@@ -137,20 +176,26 @@ class ForwardOutputs(NamedTuple):
     w_seq: torch.Tensor | None
     ref_bits: torch.Tensor | None
     checkpoints: torch.Tensor | None
+    i_seq: torch.Tensor | None = None
 
 
 def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Tensor, spec,
-                  plan, t0_step: int = 0) -> ForwardOutputs:  # fmt: skip
+                  plan, t0_step: int = 0,
+                  lengths: torch.Tensor | None = None) -> ForwardOutputs:  # fmt: skip
     """Launch the forward scan.
 
     Args:
         x: ``[T, *S]`` contiguous input current (mA), fp32/bf16/fp16.
         state0: ``[C, *S]`` contiguous fp32 state before ``x[0]`` (rows: V in mV, w in mA
-            if ``spec.has_w``, last-spike time in ms if ``spec.has_ref``).
-        packed_params: ``[10, N]`` fp32 with ``N`` dividing ``prod(S)``.
+            if ``spec.has_w``, last-spike time in ms if ``spec.has_ref``, synaptic current
+            in mA if ``spec.has_syn``).
+        packed_params: ``[N_PARAMS, N]`` fp32 with ``N`` dividing ``prod(S)``.
         spec: the ``adex.spec.ScanSpec`` (model flags, dt, tau_ref, spike dtype).
         plan: its ``Plan`` for this call (which sequences to write).
         t0_step: global step index of ``x[0]`` (step k runs at ``t = float(k) * dt``).
+        lengths: ``[S[0]]`` int32 steps each sample runs (1..T), or None (all T): from step
+            ``lengths[b]`` on, sample b holds its state (V, w, I and the sequences repeat its
+            last values) and writes zero spikes.
 
     Returns:
         :class:`ForwardOutputs`.
@@ -164,6 +209,7 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     state = torch.empty_like(state0)  # fp32 [C, *S], contiguous
     v_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_v else None
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_w else None
+    i_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_i else None
     ref_bits = None
     if plan.store_ref:  # 1 bit per neuron-step
         ref_bits = torch.empty(((T + 7) // 8, *S), dtype=torch.uint8, device=device)
@@ -175,10 +221,12 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     scalars = spec.kernel_scalars
     _adex_scan_fwd_kernel[(programs,)](
         x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes, state_ptr=state,
-        vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits, ckpt_ptr=checkpoints,
+        vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits, ckpt_ptr=checkpoints, isq_ptr=i_seq,
+        len_ptr=lengths, SPS=1 if lengths is None else M // lengths.shape[0],
+        HAS_LEN=lengths is not None,
         T=T, M=M, N=packed_params.shape[1], dt=scalars["dt"], ceiling=scalars["ceiling"],
         k0=t0_step, tau_ref=scalars["tau_ref"], K=max(K, 1), **plan.fwd_flags,
         NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
         enable_fp_fusion=FP_FUSION,
     )  # fmt: skip
-    return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints)
+    return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)

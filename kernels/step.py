@@ -311,3 +311,29 @@ def step_param_grads(
         g_vth -= b_bg * (1.0 + b_uprev)
         g_vreset += b_bg * b_uprev
     return g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b
+
+
+@triton.jit
+def synapse_step(
+    b_i,  # [BLOCK] fp32 synaptic current of the previous step I_{t-1} (mA)
+    b_x,  # [BLOCK] fp32 input of this step x_t (mA)
+    b_cs,  # 1 - exp(-dt / tau_syn)
+):  # fmt: skip
+    """The synaptic current's step, ``tau_syn dI/dt = -I + x`` integrated exactly with x
+    held over the step: ``I_t = I_{t-1} + c_s (x_t - I_{t-1})``. The membrane step then
+    reads ``I_t`` where it would read ``x_t``. Returns ``I_t``."""
+    return b_i + b_cs * (b_x - b_i)
+
+
+@triton.jit
+def synapse_adjoint(
+    b_li,  # [BLOCK] adjoint of I_t carried from step t+1 (and the I outputs of step t)
+    b_gm,  # [BLOCK] gradient of the membrane step's input current I_t (step_adjoint's)
+    b_cs,  # 1 - exp(-dt / tau_syn)
+):  # fmt: skip
+    """The adjoint of :func:`synapse_step`. Returns ``(grad_x_t, lambda_I_{t-1},
+    lambda_I_t)``: the input's gradient, the adjoint carried to the previous step (written
+    ``l - l c_s``, not ``l (1 - c_s)``: ``1 - c_s`` rounds for ``dt << tau_syn``) and the
+    total adjoint of ``I_t`` (for the tau_syn gradient)."""
+    b_lt = b_li + b_gm
+    return b_lt * b_cs, b_lt - b_lt * b_cs, b_lt
