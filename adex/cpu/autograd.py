@@ -97,4 +97,9 @@ class CpuScan(torch.autograd.Function):
         grad_packed = None
         if needs[2] and grad_par is not None:
             grad_packed = grad_par.reshape(10, -1, packed.shape[1]).sum(1)
+            extra = packed.shape[0] - 10  # rows the CPU kernels do not read (tau_syn)
+            if extra:
+                grad_packed = torch.cat(
+                    [grad_packed, grad_packed.new_zeros(extra, packed.shape[1])]
+                )
         return grad_x, grad_s0, grad_packed, None, None, None
