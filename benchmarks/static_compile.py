@@ -415,7 +415,8 @@ def _all_inner_loops(instrs: list[tuple[int, str]]) -> dict:
     for a, b in spans:
         body = [t for o, t in instrs if a <= o <= b and _opcode(t) != "NOP"]
         mufu = Counter(t.split("MUFU.")[1].split()[0] for t in body if "MUFU." in t)
-        ldg = sum(_opcode(t).startswith("LDG") for t in body)
+        # global loads: LDG, and LDGSTS (cp.async) in a pipelined loop; not LDGDEPBAR
+        ldg = sum(re.match(r"LDG(STS)?(\.|$)", _opcode(t)) is not None for t in body)
         loops.append(dict(sass=len(body), ldg=ldg, mufu={k: mufu[k] for k in sorted(mufu)}))
     return dict(inner=sorted(loops, key=lambda r: -r["sass"]))
 
