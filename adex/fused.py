@@ -76,11 +76,17 @@ def fused_scan(
             x, state0, packed, spec, (plan, lengths), t0_step, layer_packed, *learnable
         )
     else:  # the launcher itself: autograd's bookkeeping costs more than a short scan
-        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, lengths)
+        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, **_with_lengths(lengths))
         spikes, state, v_seq, w_seq, i_seq = (*out[:4], out.i_seq)
     if not spec.return_states:
         v_seq = w_seq = i_seq = None
     return ScanOutput(spikes, state, v_seq, w_seq, i_seq)
+
+
+def _with_lengths(lengths: Tensor | None) -> dict:
+    """The launchers' ``lengths`` keyword where there are lengths (none otherwise: the
+    launch then looks as it did before lengths existed)."""
+    return {} if lengths is None else {"lengths": lengths}
 
 
 def _through_ops() -> bool:
@@ -102,7 +108,7 @@ class FusedScan(torch.autograd.Function):
     def forward(ctx, x, state0, packed, spec: ScanSpec, plan_lengths: tuple, t0_step: int,
                 layer_packed: PackedParams | None, *learnable):  # fmt: skip
         plan, lengths = plan_lengths  # the plan and the sample lengths (or None)
-        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, lengths)
+        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, **_with_lengths(lengths))
         ctx.lengths = lengths
         ctx.set_materialize_grads(False)
         ctx.spec, ctx.plan, ctx.t0_step = spec, plan, t0_step
@@ -150,8 +156,7 @@ def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: 
     extra = {}
     if spec.has_syn:  # the synaptic-current sequence's gradient
         extra["grad_i_seq"] = _present(grads[4]) if len(grads) > 4 else None
-    if lengths is not None:  # the eager launcher only (the ops refuse lengths)
-        extra["lengths"] = lengths
+    extra.update(_with_lengths(lengths))  # the eager launcher only (the ops refuse lengths)
     grad_x, grad_state0, grad_par = launch(saved, packed, spec, plan, g_spikes, g_v_seq,
                                            g_w_seq, g_state, x_dtype, T, t0_step, needs[0],
                                            needs[1], **extra)  # fmt: skip

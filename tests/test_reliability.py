@@ -406,10 +406,10 @@ t_last = fill((M,), torch.where(torch.rand(L, generator=gen) < 0.5, -0.1, -1e7))
 DT, TAU_REF = 0.1, 0.25
 base = adex.AdExParams()
 values = {k: float(v) for k, v in base.items()}
-if PER_NEURON:  # a value per neuron: row k of the packed [10, N] starts at k * N
+if PER_NEURON:  # a value per neuron: row k of the packed [N_PARAMS, N] starts at k * N
     for k in ("R", "tau", "tau_w", "a", "b"):
         values[k] = values[k] * (1 + 0.1 * torch.rand(L, generator=gen, dtype=torch.float64))
-    packed = sparse_empty((10, N), torch.float32)
+    packed = sparse_empty((adex.params.N_PARAMS, N), torch.float32)
     packed[:, lanes] = adex.AdExParams(**values).packed(L, "cpu")
 else:
     packed = base.packed(1, "cpu")
