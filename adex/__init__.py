@@ -9,7 +9,7 @@ registry ``u``, surrogate spike functions (``adex.surrogate``), state initialize
 
 from adex import init, presets, surrogate
 from adex.functional import RefScanResult, ScanResult, adex_scan
-from adex.models import LIF, AdExIF, AdExIFRef, ExpIF, ExpIFRef
+from adex.models import LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
 from adex.reference import adex_scan_reference, adex_step_reference
@@ -30,6 +30,8 @@ __all__ = [
     "AdExIF",
     "AdExIFRef",
     "AdExParams",
+    "AdLIF",
+    "AdLIFRef",
     "ExpIF",
     "ExpIFRef",
     "RefScanResult",

@@ -1,5 +1,5 @@
 """The AdEx family as modules with BrainPy's signatures and defaults: AdExIF, ExpIF, LIF,
-AdExIFRef, ExpIFRef."""
+AdExIFRef, ExpIFRef; and AdLIF, AdLIFRef (AdExIF without the exponential term)."""
 
 from __future__ import annotations
 
@@ -296,5 +296,98 @@ class ExpIFRef(ExpIF):
                                batch_first)  # fmt: skip
 
 
-for _cls in (AdExIF, ExpIF, LIF, AdExIFRef, ExpIFRef):
+class AdLIF(SpikingNeuron):
+    """Adaptive leaky integrate-and-fire neurons: :class:`AdExIF` without the exponential
+    term, ``tau dV/dt = -(V - V_rest) - R w + R x``, ``tau_w dw/dt = a (V - V_rest) - w``,
+    ``w += b`` on a spike.
+
+    The same exponential-Euler step (``J = -1/tau``, so V is integrated exactly for the
+    step's w and x), reset order and spike rule as AdExIF, and AdExIF's defaults for the
+    shared parameters: it equals an AdExIF whose exponential term vanishes (``V_T`` far
+    above any V reached) to float rounding. BrainPy has no such model.
+
+    Args:
+        R (ohm), tau (ms, > 0), tau_w (ms, > 0), V_th (mV, > V_reset), V_reset, V_rest (mV),
+        a (S), b (mA), w_initializer: as in :class:`AdExIF`.
+    {common}
+    """
+
+    has_exp = False
+    param_names = ("R", "tau", "tau_w", "V_th", "V_reset", "V_rest", "a", "b")
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = 1 * u.ohm,
+        tau: Any = 10 * u.ms,
+        tau_w: Any = 30 * u.ms,
+        V_th: Any = -55 * u.mV,
+        V_reset: Any = -68 * u.mV,
+        V_rest: Any = -65 * u.mV,
+        a: Any = 1 * u.siemens,
+        b: Any = 1 * u.mA,
+        V_initializer: Any = Constant(-65 * u.mV),  # noqa: B008
+        w_initializer: Any = Constant(0 * u.mA),  # noqa: B008
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+        detach_reset: bool = False,
+        learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
+    ):
+        params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
+                      a=a, b=b)  # fmt: skip
+        super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
+                         dt, backend, name, check_finite, detach_reset,
+                         learnable=learnable, spike_dtype=spike_dtype,
+                         checkpoint_every=checkpoint_every)  # fmt: skip
+
+
+class AdLIFRef(AdLIF):
+    """AdLIF with a refractory period (as :class:`AdExIFRef` is AdExIF with one).
+
+    Args:
+        tau_ref: refractory period (ms, >= 0; scalar), default 1.7 ms.
+        Others: as in :class:`AdLIF`.
+    {ref}"""
+
+    has_ref = True
+
+    def __init__(
+        self,
+        in_size: int | tuple[int, ...],
+        R: Any = 1 * u.ohm,
+        tau: Any = 10 * u.ms,
+        tau_w: Any = 30 * u.ms,
+        tau_ref: Any = 1.7 * u.ms,
+        V_th: Any = -55 * u.mV,
+        V_reset: Any = -68 * u.mV,
+        V_rest: Any = -65 * u.mV,
+        a: Any = 1 * u.siemens,
+        b: Any = 1 * u.mA,
+        V_initializer: Any = Constant(-65 * u.mV),  # noqa: B008
+        w_initializer: Any = Constant(0 * u.mA),  # noqa: B008
+        spk_fun: Surrogate | None = None,
+        spk_reset: str = "soft",
+        dt: Any = 0.1 * u.ms,
+        backend: str = "auto",
+        name: str | None = None,
+        check_finite: bool = True,
+        detach_reset: bool = False,
+        learnable: tuple[str, ...] = (),
+        spike_dtype: torch.dtype | None = None,
+        checkpoint_every: int | None = None,
+    ):
+        params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
+                      a=a, b=b)  # fmt: skip
+        SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
+                               spk_reset, dt, backend, name, check_finite, detach_reset,
+                               tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
+
+
+for _cls in (AdExIF, ExpIF, LIF, AdExIFRef, ExpIFRef, AdLIF, AdLIFRef):
     _cls.__doc__ = _cls.__doc__.replace("{common}", _COMMON_DOC).replace("{ref}", _REF_DOC)

@@ -286,6 +286,8 @@ def family_cases(tau_ref: float) -> dict[str, ModelCase]:
     return {
         "AdExIF": ModelCase(adex.AdExIF),
         "AdExIFRef": ModelCase(adex.AdExIFRef, dict(tau_ref=tau_ref)),
+        "AdLIF": ModelCase(adex.AdLIF),
+        "AdLIFRef": ModelCase(adex.AdLIFRef, dict(tau_ref=tau_ref)),
         # V_th = -45 mV keeps ExpIF's exponential-Euler step stable (spec section 11)
         "ExpIF": ModelCase(adex.ExpIF, dict(V_th=-45.0), 40.0, 10.0, (-64.0, -44.0)),
         "ExpIFRef": ModelCase(

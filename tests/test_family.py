@@ -386,7 +386,7 @@ def test_input_on_refractory_steps_has_no_effect(model, backend):
 @pytest.mark.parametrize("model", REF_MODELS)
 def test_tau_ref_changes_dynamics_and_zero_is_the_plain_model(model):
     """tau_ref = 0 gives the plain model exactly; 0.7 ms freezes steps and changes V."""
-    plain = {"AdExIFRef": "AdExIF", "ExpIFRef": "ExpIF"}[model]
+    plain = model.removesuffix("Ref")
     inp = make_inputs(MODELS[model], T=24, seed=5)
     a = run_layer(plain, inp, "reference")
     b = run_layer(model, inp, "reference", tau_ref=0.0)
@@ -693,3 +693,41 @@ def test_fixture_helpers_agree_with_module_parameters():
     fp = fixture_params(arrays, meta)
     for key in adex.AdExIFRef.param_names:
         assert getattr(layer.params, key) == pytest.approx(getattr(fp, key)), key
+
+
+# -- AdLIF: AdExIF without the exponential term --------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+def test_adlif_is_adexif_with_a_vanishing_exponential_term(backend, reset):
+    """With V_T far above any V reached, delta_T exp((V - V_T) / delta_T) underflows to 0
+    (float32 and float64), so AdExIF's trajectory and gradients are AdLIF's to rounding."""
+    inp = make_inputs(MODELS["AdLIF"], T=24, seed=21)
+    shared = dict(tau=8.0, tau_w=25.0, a=0.5, b=2.0, spk_reset=reset, dt=DT)
+    n = inp.x.shape[-1]
+    builds = {
+        "adlif": lambda backend: adex.AdLIF(n, **shared, backend=backend),
+        "adexif": lambda backend: adex.AdExIF(n, V_T=500.0, delta_T=1.0, **shared, backend=backend),
+    }
+    runs = {name: run_variant(build, {"backend": backend}, inp.states(), inp.cotangents())
+            for name, build in builds.items()}  # fmt: skip
+    a, e = runs["adlif"], runs["adexif"]
+    assert_spiky(a.out["spikes"])
+    assert torch.equal(a.out["spikes"], e.out["spikes"])
+    for key in ("V", "w"):
+        assert_close(key, e.out[key], a.out[key], 1e-5, 1e-6)
+    for key, g in a.grads.items():
+        assert_close(f"grad {key}", e.grads[key], g, 1e-5 * float(g.abs().max()), 1e-5)
+
+
+def test_adlif_parameters_and_defaults():
+    """AdLIF has AdExIF's parameters less V_T and delta_T, with AdExIF's defaults."""
+    lif, ex = adex.AdLIF(4), adex.AdExIF(4)
+    assert lif.param_names == tuple(k for k in ex.param_names if k not in ("V_T", "delta_T"))
+    for key in lif.param_names:
+        assert getattr(lif.params, key) == getattr(ex.params, key)
+    assert lif.has_w and not lif.has_exp and not lif.has_ref
+    assert adex.AdLIFRef(4).has_ref and adex.AdLIFRef(4).tau_ref == pytest.approx(1.7)
+    with pytest.raises(ValueError, match="not a parameter"):
+        adex.AdLIF(4, learnable=("V_T",))
