@@ -338,13 +338,14 @@ class AdLIF(SpikingNeuron):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       a=a, b=b)  # fmt: skip
         super().__init__(in_size, params, V_initializer, w_initializer, spk_fun, spk_reset,
                          dt, backend, name, check_finite, detach_reset,
                          learnable=learnable, spike_dtype=spike_dtype,
-                         checkpoint_every=checkpoint_every)  # fmt: skip
+                         checkpoint_every=checkpoint_every, batch_first=batch_first)  # fmt: skip
 
 
 class AdLIFRef(AdLIF):
@@ -381,12 +382,14 @@ class AdLIFRef(AdLIF):
         learnable: tuple[str, ...] = (),
         spike_dtype: torch.dtype | None = None,
         checkpoint_every: int | None = None,
+        batch_first: bool = False,
     ):
         params = dict(R=R, tau=tau, tau_w=tau_w, V_th=V_th, V_reset=V_reset, V_rest=V_rest,
                       a=a, b=b)  # fmt: skip
         SpikingNeuron.__init__(self, in_size, params, V_initializer, w_initializer, spk_fun,
                                spk_reset, dt, backend, name, check_finite, detach_reset,
-                               tau_ref, learnable, spike_dtype, checkpoint_every)  # fmt: skip
+                               tau_ref, learnable, spike_dtype, checkpoint_every,
+                               batch_first)  # fmt: skip
 
 
 for _cls in (AdExIF, ExpIF, LIF, AdExIFRef, ExpIFRef, AdLIF, AdLIFRef):
