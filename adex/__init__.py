@@ -3,8 +3,9 @@
 Public API: the :class:`AdExIF` module (and the family), the recurrent layer
 :class:`Recurrent`, the functional :func:`adex_scan`, its per-step
 PyTorch reference :func:`adex_scan_reference`, parameters :class:`AdExParams`, the unit
-registry ``u``, surrogate spike functions (``adex.surrogate``) and state initializers
-(``adex.init``).
+registry ``u``, surrogate spike functions (``adex.surrogate``), state initializers
+(``adex.init``) and the model-wide state helpers :func:`init_state`, :func:`reset_state` and
+:func:`detach_state` (``adex.state``).
 """
 
 from adex import init, presets, surrogate

@@ -693,7 +693,8 @@ class SpikingNeuron(ParamAttributes):
         batch-first: ``[batch, T, *in_size]``, a transposed view), or with
         ``return_states=True`` a :class:`StateSequence` with the per-step V and w, all
         differentiable. The final state is left in ``V`` and ``w`` (differentiable too:
-        consecutive calls give truncated BPTT).
+        a next call continues the graph; :meth:`detach_state` between chunks cuts it, for
+        truncated BPTT).
         """
         x_dtype = x_seq.dtype if isinstance(x_seq, Tensor) else torch.float32
         trusted = self._state_trusted()

@@ -11,7 +11,7 @@ from conftest import DEVICE
 import adex
 
 BACKENDS = ["reference", "triton"]
-MODELS = [adex.AdExIF, adex.AdExIFRef, adex.ExpIF, adex.LIF]
+MODELS = [adex.AdExIF, adex.AdExIFRef, adex.ExpIF, adex.LIF, adex.AdLIF, adex.AdLIFRef]
 
 
 def _pair(model, backend, **kw):

@@ -69,7 +69,7 @@ def test_fullgraph_default_backend_inductor():
     _assert_equal_runs(eager, compiled, exact=False)
 
 
-@pytest.mark.parametrize("model", [adex.AdExIF, adex.ExpIFRef, adex.LIF])
+@pytest.mark.parametrize("model", [adex.AdExIF, adex.ExpIFRef, adex.LIF, adex.AdLIFRef])
 def test_fullgraph_reference_matches_eager(model):
     """The reference backend named: eager and compiled run the same reference scan, to
     1e-6 (with 'auto', eager CPU calls take the fused CPU kernels, which agree with the

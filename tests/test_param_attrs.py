@@ -23,7 +23,7 @@ def _run(layer, seed=0):
 
 
 @pytest.mark.parametrize("model", [adex.AdExIF, adex.AdExIFRef, adex.ExpIF, adex.ExpIFRef,
-                                   adex.LIF])  # fmt: skip
+                                   adex.LIF, adex.AdLIF, adex.AdLIFRef])  # fmt: skip
 def test_every_parameter_reads_in_canonical_units(model):
     layer = model(3)
     params = layer.params

@@ -12,7 +12,7 @@ from torch import nn
 import adex
 
 BACKENDS = ["reference", "triton"]
-MODELS = [adex.AdExIF, adex.AdExIFRef, adex.ExpIF, adex.LIF]
+MODELS = [adex.AdExIF, adex.AdExIFRef, adex.ExpIF, adex.LIF, adex.AdLIF, adex.AdLIFRef]
 
 
 def _x(T, B, N, seed):
