@@ -68,6 +68,8 @@ class Recurrent(nn.Module):
             raise ValueError(
                 f"Recurrent needs a neuron with a 1-D in_size N, got in_size {neuron.in_size}"
             )
+        if neuron.has_syn:
+            raise ValueError("Recurrent does not take a neuron with a synapse (tau_syn) yet")
         self.neuron = neuron
         n = neuron.in_size[0]
         scale = to_canonical(init_scale, "current", "init_scale")

@@ -57,7 +57,7 @@ def fused_recurrent_scan(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor,
         packed = params.packed(params.n_neurons(), x.device)
     elif isinstance(packed, PackedParams):
         layer_packed, learnable, packed = packed, packed.learnable, packed.values
-    values = packed.expand(10, N).contiguous()  # scalar parameters: one column per neuron
+    values = packed.expand(packed.shape[0], N).contiguous()  # scalars: one column per neuron
     S = x.shape[1:]
     T, B = x.shape[0], x[0].numel() // N
     x3 = x.reshape(T, B, N).contiguous()

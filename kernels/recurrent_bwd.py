@@ -32,7 +32,6 @@ from adex.kernels.step import (
     step_factors,
     step_param_grads,
 )
-from adex.params import ALL_PARAMS
 
 # Bytes per neuron-step (fp32): read V (4), read the spike gradient (4), write lambda_I (4),
 # as the feed-forward backward; on chip, lambda_I(t) read back and the weight (from L1/L2)
@@ -206,8 +205,9 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
     grad_s0 = torch.empty((B, N), dtype=torch.float32, device=device) if want_s0 else None
     grad_par = None
     if plan.param_grad:
-        alloc = torch.empty if spec.param_mask == ALL_PARAMS else torch.zeros
-        grad_par = alloc((10, B, N), dtype=torch.float32, device=device)
+        # rows the kernel does not write are zero: those outside param_mask, and tau_syn's
+        # (a recurrent layer has no synapse)
+        grad_par = torch.zeros((packed_params.shape[0], B, N), dtype=torch.float32, device=device)
     block_b, block_n, num_warps, programs = recurrent_config(B, N, device)
     _recurrent_bwd_kernel[(programs,)](
         vseq_ptr=v_seq, state0_ptr=state0, weight_ptr=weight, par_ptr=packed_params,
