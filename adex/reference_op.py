@@ -21,11 +21,10 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from adex.params import PARAM_KINDS, AdExParams
+from adex.params import AdExParams
 from adex.reference import reference_scan
 from adex.spec import ScanOutput, ScanSpec
 
-_NAMES = tuple(PARAM_KINDS)
 _OpOut = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
@@ -40,19 +39,20 @@ def reference_backend(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanS
         extra = {} if lengths is None else {"lengths": lengths}
         return reference_scan(x, state0, params, spec, t0_step=t0_step, packed=packed,
                               **extra)  # fmt: skip
-    grad_names, grad_tensors, const_names, const_tensors, scalars = [], [], [], [], []
+    grad_names, grad_tensors, const_names, const_tensors = [], [], [], []
+    scalar_names, scalars = [], []
     for name, value in params.items():
         if not isinstance(value, Tensor):
+            scalar_names.append(name)
             scalars.append(float(value))
             continue
-        scalars.append(0.0)  # placeholder: the tensor is passed
         if value.requires_grad:
             grad_names.append(name)
             grad_tensors.append(value)
         else:
             const_names.append(name)
             const_tensors.append(value)
-    names = ",".join(grad_names) + ";" + ",".join(const_names)
+    names = ";".join(",".join(part) for part in (grad_names, const_names, scalar_names))
     spikes, state, v_seq, w_seq = torch.ops.adex.reference_scan(
         x, state0, grad_tensors, const_tensors, names, scalars, spec.key, t0_step
     )  # fmt: skip
@@ -61,8 +61,10 @@ def reference_backend(x: Tensor, state0: Tensor, params: AdExParams, spec: ScanS
 
 
 def _params(grad_tensors, const_tensors, names: str, scalars) -> AdExParams:
-    values = dict(zip(_NAMES, scalars, strict=True))
-    grad_names, const_names = (part.split(",") if part else [] for part in names.split(";"))
+    grad_names, const_names, scalar_names = (
+        part.split(",") if part else [] for part in names.split(";")
+    )
+    values = dict(zip(scalar_names, scalars, strict=True))
     values.update(zip(grad_names, grad_tensors, strict=True))
     values.update(zip(const_names, const_tensors, strict=True))
     return AdExParams.trusted(values)
