@@ -104,7 +104,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise CLIError(f"adex demo: error: --{name} must be >= 1, got {value}")
     argv: list[str] = []
-    for name in ("epochs", "steps", "seed", "device", "plot"):
+    if args.task == "sequence" and args.plot is not None:
+        raise CLIError("adex demo: error: --plot is an option of the digits task only")
+    for name in ("task", "epochs", "steps", "seed", "device", "plot"):
         value = getattr(args, name)
         if value is not None:  # unset: the demo's own default
             argv += [f"--{name}", str(value)]
@@ -214,7 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
         "on scikit-learn's 8x8 digits held as input currents (adex.demo), and save a spike "
         "raster and voltage plot. Options left out take the demo's defaults.",
     )
-    d.add_argument("--epochs", type=int, help="training epochs (demo default 4)")
+    d.add_argument(
+        "--task",
+        choices=("digits", "sequence"),
+        help="'digits' (default): the 8x8 digits; 'sequence': variable-length Japanese Vowels "
+        "with AdLIF(tau_syn), an LI readout and lengths= (adex.demo_sequence; needs the "
+        "sequence extra)",
+    )
+    d.add_argument("--epochs", type=int, help="training epochs (demo default 4, sequence 30)")
     d.add_argument("--steps", type=int, help="optimizer steps per epoch (demo default: one pass)")
     d.add_argument("--plot", help="where to save the plot (demo default adex_demo.png)")
     d.add_argument("--seed", type=int, help="random seed (demo default 0)")

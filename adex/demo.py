@@ -1,6 +1,7 @@
 """Demo: train a small AdExIF spiking network on handwritten digits with surrogate-gradient BPTT.
 
-Run it with ``python -m adex.demo``. The data are scikit-learn's 8x8 handwritten digits
+Run it with ``python -m adex.demo`` (``--task sequence``: the sequence demo,
+:mod:`adex.demo_sequence`). The data are scikit-learn's 8x8 handwritten digits
 (``sklearn.datasets.load_digits``: 1797 images, 10 classes, shipped inside the scikit-learn
 wheel, so nothing is downloaded). Each image is encoded as input currents over time: its 64
 pixel intensities (scaled to 0..1) are held for ``T`` steps of 1 ms. The network
@@ -54,6 +55,9 @@ LR = 0.1
 """Adam step size of the weights."""
 TRACES = 4
 """Hidden neurons whose voltage the plot shows."""
+TASKS = ("digits", "sequence")
+"""The demo's tasks (``--task``): these 8x8 digits (default) or the sequence demo
+(:mod:`adex.demo_sequence`)."""
 
 
 def load_data(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -218,6 +222,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Train a Linear -> AdExIF -> Linear -> AdExIF spiking network with BPTT "
         "on scikit-learn's 8x8 handwritten digits.",
     )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="digits",
+        help="'digits' (this demo, default) or 'sequence' (adex.demo_sequence: variable-length "
+        "Japanese Vowels, needs the sequence extra; see its --help)",
+    )
     parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
     parser.add_argument(
         "--steps",
@@ -253,8 +264,19 @@ def batches(n: int, generator: torch.Generator):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train, report loss, accuracy and time per epoch, save the plot; return 0."""
-    args = parse_args(argv)
+    """Train, report loss, accuracy and time per epoch, save the plot; return 0.
+
+    ``--task sequence`` runs the variable-length sequence demo instead
+    (:mod:`adex.demo_sequence`, its own options); ``--task digits`` (the default) this one.
+    """
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=TASKS, default="digits")
+    known, rest = task.parse_known_args(argv)
+    if known.task == "sequence":
+        from adex import demo_sequence
+
+        return demo_sequence.main(rest)
+    args = parse_args(rest)
     device = pick_device(args.device)
     if device.type == "cpu":
         # torch's own ops here are small [batch, 128] matmuls: fanning those out to several
