@@ -59,14 +59,9 @@ def fused_scan(
     needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
     plan = spec.plan(needs_grad, param_grad)
     if _through_ops():
-        if lengths is not None:
-            raise NotImplementedError(
-                "lengths= is not supported while torch.compile traces the fused scan yet; "
-                "run the layer eagerly, or pad without lengths"
-            )
         values = layer_packed.differentiable() if learnable else packed
         out = torch.ops.adex.scan_fwd(x, state0, values, spec.key, needs_grad, param_grad,
-                                      t0_step)  # fmt: skip
+                                      t0_step, lengths)  # fmt: skip
         states = spec.return_states
         return ScanOutput(out[0], out[1], out[2] if states else None,
                           out[3] if states and spec.has_w else None,
@@ -156,7 +151,7 @@ def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: 
     extra = {}
     if spec.has_syn:  # the synaptic-current sequence's gradient
         extra["grad_i_seq"] = _present(grads[4]) if len(grads) > 4 else None
-    extra.update(_with_lengths(lengths))  # the eager launcher only (the ops refuse lengths)
+    extra.update(_with_lengths(lengths))
     grad_x, grad_state0, grad_par = launch(saved, packed, spec, plan, g_spikes, g_v_seq,
                                            g_w_seq, g_state, x_dtype, T, t0_step, needs[0],
                                            needs[1], **extra)  # fmt: skip

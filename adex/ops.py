@@ -4,8 +4,11 @@
 implementations so ``torch.compile`` traces through them without a graph break, and
 ``scan_fwd`` differentiates through ``scan_bwd`` with ``adex.fused.fused_backward``, the
 backward the eager path runs too. The scan's settings travel as ``ScanSpec.key`` (a
-string); absent tensors are empty at this boundary only (an op returns tensors), None
-everywhere else.
+string); absent outputs are empty at this boundary only (an op returns tensors), None
+everywhere else; the optional inputs (``lengths``, the synaptic-current sequence and its
+gradient) are None where absent. A synaptic current travels in the state block and the
+packed parameters (``spec`` says it is there), its sequence as ``i_seq``; ``lengths`` (the
+``[S[0]]`` int32 sample lengths) reaches both kernels.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adex.fused import fused_backward, per_neuron
+from adex.fused import _with_lengths, fused_backward, per_neuron
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
 from adex.params import N_PARAMS
@@ -34,19 +37,21 @@ def _or_none(t: Tensor) -> Tensor | None:
 
 @torch.library.custom_op("adex::scan_fwd", mutates_args=())
 def scan_fwd(x: Tensor, state0: Tensor, packed: Tensor, spec: str, needs_grad: bool,
-             param_grad: bool, t0_step: int) -> _FwdOut:  # fmt: skip
+             param_grad: bool, t0_step: int, lengths: Tensor | None = None) -> _FwdOut:  # fmt: skip
     """Fused forward scan (``adex.kernels.adex_scan_fwd``) under the plan of ``spec`` (a
-    ``ScanSpec.key``) for ``needs_grad``/``param_grad``. Returns ``(spikes, state, v_seq,
-    w_seq, ref_bits, checkpoints, i_seq)``, empty where the plan writes none."""
+    ``ScanSpec.key``) for ``needs_grad``/``param_grad``; ``lengths``: ``[S[0]]`` int32
+    steps per sample (1..T, validated by the caller) or None. Returns ``(spikes, state,
+    v_seq, w_seq, ref_bits, checkpoints, i_seq)``, empty where the plan writes none."""
     s = ScanSpec.from_key(spec)
-    out = adex_scan_fwd(x, state0, packed, s, s.plan(needs_grad, param_grad), t0_step)
+    out = adex_scan_fwd(x, state0, packed, s, s.plan(needs_grad, param_grad), t0_step,
+                        **_with_lengths(lengths))  # fmt: skip
     return (out.spikes, out.state, _or_empty(out.v_seq, x), _or_empty(out.w_seq, x),
             _or_empty(out.ref_bits, x, torch.uint8), _or_empty(out.checkpoints, x),
             _or_empty(out.i_seq, x))  # fmt: skip
 
 
 @scan_fwd.register_fake
-def _(x, state0, packed, spec, needs_grad, param_grad, t0_step):
+def _(x, state0, packed, spec, needs_grad, param_grad, t0_step, lengths=None):
     s = ScanSpec.from_key(spec)
     plan = s.plan(needs_grad, param_grad)
     T, S = x.shape[0], x.shape[1:]
@@ -89,15 +94,16 @@ def scan_bwd(
     want_state0: bool,
     i_seq: Tensor | None = None,
     grad_i_seq: Tensor | None = None,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fused backward scan (``adex.kernels.adex_scan_bwd``). Returns ``(grad_x,
-    grad_state0, grad_params)``, each empty where not wanted (``grad_params`` without
-    ``param_grad``)."""
+    """Fused backward scan (``adex.kernels.adex_scan_bwd``); ``lengths`` as the forward's.
+    Returns ``(grad_x, grad_state0, grad_params)``, each empty where not wanted
+    (``grad_params`` without ``param_grad``)."""
     s = ScanSpec.from_key(spec)
     saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x, i_seq)
     out = adex_scan_bwd(saved, packed, s, s.plan(needs_grad, param_grad), grad_spikes,
                         grad_v_seq, grad_w_seq, grad_state, x_dtype, T, t0_step, want_x,
-                        want_state0, grad_i_seq)  # fmt: skip
+                        want_state0, grad_i_seq, **_with_lengths(lengths))  # fmt: skip
     return (_or_empty(out.grad_x, state0, x_dtype), _or_empty(out.grad_state0, state0),
             _or_empty(out.grad_params, state0))  # fmt: skip
 
@@ -105,7 +111,7 @@ def scan_bwd(
 @scan_bwd.register_fake
 def _(state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, grad_spikes, grad_v_seq,
       grad_w_seq, grad_state, spec, needs_grad, param_grad, x_dtype, T, t0_step, want_x,
-      want_state0, i_seq=None, grad_i_seq=None):  # fmt: skip
+      want_state0, i_seq=None, grad_i_seq=None, lengths=None):  # fmt: skip
     S = state0.shape[1:]
     grad_par = state0.new_empty((N_PARAMS, *S) if param_grad else (0,), dtype=torch.float32)
     grad_x = state0.new_empty((T, *S) if want_x else (0,), dtype=x_dtype)
@@ -114,11 +120,11 @@ def _(state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, grad_spikes, grad_
 
 
 def _setup_context(ctx, inputs, output):
-    x, state0, packed, spec, needs_grad, param_grad, t0_step = inputs
+    x, state0, packed, spec, needs_grad, param_grad, t0_step, lengths = inputs
     _, _, v_seq, w_seq, ref_bits, checkpoints, i_seq = output
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(ref_bits, checkpoints)
-    ctx.spec, ctx.t0_step = spec, t0_step
+    ctx.spec, ctx.t0_step, ctx.lengths = spec, t0_step, lengths
     ctx.plan = ScanSpec.from_key(spec).plan(needs_grad, param_grad)
     ctx.x_dtype, ctx.T = x.dtype, x.shape[0]
     keep_x = ctx.plan.checkpoint_every or ctx.plan.read_i
@@ -127,12 +133,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _launch_op(saved, packed, spec, plan, g_spikes, g_v_seq, g_w_seq, g_state, x_dtype, T,
-               t0_step, want_x, want_state0, grad_i_seq=None):  # fmt: skip
+               t0_step, want_x, want_state0, grad_i_seq=None, lengths=None):  # fmt: skip
     """``adex_scan_bwd``'s signature over the ``adex::scan_bwd`` op."""
     grad_x, grad_state0, grad_par = scan_bwd(
         saved.state0, packed, saved.v_seq, saved.w_seq, saved.ref_bits, saved.checkpoints,
         saved.x, g_spikes, g_v_seq, g_w_seq, g_state, spec.key, plan.needs_grad,
         plan.param_grad, x_dtype, T, t0_step, want_x, want_state0, saved.i_seq, grad_i_seq,
+        lengths,
     )  # fmt: skip
     return (grad_x if want_x else None, grad_state0 if want_state0 else None,
             grad_par if plan.param_grad else None)  # fmt: skip
@@ -145,10 +152,10 @@ def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, _g_ckpt, g_i_seq
     grad_x, grad_state0, grad_elements = fused_backward(
         ScanSpec.from_key(ctx.spec), ctx.plan, saved, packed, ctx.needs_input_grad[:3],
         ctx.x_dtype, ctx.T, ctx.t0_step, (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq),
-        _launch_op,
+        _launch_op, ctx.lengths,
     )  # fmt: skip
     grad_packed = None if grad_elements is None else per_neuron(grad_elements, packed.shape[1])
-    return grad_x, grad_state0, grad_packed, None, None, None, None
+    return grad_x, grad_state0, grad_packed, None, None, None, None, None
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -185,3 +185,105 @@ def test_compile_fullgraph_adex_scan_matches_eager():
     for name, a, b in zip(("x", "V0", "w0"), g_e, g_c, strict=True):
         assert a is not None and b is not None, f"grad {name} missing"
         assert torch.equal(a, b), f"grad {name}: compiled differs from eager"
+
+
+# -- lengths and the synaptic current through the ops -----------------------------------------
+
+LENGTHS = (6, 3)
+"""Sample lengths of the ``(2, 7)`` batch of T = 6 steps: one full, one stopping early."""
+
+
+def _syn_len_fwd_args(has_syn: bool, requires_grad: bool, seed: int = 10):
+    """scan_fwd's arguments with a synaptic current (state row I, packed tau_syn) and
+    lengths, for a spec returning the per-step states."""
+    T, shape = 6, (2, 7)
+    x, V0, w0 = _inputs(T, shape, seed, requires_grad)
+    gen = torch.Generator().manual_seed(seed + 1)
+    rows = [V0, w0]
+    if has_syn:
+        rows.append(
+            (torch.rand(shape, generator=gen) * 10).to(DEVICE).requires_grad_(requires_grad)
+        )
+    tau_syn = torch.linspace(1.0, 3.0, 7, dtype=torch.float64) if has_syn else None
+    packed = adex.AdExParams(tau_syn=tau_syn).packed(7, x.device)
+    spec = ScanSpec(has_w=True, has_syn=has_syn, dt=0.1, return_states=True)
+    lengths = torch.tensor(LENGTHS, dtype=torch.int32, device=DEVICE)
+    return (x, torch.stack(rows), packed, spec.key, requires_grad, False, 0, lengths)
+
+
+@pytest.mark.parametrize("has_syn", [False, True], ids=["nosyn", "syn"])
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_opcheck_scan_fwd_lengths_synapse(has_syn, requires_grad):
+    args = _syn_len_fwd_args(has_syn, requires_grad)
+    torch.library.opcheck(torch.ops.adex.scan_fwd.default, args)
+
+
+def test_opcheck_scan_bwd_lengths_synapse():
+    x, state0, packed, key, _, _, _, lengths = _syn_len_fwd_args(True, False)
+    spec = ScanSpec.from_key(key)
+    out = adex.kernels.adex_scan_fwd(x, state0, packed, spec, spec.plan(True, False),
+                                     lengths=lengths)  # fmt: skip
+    gen = torch.Generator().manual_seed(12)
+    g_spikes, g_v, g_w, g_i = (torch.randn(x.shape, generator=gen).to(DEVICE) for _ in range(4))
+    g_state = torch.randn(state0.shape, generator=gen).to(DEVICE)
+    args = (
+        state0, packed, out.v_seq, out.w_seq, None, None, None, g_spikes, g_v, g_w, g_state,
+        key, True, False, torch.float32, x.shape[0], 0, True, True, out.i_seq, g_i, lengths,
+    )  # fmt: skip
+    torch.library.opcheck(torch.ops.adex.scan_bwd.default, args)
+
+
+class SeqNet(nn.Module):
+    """Linear -> AdLIF(tau_syn, learnable tau_syn) -> Linear -> LI(tau_syn), fused kernels,
+    with ``lengths``; the LI's V at each sample's last step is the output."""
+
+    def __init__(self, n_in: int = 4, n_hidden: int = 9, n_out: int = 3):
+        super().__init__()
+        self.encoder = nn.Linear(n_in, n_hidden)
+        self.hidden = adex.AdLIF(n_hidden, tau_syn=torch.linspace(0.5, 2.0, n_hidden),
+                                 dt=0.5, learnable=("tau", "tau_syn"), backend="triton")  # fmt: skip
+        self.fc = nn.Linear(n_hidden, n_out)
+        self.readout = adex.LI(n_out, tau_syn=1.0, dt=0.5, backend="triton")
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        spikes = self.hidden(25.0 + 15.0 * self.encoder(x), lengths=lengths)
+        V = self.readout(self.fc(spikes), lengths=lengths)
+        return V[-1], spikes, self.hidden.V, self.hidden.I
+
+
+def _run_seq(model: SeqNet, fn, x, lengths):
+    model.zero_grad()
+    batch = x.shape[1]
+    model.hidden.init_state(batch)
+    model.readout.init_state(batch)
+    gen = torch.Generator().manual_seed(14)
+    model.hidden.V = (torch.rand(model.hidden.V.shape, generator=gen) * 10 - 62).to(DEVICE)
+    x = x.detach().clone().requires_grad_(True)
+    outs = fn(x, lengths)
+    gen = torch.Generator().manual_seed(15)
+    loss = sum((t * torch.randn(t.shape, generator=gen).to(DEVICE)).sum() for t in outs)
+    loss.backward()
+    grads = {"x": x.grad, **{n: p.grad.clone() for n, p in model.named_parameters()}}
+    return [t.detach() for t in outs], grads
+
+
+def test_compile_fullgraph_lengths_synapse_matches_eager():
+    """Inductor, fullgraph: AdLIF with a learnable synapse and an LI readout, lengths= through
+    the custom ops, forward and every gradient equal to eager's."""
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    T, lengths = 8, torch.tensor([8, 3, 5], device=DEVICE)
+    model = SeqNet().to(DEVICE)
+    x = torch.randn((T, 3, 4), generator=torch.Generator().manual_seed(13)).to(DEVICE)
+    eager_out, eager_grads = _run_seq(model, model, x, lengths)
+    assert eager_out[1].sum() > 0, "test data: no spikes"
+    assert torch.all(eager_out[1][3:, 1] == 0)  # past its length a sample writes no spikes
+    compiled = torch.compile(model, fullgraph=True)
+    comp_out, comp_grads = _run_seq(model, compiled, x, lengths)
+    for name, a, b in zip(("V_readout", "spikes", "V", "I"), eager_out, comp_out, strict=True):
+        assert_close(name, a, b, atol=1e-5)
+    assert eager_grads.keys() == comp_grads.keys()
+    for name, ref in eager_grads.items():
+        scale = ref.abs().max().item()
+        assert scale > 0, f"grad {name} is all zero"
+        assert_close(f"grad_{name}", ref, comp_grads[name], atol=1e-5 * scale)
