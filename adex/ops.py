@@ -37,10 +37,12 @@ def _or_none(t: Tensor) -> Tensor | None:
 
 @torch.library.custom_op("adex::scan_fwd", mutates_args=())
 def scan_fwd(x: Tensor, state0: Tensor, packed: Tensor, spec: str, needs_grad: bool,
-             param_grad: bool, t0_step: int, lengths: Tensor | None = None) -> _FwdOut:  # fmt: skip
+             param_grad: bool, t0_step: int, lengths: Tensor | None) -> _FwdOut:  # fmt: skip
     """Fused forward scan (``adex.kernels.adex_scan_fwd``) under the plan of ``spec`` (a
     ``ScanSpec.key``) for ``needs_grad``/``param_grad``; ``lengths``: ``[S[0]]`` int32
-    steps per sample (1..T, validated by the caller) or None. Returns ``(spikes, state,
+    steps per sample (1..T, validated by the caller) or None (an argument without a
+    default: the dispatcher drops arguments equal to their default, and the backward's
+    gradients must match the inputs actually passed). Returns ``(spikes, state,
     v_seq, w_seq, ref_bits, checkpoints, i_seq)``, empty where the plan writes none."""
     s = ScanSpec.from_key(spec)
     out = adex_scan_fwd(x, state0, packed, s, s.plan(needs_grad, param_grad), t0_step,
@@ -51,7 +53,7 @@ def scan_fwd(x: Tensor, state0: Tensor, packed: Tensor, spec: str, needs_grad: b
 
 
 @scan_fwd.register_fake
-def _(x, state0, packed, spec, needs_grad, param_grad, t0_step, lengths=None):
+def _(x, state0, packed, spec, needs_grad, param_grad, t0_step, lengths):
     s = ScanSpec.from_key(spec)
     plan = s.plan(needs_grad, param_grad)
     T, S = x.shape[0], x.shape[1:]

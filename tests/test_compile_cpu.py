@@ -154,3 +154,52 @@ def test_compile_time_does_not_grow_with_T():
     t10 = _first_call_compile_seconds(10)
     t50 = _first_call_compile_seconds(50)
     assert t50 < 1.5 * t10 + 0.5, f"compile time T=10: {t10:.2f} s, T=50: {t50:.2f} s"
+
+
+class SeqNet(nn.Module):
+    """Linear -> AdLIFRef with a learnable synapse -> Linear -> LI with a synapse, each run
+    with ``lengths``, the state initialised inside forward (the reference backend)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+        nn.init.uniform_(self.fc1.weight, 0.0, 1.0)
+        nn.init.constant_(self.fc1.bias, 12.0)  # above the AdLIF's 10 mV to threshold
+        self.hidden = adex.AdLIFRef(6, dt=1.0, tau_ref=2.0, tau_syn=torch.linspace(1.0, 3.0, 6),
+                                    learnable=("tau_syn", "b"), backend="reference")  # fmt: skip
+        self.out = adex.LI(3, dt=1.0, tau_syn=2.0, backend="reference")
+
+    def forward(self, x, lengths):
+        adex.init_state(self, x.shape[1], device=x.device)
+        spikes = self.hidden(self.fc1(x), lengths=lengths)
+        return self.out(self.fc2(spikes), lengths=lengths)
+
+
+def test_fullgraph_reference_op_carries_synapse_and_lengths():
+    """A synaptic current and lengths= go through the opaque ``adex::reference_scan`` op
+    (the T-step loop is not traced): compiled equals eager, forward and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    net = SeqNet().to(DEVICE)
+    x = _x(11, seed=4)
+    lengths = torch.tensor([11, 4, 7], device=DEVICE)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    def run(fn):
+        net.zero_grad()
+        xg = x.clone().requires_grad_(True)
+        V = fn(xg, lengths)
+        (V * torch.linspace(-1.0, 2.0, V.numel()).view(V.shape)).sum().backward()
+        return [V.detach(), xg.grad] + [p.grad.clone() for p in net.parameters()]
+
+    eager = run(net)
+    assert net.hidden.tau_syn.grad.abs().sum() > 0 and net.hidden.b.grad.abs().sum() > 0
+    compiled = run(torch.compile(net, fullgraph=True, backend=backend))
+    ops = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert sum("reference_scan" in op for op in ops) == 2, ops  # one op per layer
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)

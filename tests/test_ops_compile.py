@@ -39,7 +39,7 @@ def _fwd_args(store_v: bool, has_w: bool, hard: bool, *, requires_grad: bool, se
     spec = ScanSpec(has_w=has_w, spk_reset="hard" if hard else "soft",
                     surrogate=Sigmoid(alpha=3.0), dt=0.1, return_states=store_v)  # fmt: skip
     state0 = torch.stack([V0, w0]) if has_w else V0[None]
-    return (x, state0, packed, spec.key, requires_grad, False, 0)
+    return (x, state0, packed, spec.key, requires_grad, False, 0, None)
 
 
 FWD_SETS = [
@@ -240,8 +240,10 @@ class SeqNet(nn.Module):
     def __init__(self, n_in: int = 4, n_hidden: int = 9, n_out: int = 3):
         super().__init__()
         self.encoder = nn.Linear(n_in, n_hidden)
-        self.hidden = adex.AdLIF(n_hidden, tau_syn=torch.linspace(0.5, 2.0, n_hidden),
-                                 dt=0.5, learnable=("tau", "tau_syn"), backend="triton")  # fmt: skip
+        self.hidden = adex.AdLIF(
+            n_hidden, tau_syn=torch.linspace(0.5, 2.0, n_hidden), dt=0.5,
+            learnable=("tau", "tau_syn"), backend="triton",
+        )  # fmt: skip
         self.fc = nn.Linear(n_hidden, n_out)
         self.readout = adex.LI(n_out, tau_syn=1.0, dt=0.5, backend="triton")
 
