@@ -168,8 +168,36 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
     if backend == "triton" and state0.dtype != torch.float32:
         state0 = state0.to(torch.float32)
     extra = {} if lengths is None else {"lengths": lengths}
-    return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
-                                  **extra)  # fmt: skip
+    out = SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
+                                 **extra)  # fmt: skip
+    if lengths is not None and spec.has_ref:
+        out = out._replace(state=shift_held_clock(out.state, lengths, x.shape[0], spec))
+    return out
+
+
+def shift_held_clock(state: Tensor, lengths: Tensor, T: int, spec: ScanSpec) -> Tensor:
+    """The state after a call with ``lengths``, its last-spike-time row (ms) moved forward
+    by ``(T - lengths[b]) * dt`` for sample b, for every backend alike.
+
+    The caller's clock advances by T steps for every sample (the next call starts at step
+    ``t0_step + T``), while sample b ran only ``lengths[b]`` of them; shifting its last
+    spike by the steps it held keeps the time since that spike what it would be had the
+    sample run alone on its own length and continued from there, so a next call equals
+    per-sample runs too (to the rounding of the shift, one float addition in the state's
+    dtype; exact where dt and the times are binary fractions).
+
+    Args:
+        state: ``[C, *S]`` state after the call (row ``spec.t_row`` the last-spike time).
+        lengths: ``[S[0]]`` int32 steps each sample ran.
+        T: steps of the call. spec: the scan's settings (a Ref model's).
+
+    Returns:
+        ``[C, *S]``, the other rows unchanged (and still differentiable).
+    """
+    t = spec.t_row
+    held = (T - lengths).to(state.dtype) * spec.dt  # [S[0]] ms
+    t_last = state[t] + held.view(-1, *([1] * (state.dim() - 2)))
+    return torch.cat([state[:t], t_last.unsqueeze(0), state[t + 1 :]])
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -358,7 +386,11 @@ def adex_scan(
         lengths: ``[S[0]]`` integer steps per sample (1..T), or None (every sample runs T
             steps): from step ``lengths[b]`` on sample b holds its state (the per-step V, w,
             I repeat its last values), writes zero spikes and passes no gradient through
-            those steps; the final state is each sample's state after its own last step.
+            those steps; the final state is each sample's state after its own last step,
+            except that with ``tau_ref`` the returned ``last_spike_time`` is moved forward
+            by ``(T - lengths[b]) * dt``: continued at ``t0_step + T``, sample b then sees
+            the time since its last spike of a run alone on its own length
+            (:func:`shift_held_clock`).
 
     Returns:
         :class:`ScanResult` ``(spikes, V, w)``, or with ``tau_ref`` a

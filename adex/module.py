@@ -687,7 +687,10 @@ class SpikingNeuron(ParamAttributes):
         per-step V, w and I of ``return_states`` hold the sample's last values there, so
         ``V[-1]`` is every sample's V after its own last step, as is the state left in the
         layer: the call equals running each sample alone on its own length. The clock
-        (``t_step``, read by the Ref models) still advances by T for every sample.
+        (``t_step``, read by the Ref models) advances by T for every sample; to keep the
+        next call equal to per-sample runs as well, a Ref model's ``last_spike_time``
+        after the call is moved forward by ``(T - lengths[b]) * dt`` ms for sample b (the
+        time since its last spike is then that of a run alone on its own length).
 
         Returns the spikes ``[T, *state_shape]`` (``x_seq``'s dtype, or ``spike_dtype``;
         batch-first: ``[batch, T, *in_size]``, a transposed view), or with

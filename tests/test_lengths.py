@@ -158,3 +158,43 @@ def test_bad_lengths():
     single.init_state()  # no batch dimension
     with pytest.raises(ValueError, match="batch"):
         single(torch.rand(T, N), lengths=torch.tensor([3]))
+
+
+@pytest.mark.parametrize(
+    "backend,cls,args",
+    [("reference", adex.AdExIFRef, {}), ("triton", adex.AdExIFRef, {}),
+     ("reference", adex.AdLIFRef, dict(tau_syn=1.0)), ("triton", adex.AdLIFRef, dict(tau_syn=1.0))],
+)  # fmt: skip
+def test_refractory_clock_continues_as_per_sample_runs(backend, cls, args):
+    """Two consecutive calls with lengths equal each sample run alone on its own lengths,
+    call after call: the held steps do not count toward its refractory period (its
+    last-spike time moves with the clock), so the second call's spikes, V and time since
+    the last spike are the per-sample runs'."""
+    T2, lengths2 = 7, (3, 7, 5)
+    torch.manual_seed(9)
+    x1, x2 = torch.rand(T, B, N) * 90, torch.rand(T2, B, N) * 90
+    V0 = torch.rand(B, N) * 3 - 65
+
+    def layer_for(batch):
+        layer = cls(N, dt=0.5, tau_ref=2.0, backend=backend, **args)
+        layer.init_state(batch)
+        return layer
+
+    batch = layer_for(B)
+    batch.V = V0
+    first = batch(x1, lengths=torch.tensor(LENGTHS))
+    second = batch(x2, lengths=torch.tensor(lengths2))
+    since_batch = batch.t_step * 0.5 - batch.last_spike_time
+    refractory_start = 0
+    for b, (L1, L2) in enumerate(zip(LENGTHS, lengths2, strict=True)):
+        alone = layer_for(1)
+        alone.V = V0[b : b + 1]
+        assert_close("first", alone(x1[:L1, b : b + 1])[:, 0], first[:L1, b], 0.0)
+        since_first = alone.t_step * 0.5 - alone.last_spike_time[0]
+        refractory_start += int((since_first < 2.0).sum())
+        out = alone(x2[:L2, b : b + 1])
+        assert_close("second", out[:, 0], second[:L2, b], 0.0)
+        assert_close("V", alone.V[0], batch.V[b], 1e-5, 1e-6)
+        since = alone.t_step * 0.5 - alone.last_spike_time[0]
+        assert_close("time since the last spike", since, since_batch[b], 1e-5)
+    assert refractory_start > 0, "test data: no sample starts the second call refractory"
