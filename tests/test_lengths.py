@@ -198,3 +198,66 @@ def test_refractory_clock_continues_as_per_sample_runs(backend, cls, args):
         since = alone.t_step * 0.5 - alone.last_spike_time[0]
         assert_close("time since the last spike", since, since_batch[b], 1e-5)
     assert refractory_start > 0, "test data: no sample starts the second call refractory"
+
+
+@pytest.mark.parametrize("spk_reset", ["soft", "hard"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_matches_reference_every_initial_state(dtype, spk_reset):
+    """AdLIFRef with a learnable synapse and lengths, fp32 and bf16 input, both resets:
+    forward and the gradients of x, of every initial state (V, w, I) and of tau, tau_syn."""
+
+    def run(backend):
+        layer = adex.AdLIFRef(
+            N, dt=0.5, tau_ref=1.0, spk_reset=spk_reset, backend=backend,
+            tau_syn=torch.tensor([1.0, 2.5]), learnable=("tau", "tau_syn"),
+        )  # fmt: skip
+        layer.init_state(B)
+        torch.manual_seed(11)
+        x = (torch.rand(T, B, N) * 90).to(dtype).requires_grad_()
+        V0 = (layer.V + torch.rand(B, N) * 8).requires_grad_()
+        w0 = (torch.rand(B, N) * 2).requires_grad_()
+        I0 = (torch.rand(B, N) * 20).requires_grad_()
+        layer.V, layer.w, layer.I = V0, w0, I0
+        out = layer(x, return_states=True, lengths=torch.tensor(LENGTHS))
+        torch.manual_seed(12)
+        loss = (out.spikes.float() * torch.rand(T, B, N)).sum() + out.V.mean() + out.I.sin().sum()
+        loss = loss + (layer.w * torch.rand(B, N)).sum() + layer.I.pow(2).sum() * 0.1
+        grads = torch.autograd.grad(loss, [x, V0, w0, I0, layer.tau, layer.tau_syn])
+        return [out.spikes.float(), out.V, out.w, out.I, layer.last_spike_time], grads
+
+    ref, fused = run("reference"), run("triton")
+    assert ref[0][0].sum() > 0 and ref[0][0][4:, 1].sum() == 0
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    for name, a, b in zip(("spikes", "V", "w", "I", "t_last"), ref[0], fused[0], strict=True):
+        assert_close(name, a, b, tol, tol)
+    names = ("x", "V0", "w0", "I0", "tau", "tau_syn")
+    for name, a, b in zip(names, ref[1], fused[1], strict=True):
+        scale = a.abs().max().item()
+        assert scale > 0, f"grad {name} is all zero"
+        assert_close(f"grad {name}", a.float(), b.float(), tol * scale, tol)
+
+
+def test_gradcheck_adlif_synapse_lengths_float64():
+    """Finite differences (float64, reference) of AdLIF with a synapse and lengths, spiking:
+    the gradients of x, V0, w0, I0 and tau_syn."""
+    torch.manual_seed(5)
+    x = (torch.rand(6, 2, 2, dtype=torch.float64) * 40 + 20).requires_grad_()
+    V0 = (torch.rand(2, 2, dtype=torch.float64) * 4 - 64).requires_grad_()
+    w0 = torch.rand(2, 2, dtype=torch.float64).requires_grad_()
+    I0 = (torch.rand(2, 2, dtype=torch.float64) * 5).requires_grad_()
+    tau_syn = (torch.rand(2, dtype=torch.float64) + 1.0).requires_grad_()
+    lengths = torch.tensor([6, 3])
+    tiny = adex.surrogate.ReluGrad(alpha=0.3, width=1e-6)  # no spike path within eps
+
+    def f(x, V0, w0, I0, tau_syn):
+        out = adex.adex_scan(x, V0, w0, adex.AdExParams(tau_syn=tau_syn), dt=0.5, I0=I0,
+                             has_exp=False, lengths=lengths, return_states=True,
+                             backend="reference", surrogate=tiny)  # fmt: skip
+        return out.V, out.w, out.I
+
+    spikes = adex.adex_scan(x.detach(), V0.detach(), w0.detach(),
+                            adex.AdExParams(tau_syn=tau_syn.detach()), dt=0.5,
+                            I0=I0.detach(), has_exp=False, lengths=lengths,
+                            backend="reference").spikes  # fmt: skip
+    assert spikes.sum() > 0, "test data: no spikes"
+    assert torch.autograd.gradcheck(f, (x, V0, w0, I0, tau_syn))
