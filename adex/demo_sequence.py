@@ -3,7 +3,7 @@ current, a leaky-integrator readout and ``lengths=``.
 
 Run it with ``adex demo --task sequence`` (or ``python -m adex.demo --task sequence``). The
 data are the UCI / UEA *Japanese Vowels* recordings: nine male speakers each uttering the
-vowel pair /ae/, every utterance a sequence of 12 LPC cepstrum coefficients per 10 ms
+vowel pair /ae/, every utterance a sequence of 12 LPC cepstrum coefficients per analysis
 frame, 7 to 29 frames long; the task is to name the speaker (9 classes), 270 utterances for
 training and 370 held out (the archive's own split). The files ship inside the ``sktime``
 wheel (``sktime/datasets/data/JapaneseVowels``), read by ``sktime.datasets`` (nothing is

@@ -126,12 +126,12 @@ def _setup_context(ctx, inputs, output):
     _, _, v_seq, w_seq, ref_bits, checkpoints, i_seq = output
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(ref_bits, checkpoints)
-    ctx.spec, ctx.t0_step, ctx.lengths = spec, t0_step, lengths
+    ctx.spec, ctx.t0_step = spec, t0_step
     ctx.plan = ScanSpec.from_key(spec).plan(needs_grad, param_grad)
     ctx.x_dtype, ctx.T = x.dtype, x.shape[0]
     keep_x = ctx.plan.checkpoint_every or ctx.plan.read_i
     ctx.save_for_backward(state0, packed, v_seq, w_seq, ref_bits, checkpoints,
-                          x if keep_x else None, i_seq)  # fmt: skip
+                          x if keep_x else None, i_seq, lengths)  # fmt: skip
 
 
 def _launch_op(saved, packed, spec, plan, g_spikes, g_v_seq, g_w_seq, g_state, x_dtype, T,
@@ -148,13 +148,13 @@ def _launch_op(saved, packed, spec, plan, g_spikes, g_v_seq, g_w_seq, g_state, x
 
 
 def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, _g_ckpt, g_i_seq):
-    state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq = ctx.saved_tensors
+    state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq, lengths = ctx.saved_tensors
     saved = SavedForBackward(state0, _or_none(v_seq), _or_none(w_seq), _or_none(ref_bits),
                              _or_none(checkpoints), x, _or_none(i_seq))  # fmt: skip
     grad_x, grad_state0, grad_elements = fused_backward(
         ScanSpec.from_key(ctx.spec), ctx.plan, saved, packed, ctx.needs_input_grad[:3],
         ctx.x_dtype, ctx.T, ctx.t0_step, (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq),
-        _launch_op, ctx.lengths,
+        _launch_op, lengths,
     )  # fmt: skip
     grad_packed = None if grad_elements is None else per_neuron(grad_elements, packed.shape[1])
     return grad_x, grad_state0, grad_packed, None, None, None, None, None

@@ -154,18 +154,17 @@ def _(x, state0, grad_tensors, const_tensors, names, scalars, spec, t0_step, gra
 
 def _setup_context(ctx, inputs, output):
     x, state0, grad_tensors, const_tensors, names, scalars, spec, t0_step, lengths = inputs
-    ctx.save_for_backward(x, state0, *grad_tensors, *const_tensors)
-    ctx.lengths = lengths
+    ctx.save_for_backward(x, state0, lengths, *grad_tensors, *const_tensors)
     ctx.n_grad = len(grad_tensors)
     ctx.names, ctx.scalars, ctx.spec, ctx.t0_step = names, scalars, spec, t0_step
 
 
 def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq):
-    x, state0, *tensors = ctx.saved_tensors
+    x, state0, lengths, *tensors = ctx.saved_tensors
     grad_tensors, const_tensors = tensors[: ctx.n_grad], tensors[ctx.n_grad :]
     grad_x, grad_state0, grad_learn = reference_scan_bwd(
         x, state0, grad_tensors, const_tensors, ctx.names, ctx.scalars, ctx.spec, ctx.t0_step,
-        [g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq], ctx.lengths,
+        [g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq], lengths,
     )  # fmt: skip
     no_grads = [None] * len(const_tensors)
     return grad_x, grad_state0, grad_learn, no_grads, None, None, None, None, None
