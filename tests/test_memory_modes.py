@@ -293,7 +293,7 @@ def _ckpt_fwd_args(has_w: bool, has_ref: bool, spike_dtype, requires_grad: bool)
     spec = ScanSpec(has_w=has_w, tau_ref=0.5 if has_ref else None, surrogate=Sigmoid(),
                     dt=0.2, spike_dtype=spike_dtype, checkpoint_every=3)  # fmt: skip
     rows = [V0] + ([w0] if has_w else []) + ([t_last] if has_ref else [])
-    return (x, torch.stack(rows), packed, spec.key, requires_grad, False, 3)
+    return (x, torch.stack(rows), packed, spec.key, requires_grad, False, 3, None)
 
 
 @pytest.mark.parametrize(
