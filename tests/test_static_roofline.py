@@ -22,11 +22,6 @@ pytestmark = pytest.mark.skipif(not PTXAS.exists(), reason="the triton wheel shi
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import static_roofline  # noqa: E402
 
-# known: over budget on sm_90 with Triton 3.9 (benchmarks/NOTES.md, "Instruction diet"): the
-# bf16 input's unpacking and its separate 2-byte pointer strides cost ~3 more than the fp32
-# forward
-OVER = {"AdExIF fwd bf16": "the bf16 forward is ~1 SASS per neuron-step over its budget"}
-
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
@@ -51,11 +46,7 @@ def test_ci_set_compiles_without_sm90_spills(rows):
             assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{name} spills on sm_90"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=OVER[n])) if n in OVER else n
-     for n in static_roofline.BUDGETED],
-)  # fmt: skip
+@pytest.mark.parametrize("name", static_roofline.BUDGETED)
 def test_time_loop_within_budget(rows, name):
     data, by_key = rows
     if not data["budgets_apply"]:
