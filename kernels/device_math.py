@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 from triton import knobs
-from triton.language.extra.cuda import libdevice
+from triton.language.extra import libdevice
 
 COMPILED = tl.constexpr(not knobs.runtime.interpret)
 """Whether the kernels compile (False under ``TRITON_INTERPRET=1``, read at import as
