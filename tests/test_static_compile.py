@@ -64,7 +64,7 @@ print(json.dumps([{k: r[k] for k in ("regs", "spill_stores", "spill_loads")} for
 def test_ptxas_report_of_a_spilling_kernel():
     """The registers and spills read from the ptxas report of the real compile: the backward
     with every parameter gradient (over 100 registers) capped at 40 registers spills, and
-    uncapped it does not."""
+    capped at 255 it does not."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", SPILL_SNIPPET], capture_output=True,
                           text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
