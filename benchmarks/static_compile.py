@@ -33,9 +33,14 @@ How a kernel is compiled without a GPU:
 
 Registers and spills:
     ``n_regs``/``n_spills`` of a compiled kernel come from the CUDA driver, which is absent
-    here; instead the kernel's PTX is run again through the same ptxas Triton used, with
-    Triton's flags (``-lineinfo -v --regAllocOptLevel=2 --gpu-name=sm_XX``), and its
-    ``-v`` report ("Used N registers", "B bytes spill stores, B bytes spill loads") is read.
+    here; instead the ``-v`` report of the ptxas run that built the cubin is read: Triton
+    prints it with ``knobs.nvidia.dump_ptxas_log`` (and compiles afresh with
+    ``knobs.compilation.always_compile``: a cached cubin brings no report). So the flags are
+    those of the Triton in use (3.9 adds ``--regAllocOptLevel=2``, 3.6 does not). The
+    report has a "Function properties for NAME" block per function ("A bytes stack frame,
+    B bytes spill stores, C bytes spill loads") and "Used N registers" per entry function;
+    registers are the kernel's entry's, spills the sum over all its functions (a
+    subroutine's spills are the kernel's too).
 
 How the time-loop body is identified in the SASS:
     ``cuobjdump -sass`` of the cubin lists every instruction with its byte offset, and branch
@@ -56,8 +61,10 @@ How the time-loop body is identified in the SASS:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -72,6 +79,7 @@ from typing import Any
 
 import torch
 import triton
+from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
@@ -278,7 +286,8 @@ def _bwd_args_legacy(cfg: Config) -> tuple[tuple, dict]:
 
 
 def compile_kernel(kernel: Any, args: tuple, kwargs: dict, target: GPUTarget):
-    """Specialize ``kernel`` on the arguments as a launch would, and compile for ``target``."""
+    """Specialize ``kernel`` on the arguments as a launch would, and compile for ``target``.
+    Returns ``(compiled, signature, ptxas -v report)``."""
     backend = make_backend(target)
     kwargs = dict(kwargs, debug=kernel.debug or triton.knobs.runtime.debug)
     kwargs["instrumentation_mode"] = triton.knobs.compilation.instrumentation_mode
@@ -288,28 +297,39 @@ def compile_kernel(kernel: Any, args: tuple, kwargs: dict, target: GPUTarget):
         backend, kwargs, bound, specialization, options
     )
     src = ASTSource(kernel, signature, constexprs, attrs)
-    return triton.compile(src, target=target, options=options.__dict__), signature
+    saved = knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log
+    knobs.compilation.always_compile = True  # a cached cubin would bring no ptxas report
+    knobs.nvidia.dump_ptxas_log = True  # Triton prints ptxas -v's report
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=target, options=options.__dict__)
+    finally:
+        knobs.compilation.always_compile, knobs.nvidia.dump_ptxas_log = saved
+    return compiled, signature, log.getvalue()
 
 
-def ptxas_usage(ptx: str, capability: int) -> dict:
-    """Registers and spill bytes from ``ptxas -v`` with the flags Triton compiles with."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+_PROPERTIES = re.compile(
+    r"Function properties for (\S+)\s*\n\s*(\d+) bytes stack frame, (\d+) bytes spill "
+    r"stores, (\d+) bytes spill loads"
+)
+_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_REGS = re.compile(r"Used (\d+) registers")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "k.ptx"
-        path.write_text(ptx)
-        cmd = [get_ptxas(capability).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
-               f"--gpu-name={sm_arch_from_capability(capability)}", str(path), "-o",
-               str(path.with_suffix(".cubin"))]  # fmt: skip
-        log = subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
-    regs = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    stack = re.search(r"(\d+) bytes stack frame", log)
+
+def ptxas_usage(log: str, entry: str) -> dict:
+    """Registers of the entry function ``entry`` and the spill bytes and stack frame of all
+    its functions (summed) from a ``ptxas -v`` report (see the module docstring)."""
+    props = {m.group(1): tuple(map(int, m.groups()[1:])) for m in _PROPERTIES.finditer(log)}
+    entries = [m for m in _ENTRY.finditer(log) if m.group(1) == entry]
+    if not entries or entry not in props:
+        raise RuntimeError(f"no ptxas -v report for {entry!r} in:\n{log[-2000:]}")
+    regs = _REGS.search(log, entries[-1].end())
     return dict(
         regs=int(regs.group(1)),
-        spill_stores=int(spills.group(1)),
-        spill_loads=int(spills.group(2)),
-        stack=int(stack.group(1)),
+        spill_stores=sum(p[1] for p in props.values()),
+        spill_loads=sum(p[2] for p in props.values()),
+        stack=props[entry][0],
     )
 
 
@@ -379,8 +399,9 @@ def inspect_config(kernel: Any, cfg: Config, capability: int) -> dict:
 def inspect_launch(kernel: Any, name: str, args: tuple, kwargs: dict, capability: int) -> dict:
     """Compile ``kernel`` for the launch ``(args, kwargs)`` and report its code (one table
     row named ``name``)."""
-    compiled, signature = compile_kernel(kernel, args, kwargs, GPUTarget("cuda", capability, 32))
-    usage = ptxas_usage(compiled.asm["ptx"], capability)
+    target = GPUTarget("cuda", capability, 32)
+    compiled, signature, log = compile_kernel(kernel, args, kwargs, target)
+    usage = ptxas_usage(log, compiled.metadata.name)
     instrs = sass_instructions(compiled.asm["cubin"])
     first, last, n_loops = time_loop(instrs)
     body = [(o, t) for o, t in instrs if first <= o <= last and _opcode(t) != "NOP"]

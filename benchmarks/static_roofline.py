@@ -31,7 +31,7 @@ wheel; BLOCK = 256, 4 warps: 2 neurons per thread) and printed with:
   latency, occupancy and the memory system all cost more; only a card measures).
 
 The budgets (:data:`BUDGETS` for the :data:`BUDGETED` AdExIF variants, sm_90 with Triton
->= 3.9) are checked with ``--check``: a variant over its SASS budget, a spill on sm_90 or a
+>= 3.6) are checked with ``--check``: a variant over its SASS budget, a spill on sm_90 or a
 compile error exits non-zero.
 """
 
@@ -102,7 +102,7 @@ CI_SET = (
 and backward, fp32 and bf16, learnable."""
 
 BUDGETS = {"fwd": 60.0, "bwd": 100.0, "bwd learnable": 170.0}
-"""SASS per neuron-step of the time loop allowed on sm_90 (Triton >= 3.9), by kind: the
+"""SASS per neuron-step of the time loop allowed on sm_90 (Triton >= 3.6), by kind: the
 AdExIF forward (fp32 and bf16), backward, and backward with parameter gradients."""
 
 BUDGETED = (
@@ -232,9 +232,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def budgets_apply() -> bool:
-    """The budgets are for Triton >= 3.9 (its approximate division; 3.6 divides in full)."""
+    """The budgets are for Triton >= 3.6 (3.6 and 3.9 measured; both divide with libdevice's
+    approximate division, ``kernels/device_math.py``)."""
     major, minor = (int(v) for v in triton.__version__.split(".")[:2])
-    return (major, minor) >= (3, 9)
+    return (major, minor) >= (3, 6)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.json.write_text(json.dumps(dict(meta, rows=rows), indent=2) + "\n")
     failed = [p for r in rows for p in problems(r, applies)]
     if opts.check and not applies:
-        print(f"\nbudgets not checked: they are for Triton >= 3.9 (this is {triton.__version__})")
+        print(f"\nbudgets not checked: they are for Triton >= 3.6 (this is {triton.__version__})")
     for p in failed:
         print("FAIL " + p, file=sys.stderr)
     return 1 if opts.check and failed else 0

@@ -1,25 +1,40 @@
 """Elementwise device functions shared by the forward and backward kernels (fp32)."""
 
-import inspect
-
 import triton
 import triton.language as tl
+from triton import knobs
+from triton.language.extra import libdevice
 
-APPROX_DIV = tl.constexpr("approx" in inspect.signature(tl.math.fdiv).parameters)
-"""Whether this Triton has ``tl.math.fdiv(approx=True)`` (3.9 yes, 3.6 no)."""
+COMPILED = tl.constexpr(not knobs.runtime.interpret)
+"""Whether the kernels compile (False under ``TRITON_INTERPRET=1``, read at import as
+``triton.jit`` reads it): the interpreter has no libdevice."""
 
 
 @triton.jit
 def approx_div(x, y):
-    """``x / y`` as ``div.approx.f32`` where Triton has it (a reciprocal and a multiply,
-    within 2 ulp for ``2^-126 <= |y| <= 2^126``), else Triton's full-range ``x / y``
-    (the reciprocal plus range fix-ups, 8 SASS instructions). For divisors that stay in
-    that range: exprel's ``z`` with ``|z| >= 0.5`` and ``dt * exprel(dt J)``."""
-    if APPROX_DIV:
-        q = tl.math.fdiv(x, y, approx=True)
+    """``x / y`` (fp32) as libdevice's ``__nv_fast_fdividef``: ``div.approx.ftz.f32``
+    (Triton compiles libdevice with flush-to-zero), a reciprocal and a multiply, within
+    2 ulp for ``2^-126 <= |y| <= 2^126``, on every Triton (3.6 and 3.9 alike); numpy's
+    correctly rounded division in the interpreter. For divisors that stay in that range:
+    exprel's ``z`` with ``|z| >= 0.5`` and ``dt * exprel(dt J)``. A denormal quotient or
+    numerator flushes to 0 (Triton's ``div.approx.f32`` would rescale it with 3 more
+    instructions per division)."""
+    if COMPILED:
+        q = libdevice.fast_dividef(x, y)
     else:
         q = x / y
     return q
+
+
+@triton.jit
+def to_fp32(x):
+    """``x`` widened to fp32: bf16 by its bits (``bits << 16``, exact; 2 SASS instructions
+    for a thread's 2 packed values, where ``cvt`` takes 3), other dtypes by ``.to``."""
+    if x.dtype == tl.bfloat16:
+        y = (x.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        y = x.to(tl.float32)
+    return y
 
 
 # exprel(z) = (e^z - 1)/z. Inside |z| < 0.5 a Taylor polynomial: the closed form loses

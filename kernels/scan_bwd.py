@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exprel, load_params, surrogate_grad
+from adex.kernels.device_math import exprel, load_params, surrogate_grad, to_fp32
 from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
 from adex.kernels.step import (
     integrate_step,
@@ -69,7 +69,7 @@ def _recompute_segment(
         q_r = ref_ptr + o_m
     b_bits = tl.zeros([BLOCK], dtype=tl.int32)
     for j in tl.range(0, L, num_stages=NUM_STAGES):
-        b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
+        b_x = to_fp32(tl.load(p_x, mask=m_m, other=0.0))
         if HAS_SYN:
             b_ih = b_i
             b_i = synapse_step(b_i, b_x, b_cs)
@@ -319,7 +319,7 @@ def _adex_scan_bwd_kernel(
                 if READ_I:
                     b_iprev = tl.load(p_iprev, mask=m_prev, other=0.0)
                     b_iprev = tl.where(m_prev, b_iprev, b_i0)
-                    b_xt = tl.load(p_xt, mask=m_m, other=0.0).to(tl.float32)
+                    b_xt = to_fp32(tl.load(p_xt, mask=m_m, other=0.0))
                     g_ts += b_lt * b_dcs * (b_xt - b_iprev)
                     p_iprev -= M
                     p_xt -= M

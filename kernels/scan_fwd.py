@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exprel, load_params, spike
+from adex.kernels.device_math import exprel, load_params, spike, to_fp32
 from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
 from adex.kernels.step import integrate_spiked, store_flag_bit, synapse_step
 
@@ -108,7 +108,7 @@ def _adex_scan_fwd_kernel(
                     tl.store(p_c + (1 + HAS_W) * M, b_tlast, mask=m_m)
                 if HAS_SYN:
                     tl.store(p_c + (1 + HAS_W + HAS_REF) * M, b_i, mask=m_m)
-        b_x = tl.load(p_x, mask=m_m, other=0.0).to(tl.float32)
+        b_x = to_fp32(tl.load(p_x, mask=m_m, other=0.0))
         if HAS_SYN:  # the membrane reads the filtered current I_t
             b_ih = b_i
             b_i = synapse_step(b_i, b_x, b_cs)

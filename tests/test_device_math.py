@@ -17,9 +17,10 @@ from adex.kernels.device_math import EXPREL_RADIUS, exp_term, exprel, exprel_der
 from tests.conftest import DEVICE
 
 ULP1 = 2.0**-23  # fp32 ulp of 1: relative spacing of fp32 values is 2^-24 .. 2^-23
-# compiled, exp is ex2.approx (2 ulp) and the closed forms divide with div.approx (2 ulp,
-# Triton >= 3.9): e^z - 1 amplifies exp's error up to 2.5x at |z| = 0.5, so twice the
-# interpreter's (numpy's correctly rounded exp and division) bounds
+# compiled, exp is ex2.approx (2 ulp) and the closed forms divide with div.approx.ftz
+# (libdevice's fast division, 2 ulp, on every Triton): e^z - 1 amplifies exp's error up to
+# 2.5x at |z| = 0.5, so twice the interpreter's (numpy's correctly rounded exp and
+# division) bounds
 APPROX = 1 if DEVICE == "cpu" else 2
 
 
