@@ -71,14 +71,15 @@ def bwd_args(n: int, param_grad: bool) -> dict:
     block_b, block_n, num_warps = _launch(n)
     return dict(
         vseq_ptr=_empty(T, B, n), state0_ptr=_empty(2, B, n), weight_ptr=_empty(n, n),
-        par_ptr=_empty(10, n), gspk_ptr=_empty(T, B, n), gstate_ptr=None, ref_ptr=None,
+        par_ptr=_empty(10, n), gspk_ptr=_empty(T, B, n), gstate_ptr=None, gvseq_ptr=None,
+        gwseq_ptr=None, ref_ptr=None,
         wseq_ptr=_empty(T, B, n) if param_grad else None,
         gpar_ptr=_empty(10, B, n) if param_grad else None, gcur_ptr=_empty(T, B, n),
         gstate0_ptr=_empty(2, B, n), gs0_ptr=_empty(B, n), T=T, B=B, N=n, dt=DT,
         ceiling=CEILING, tau_ref=0.0, sg0=SG[0], sg1=SG[1], sg2=SG[2], sg3=SG[3],
         SURROGATE=SURROGATE, **MODEL, DETACH_RESET=False, PARAM_GRAD=param_grad,
         PARAM_MASK=(1 << 10) - 1, READ_W=param_grad, RECOMPUTE=False, HAS_GSPK=True,
-        HAS_GSTATE=False, WRITE_GSTATE0=True, WRITE_GS0=True,
+        HAS_GSTATE=False, HAS_GVSEQ=False, HAS_GWSEQ=False, WRITE_GSTATE0=True, WRITE_GS0=True,
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
 

@@ -46,6 +46,8 @@ def _recurrent_bwd_kernel(
     par_ptr,  # [10, N] fp32 packed parameters
     gspk_ptr,  # [T, B, N] grad of the spikes, or None
     gstate_ptr,  # [C, B, N] grad of the final state (rows V, w), or None
+    gvseq_ptr,  # [T, B, N] grad of the returned V sequence (HAS_GVSEQ), or None
+    gwseq_ptr,  # [T, B, N] grad of the returned w sequence (HAS_GWSEQ), or None
     ref_ptr,  # [cdiv(T, 8), B, N] uint8 refractory bits (HAS_REF)
     wseq_ptr,  # [T, B, N] fp32 stored w (READ_W), else None
     gpar_ptr,  # [10, B, N] out: fp32 per-element parameter gradients (PARAM_GRAD)
@@ -60,6 +62,7 @@ def _recurrent_bwd_kernel(
     PARAM_GRAD: tl.constexpr, PARAM_MASK: tl.constexpr, READ_W: tl.constexpr,
     RECOMPUTE: tl.constexpr,  # always False here (no checkpoint mode)
     HAS_GSPK: tl.constexpr, HAS_GSTATE: tl.constexpr,
+    HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,
     WRITE_GSTATE0: tl.constexpr, WRITE_GS0: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -98,6 +101,10 @@ def _recurrent_bwd_kernel(
     p_gc = gcur_ptr + last + o_m
     if HAS_GSPK:
         p_gs = gspk_ptr + last + o_m
+    if HAS_GVSEQ:
+        p_gv = gvseq_ptr + last + o_m
+    if HAS_GWSEQ:
+        p_gw = gwseq_ptr + last + o_m
     if READ_W:
         p_wprev = wseq_ptr + last - M + o_m
     for i in tl.range(0, T):
@@ -112,6 +119,12 @@ def _recurrent_bwd_kernel(
         b_u = (b_vnew - b_vth) / b_theta
         b_gsg = b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
         b_lv += b_gsg
+        if HAS_GVSEQ:  # the returned V_t and w_t (return_states)
+            b_lv += tl.load(p_gv, mask=m, other=0.0).to(tl.float32)
+            p_gv -= M
+        if HAS_GWSEQ:
+            b_lw += tl.load(p_gw, mask=m, other=0.0).to(tl.float32)
+            p_gw -= M
         (b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f, b_dvdv,
          b_run) = step_factors(
             b_vprev, b_vnew, b_tau, b_vth, b_vreset, b_vT, b_dT, b_theta, dt,
@@ -182,7 +195,9 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
                        ref_bits: torch.Tensor | None, state0: torch.Tensor,
                        weight: torch.Tensor, packed_params: torch.Tensor, spec, plan,
                        grad_spikes: torch.Tensor | None, grad_state: torch.Tensor | None,
-                       want_state0: bool, want_s0: bool) -> RecurrentBackwardOutputs:  # fmt: skip
+                       want_state0: bool, want_s0: bool, grad_v_seq: torch.Tensor | None = None,
+                       grad_w_seq: torch.Tensor | None = None,
+                       ) -> RecurrentBackwardOutputs:  # fmt: skip
     """Launch the recurrent backward scan.
 
     Args:
@@ -194,6 +209,8 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
         grad_spikes: contiguous ``[T, B, N]`` gradient of the spikes, or None where zero.
         grad_state: contiguous ``[C, B, N]`` gradient of the final state, or None.
         want_state0, want_s0: write the gradients of the initial state / spikes.
+        grad_v_seq, grad_w_seq: contiguous ``[T, B, N]`` gradients of the returned V and w
+            sequences (``return_states``), or None where zero.
 
     Returns:
         :class:`RecurrentBackwardOutputs`.
@@ -211,10 +228,12 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
     block_b, block_n, num_warps, programs = recurrent_config(B, N, device)
     _recurrent_bwd_kernel[(programs,)](
         vseq_ptr=v_seq, state0_ptr=state0, weight_ptr=weight, par_ptr=packed_params,
-        gspk_ptr=grad_spikes, gstate_ptr=grad_state, ref_ptr=ref_bits,
+        gspk_ptr=grad_spikes, gstate_ptr=grad_state, gvseq_ptr=grad_v_seq,
+        gwseq_ptr=grad_w_seq, ref_ptr=ref_bits,
         wseq_ptr=w_seq if plan.read_w else None, gpar_ptr=grad_par, gcur_ptr=grad_current,
         gstate0_ptr=grad_state0, gs0_ptr=grad_s0, T=T, B=B, N=N, **plan.bwd_args,
         HAS_GSPK=grad_spikes is not None, HAS_GSTATE=grad_state is not None,
+        HAS_GVSEQ=grad_v_seq is not None, HAS_GWSEQ=grad_w_seq is not None,
         WRITE_GSTATE0=want_state0, WRITE_GS0=want_s0,
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
