@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from adex.functional import ExtraCheckError, _backend_for, _check_finite, _refuse_gradient
-from adex.module import SpikingNeuron, StateSequence
+from adex.module import SpikingNeuron, StateSequence, SynStateSequence
 from adex.recurrent_reference import recurrent_checkpointed, recurrent_step_loop
 from adex.spec import ScanOutput, ScanSpec
 from adex.units import to_canonical
@@ -37,6 +37,9 @@ class Recurrent(nn.Module):
     weight, the learnable parameters and the initial state (the surrogate gradient flows
     through ``s_{t-1}`` into the recurrent input). Everything else is the wrapped model's:
     parameters, state (``neuron.V``, ``neuron.w``, ...), units, surrogate, reset, backend.
+    A neuron with a synapse (``tau_syn``) filters the whole input current: ``I_t = I_{t-1}
+    + (1 - exp(-dt / tau_syn)) (x_t + s_{t-1} @ weight.T - I_{t-1})``, and the membrane
+    reads ``I_t``.
 
     With ``backend='triton'`` (or ``'auto'`` on CUDA) the whole forward scan is one kernel
     (the recurrent input by ``tl.dot`` on the previous step's spikes, the weight streamed
@@ -75,8 +78,6 @@ class Recurrent(nn.Module):
             raise ValueError(
                 f"Recurrent needs a neuron with a 1-D in_size N, got in_size {neuron.in_size}"
             )
-        if neuron.has_syn:
-            raise ValueError("Recurrent does not take a neuron with a synapse (tau_syn) yet")
         self.neuron = neuron
         n = neuron.in_size[0]
         scale = to_canonical(init_scale, "current", "init_scale")
@@ -162,12 +163,15 @@ class Recurrent(nn.Module):
         x = nrn._input(x, tuple(state.shape[1:]), state.device, ())
         return self(x.unsqueeze(0))[0]
 
-    def forward(self, x_seq: Any, return_states: bool = False) -> Tensor | StateSequence:
+    def forward(
+        self, x_seq: Any, return_states: bool = False
+    ) -> Tensor | StateSequence | SynStateSequence:
         """Run T steps over ``x_seq`` ``[T, *state_shape]`` (mA); returns the spikes
         ``[T, *state_shape]`` (x's dtype, or the neuron's ``spike_dtype``), or with
         ``return_states=True`` an :class:`adex.StateSequence` ``(spikes, V, w)`` with the
         per-step V (mV, pre-reset) and w (mA; None without w), each ``[T, *state_shape]``
-        and differentiable, as the feed-forward models return them. The final state stays
+        and differentiable, as the feed-forward models return them (a neuron with a synapse:
+        an :class:`adex.SynStateSequence` that adds the per-step I). The final state stays
         in the neuron (``neuron.V``, ``neuron.w``) and in :attr:`spikes`.
 
         With the neuron's ``checkpoint_every = K`` (and a gradient enabled) the scan runs in
@@ -215,6 +219,8 @@ class Recurrent(nn.Module):
         else:
             out = run(x, self._spikes, state, t0)
         self._commit(out.state, out.spikes)
+        if return_states and nrn.has_syn:
+            return SynStateSequence(out.spikes, out.v_seq, out.w_seq, out.i_seq)
         if return_states:
             return StateSequence(out.spikes, out.v_seq, out.w_seq)
         return out.spikes

@@ -51,8 +51,9 @@ def fused_recurrent_scan(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor,
         t0_step: global step index of ``x[0]``.
 
     Returns:
-        ``adex.spec.ScanOutput`` ``(spikes [T, *S], state [C, *S], v_seq, w_seq)`` (the
-        sequences ``[T, *S]`` with ``spec.return_states``, else None).
+        ``adex.spec.ScanOutput`` ``(spikes [T, *S], state [C, *S], v_seq, w_seq, i_seq)``
+        (the sequences ``[T, *S]`` with ``spec.return_states``, as far as the model has
+        them, else None).
     """
     N = weight.shape[0]
     if N > FUSED_MAX_NEURONS:
@@ -81,21 +82,22 @@ def fused_recurrent_scan(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor,
         values = values.expand(values.shape[0], N).contiguous()
         out = torch.ops.adex.recurrent_fwd(x3, s3, weight, state3, values, spec.key,
                                            needs_grad, param_grad, t0_step)  # fmt: skip
-        spikes, state, v_seq, w_seq = out[:4]
+        spikes, state, v_seq, w_seq, i_seq = (*out[:4], out[5])
     else:
         values = packed.expand(packed.shape[0], N).contiguous()  # scalars: a column per neuron
         if needs_grad:
-            spikes, state, v_seq, w_seq = RecurrentScan.apply(
+            spikes, state, v_seq, w_seq, i_seq = RecurrentScan.apply(
                 x3, s3, weight, state3, values, spec, plan, t0_step, layer_packed, *learnable
             )
         else:
-            spikes, state, v_seq, w_seq = recurrent_scan_fwd(x3, state3, s3, weight, values,
-                                                             spec, plan, t0_step)[:4]  # fmt: skip
-    v_out = w_out = None
+            out = recurrent_scan_fwd(x3, state3, s3, weight, values, spec, plan, t0_step)
+            spikes, state, v_seq, w_seq, i_seq = (*out[:4], out.i_seq)
+    v_out = w_out = i_out = None
     if spec.return_states:
         v_out = v_seq.reshape(T, *S)
         w_out = w_seq.reshape(T, *S) if spec.has_w else None
-    return ScanOutput(spikes.reshape(T, *S), state.reshape(state0.shape), v_out, w_out)
+        i_out = i_seq.reshape(T, *S) if spec.has_syn else None
+    return ScanOutput(spikes.reshape(T, *S), state.reshape(state0.shape), v_out, w_out, i_out)
 
 
 def spikes_from_v(v_seq: Tensor, packed: Tensor) -> Tensor:
@@ -133,9 +135,10 @@ def recurrent_backward(spec: ScanSpec, plan: Plan, saved: tuple, grads: tuple,
     Args:
         spec, plan: the forward's ``ScanSpec`` and ``Plan``.
         saved: ``(s0 [B, N], weight [N, N], state0 [C, B, N], packed [N_PARAMS, N],
-            v_seq [T, B, N], w_seq or None, ref_bits or None)`` from the forward.
-        grads: the incoming ``(g_spikes, g_state, g_v_seq, g_w_seq)``, each None (or
-            empty) where absent.
+            v_seq [T, B, N], w_seq, ref_bits, i_seq, u_seq)`` from the forward (None where
+            the plan stored none).
+        grads: the incoming ``(g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq)``, each None
+            (or empty) where absent.
         wants: which of ``(x, s0, weight, state0)`` need a gradient.
         x_dtype: dtype of the returned x gradient.
 
@@ -147,12 +150,13 @@ def recurrent_backward(spec: ScanSpec, plan: Plan, saved: tuple, grads: tuple,
             "the fused recurrent scan ran without saving V (nothing required grad at call "
             "time); cannot backpropagate through it"
         )
-    s0, weight, state0, packed, v_seq, w_seq, ref_bits = saved
-    g_spikes, g_state, g_v, g_w = (_present(g) for g in grads)
+    s0, weight, state0, packed, v_seq, w_seq, ref_bits, i_seq, u_seq = saved
+    g_spikes, g_state, g_v, g_w, g_i = (_present(g) for g in grads)
     want_x, want_s0, want_weight, want_state0 = wants
     out = recurrent_scan_bwd(v_seq, w_seq, ref_bits, state0, weight, packed, spec, plan,
                              g_spikes, g_state, want_state0, want_s0, grad_v_seq=g_v,
-                             grad_w_seq=g_w if spec.has_w else None)  # fmt: skip
+                             grad_w_seq=g_w if spec.has_w else None, i_seq=i_seq,
+                             u_seq=u_seq, grad_i_seq=g_i if spec.has_syn else None)  # fmt: skip
     grad_x = out.grad_current.to(x_dtype) if want_x else None
     grad_weight = None
     if want_weight:  # sum_t lambda_I(t)^T s(t-1): one matmul over [T * B, N]
@@ -166,7 +170,7 @@ class RecurrentScan(torch.autograd.Function):
     """The eager autograd node of the fused recurrent scan. Inputs ``(x [T, B, N],
     s0 [B, N], weight [N, N], state0 [C, B, N], packed [N_PARAMS, N], spec, plan, t0_step,
     layer_packed, *learnable)`` (all fp32 but x, contiguous); outputs ``(spikes, state,
-    v_seq, w_seq)`` (the sequences None where the plan stores none). ``layer_packed`` is a
+    v_seq, w_seq, i_seq)`` (the sequences None where the plan stores none). ``layer_packed`` is a
     layer's ``PackedParams`` whose learnable tensors (after it) receive their gradients
     directly, or None (then ``packed`` itself may require grad)."""
 
@@ -176,16 +180,17 @@ class RecurrentScan(torch.autograd.Function):
         out = recurrent_scan_fwd(x, state0, s0, weight, packed, spec, plan, t0_step)
         ctx.set_materialize_grads(False)
         ctx.spec, ctx.plan, ctx.x_dtype, ctx.layer_packed = spec, plan, x.dtype, layer_packed
-        ctx.save_for_backward(s0, weight, state0, packed, out.v_seq, out.w_seq, out.ref_bits)
-        return out.spikes, out.state, out.v_seq, out.w_seq
+        ctx.save_for_backward(s0, weight, state0, packed, out.v_seq, out.w_seq, out.ref_bits,
+                              out.i_seq, out.u_seq)  # fmt: skip
+        return out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq
 
     @staticmethod
-    def backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq):
+    def backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq):
         needs = ctx.needs_input_grad
         layer_packed = ctx.layer_packed
         learn_grad = layer_packed is not None and any(needs[9:])
         out = recurrent_backward(ctx.spec, ctx.plan, ctx.saved_tensors,
-                                 (g_spikes, g_state, g_v_seq, g_w_seq),
+                                 (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq),
                                  (needs[0], needs[1], needs[2], needs[3]), ctx.x_dtype)  # fmt: skip
         grad_packed = None
         if needs[4]:

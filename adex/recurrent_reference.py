@@ -31,7 +31,7 @@ def recurrent_step_loop(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor, p
         s0: ``[*S]`` spikes of the step before ``x[0]`` (0/1; differentiable).
         weight: ``[N, N]`` recurrent weight (mA per spike); ``weight[i, j]`` is the current
             into neuron i from a spike of neuron j one step earlier.
-        state0: ``[C, *S]`` state block before ``x[0]`` (V, w, last-spike time).
+        state0: ``[C, *S]`` state block before ``x[0]`` (V, w, last-spike time, I).
         params, packed: the wrapped model's parameters (as its scan takes them).
         spec: the wrapped model's ``ScanSpec`` (checkpointing off; ``return_states``: the
             per-step V and w are returned too).
@@ -40,11 +40,13 @@ def recurrent_step_loop(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor, p
             ``adex.fused.fused_scan``), run on one step at a time.
 
     Returns:
-        ``adex.spec.ScanOutput`` ``(spikes [T, *S], state [C, *S], v_seq, w_seq)``: spikes
-        in x's dtype (or the spec's spike dtype), the state after the last step, and with
-        ``spec.return_states`` the state's V and w rows after every step ``[T, *S]`` (else
-        None). The recurrent input is computed in float64 when x, the weight or the state
-        is float64, else float32.
+        ``adex.spec.ScanOutput`` ``(spikes [T, *S], state [C, *S], v_seq, w_seq, i_seq)``:
+        spikes in x's dtype (or the spec's spike dtype), the state after the last step, and
+        with ``spec.return_states`` the state's V, w and I rows after every step ``[T, *S]``
+        (as far as the model has them; else None). With a synapse (``spec.has_syn``) the
+        one-step scan filters the whole input current, ``x_t + s_{t-1} @ weight.T``. The
+        recurrent input is computed in float64 when x, the weight or the state is float64,
+        else float32.
     """
     compute = recurrent_compute_dtype(x, weight, state0)
     weight_t = weight.to(compute).t()
@@ -60,11 +62,12 @@ def recurrent_step_loop(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor, p
         if spec.return_states:
             states.append(state)
     out_dtype = x.dtype if spec.spike_dtype is None else spec.spike_dtype
-    v_seq = w_seq = None
+    v_seq = w_seq = i_seq = None
     if spec.return_states:
         seq = torch.stack(states, dim=1)  # [C, T, *S]
         v_seq, w_seq = seq[0], seq[spec.w_row] if spec.has_w else None
-    return ScanOutput(torch.stack(spikes).to(out_dtype), state, v_seq, w_seq)
+        i_seq = seq[spec.i_row] if spec.has_syn else None
+    return ScanOutput(torch.stack(spikes).to(out_dtype), state, v_seq, w_seq, i_seq)
 
 
 def recurrent_checkpointed(run: Callable, x: Tensor, s0: Tensor, state0: Tensor, K: int,

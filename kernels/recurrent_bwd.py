@@ -31,6 +31,7 @@ from adex.kernels.step import (
     step_adjoint,
     step_factors,
     step_param_grads,
+    synapse_adjoint,
 )
 
 # Bytes per neuron-step (fp32): read V (4), read the spike gradient (4), write lambda_I (4),
@@ -65,6 +66,12 @@ def _recurrent_bwd_kernel(
     HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,
     WRITE_GSTATE0: tl.constexpr, WRITE_GS0: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    isq_ptr=None,  # [T, B, N] fp32 stored synaptic current (READ_I), else None
+    usq_ptr=None,  # [T, B, N] fp32 stored total input the synapse filtered (READ_I)
+    gisq_ptr=None,  # [T, B, N] grad of the returned I sequence (HAS_GISEQ), or None
+    HAS_SYN: tl.constexpr = False,  # the synapse filters the total input (state row I)
+    READ_I: tl.constexpr = False,  # the tau_syn gradient: read the stored I and total input
+    HAS_GISEQ: tl.constexpr = False,
 ):  # fmt: skip
     M = tl.cast(B, tl.int64) * N
     o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
@@ -95,6 +102,17 @@ def _recurrent_bwd_kernel(
     if READ_W:
         b_w0 = tl.load(state0_ptr + M + o_m, mask=m, other=0.0)
     b_wprev = z
+    I_ROW = 1 + HAS_W + HAS_REF  # row of I in the state block (HAS_SYN)
+    g_ts = z
+    if HAS_SYN:
+        b_ts = tl.load(par_ptr + 10 * tl.cast(N, tl.int64) + o_n, mask=m_n, other=1.0)
+        b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn)
+        b_dcs = -(dt / (b_ts * b_ts)) * (1.0 - b_cs)  # d c_s / d tau_syn
+        b_li = z  # adjoint of the synaptic current
+        if HAS_GSTATE:
+            b_li += tl.load(gstate_ptr + I_ROW * M + o_m, mask=m, other=0.0).to(tl.float32)
+        if READ_I:
+            b_i0 = tl.load(state0_ptr + I_ROW * M + o_m, mask=m, other=0.0)
     last = tl.cast(T - 1, tl.int64) * M
     b_vnew = tl.load(vseq_ptr + last + o_m, mask=m, other=0.0)
     p_vprev = vseq_ptr + last - M + o_m
@@ -107,6 +125,11 @@ def _recurrent_bwd_kernel(
         p_gw = gwseq_ptr + last + o_m
     if READ_W:
         p_wprev = wseq_ptr + last - M + o_m
+    if HAS_GISEQ:
+        p_gi = gisq_ptr + last + o_m
+    if READ_I:
+        p_iprev = isq_ptr + last - M + o_m
+        p_u = usq_ptr + last + o_m
     for i in tl.range(0, T):
         t = T - 1 - i
         m_prev = m & (o_m * 0 + t > 0)
@@ -136,6 +159,17 @@ def _recurrent_bwd_kernel(
         b_gx, b_lvr, b_lwr, b_big = step_adjoint(
             b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
         )
+        if HAS_SYN:  # the membrane read I_t: through the synapse to the total input
+            if HAS_GISEQ:
+                b_li += tl.load(p_gi, mask=m, other=0.0).to(tl.float32)
+                p_gi -= M
+            b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
+            if READ_I:
+                b_iprev = tl.where(m_prev, tl.load(p_iprev, mask=m_prev, other=0.0), b_i0)
+                b_ut = tl.load(p_u, mask=m, other=0.0)
+                g_ts += b_lt * b_dcs * (b_ut - b_iprev)
+                p_iprev -= M
+                p_u -= M
         tl.store(p_gc, b_gx, mask=m)
         tl.debug_barrier()  # lambda_I(t) visible to the whole program
         b_rec = tile_matmul(gcur_ptr + tl.cast(t, tl.int64) * M, weight_ptr, N, 1, o_b, B, N,
@@ -169,9 +203,13 @@ def _recurrent_bwd_kernel(
             tl.store(gstate0_ptr + M + o_m, b_lw, mask=m)
         if HAS_REF:  # the last-spike time carries no gradient
             tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m)
+        if HAS_SYN:
+            tl.store(gstate0_ptr + I_ROW * M + o_m, b_li, mask=m)
     if PARAM_GRAD:
         _store_param_grads(gpar_ptr, M, o_m, m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
                            g_vT, g_dT, g_a, g_b, PARAM_MASK)  # fmt: skip
+        if PARAM_MASK & 1024:  # row 10: tau_syn (zero without HAS_SYN)
+            tl.store(gpar_ptr + 10 * M + o_m, g_ts, mask=m)
 
 
 class RecurrentBackwardOutputs(NamedTuple):
@@ -196,7 +234,9 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
                        weight: torch.Tensor, packed_params: torch.Tensor, spec, plan,
                        grad_spikes: torch.Tensor | None, grad_state: torch.Tensor | None,
                        want_state0: bool, want_s0: bool, grad_v_seq: torch.Tensor | None = None,
-                       grad_w_seq: torch.Tensor | None = None,
+                       grad_w_seq: torch.Tensor | None = None, i_seq: torch.Tensor | None = None,
+                       u_seq: torch.Tensor | None = None,
+                       grad_i_seq: torch.Tensor | None = None,
                        ) -> RecurrentBackwardOutputs:  # fmt: skip
     """Launch the recurrent backward scan.
 
@@ -211,6 +251,9 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
         want_state0, want_s0: write the gradients of the initial state / spikes.
         grad_v_seq, grad_w_seq: contiguous ``[T, B, N]`` gradients of the returned V and w
             sequences (``return_states``), or None where zero.
+        i_seq, u_seq: the forward's stored synaptic current and total input
+            (``plan.read_i``: the tau_syn gradient), or None.
+        grad_i_seq: contiguous ``[T, B, N]`` gradient of the returned I sequence, or None.
 
     Returns:
         :class:`RecurrentBackwardOutputs`.
@@ -222,8 +265,7 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
     grad_s0 = torch.empty((B, N), dtype=torch.float32, device=device) if want_s0 else None
     grad_par = None
     if plan.param_grad:
-        # rows the kernel does not write are zero: those outside param_mask, and tau_syn's
-        # (a recurrent layer has no synapse)
+        # rows the kernel does not write are zero: those outside param_mask
         grad_par = torch.zeros((packed_params.shape[0], B, N), dtype=torch.float32, device=device)
     block_b, block_n, num_warps, programs = recurrent_config(B, N, device)
     _recurrent_bwd_kernel[(programs,)](
@@ -235,6 +277,17 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
         HAS_GSPK=grad_spikes is not None, HAS_GSTATE=grad_state is not None,
         HAS_GVSEQ=grad_v_seq is not None, HAS_GWSEQ=grad_w_seq is not None,
         WRITE_GSTATE0=want_state0, WRITE_GS0=want_s0,
+        **_synapse_args(plan, i_seq, u_seq, grad_i_seq),
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
     return RecurrentBackwardOutputs(grad_current, grad_state0, grad_s0, grad_par)
+
+
+def _synapse_args(plan, i_seq: torch.Tensor | None, u_seq: torch.Tensor | None,
+                  grad_i_seq: torch.Tensor | None) -> dict:  # fmt: skip
+    """The synapse's tensor arguments (its flags HAS_SYN and READ_I are the plan's
+    ``bwd_args``): none without a synapse."""
+    if not plan.bwd_args["HAS_SYN"]:
+        return {}
+    return dict(isq_ptr=i_seq if plan.read_i else None, usq_ptr=u_seq if plan.read_i else None,
+                gisq_ptr=grad_i_seq, HAS_GISEQ=grad_i_seq is not None)  # fmt: skip

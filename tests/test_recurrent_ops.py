@@ -30,7 +30,8 @@ from adex.surrogate import Sigmoid
 # -- opcheck ---------------------------------------------------------------------------------
 
 
-def _op_inputs(n: int, batch: int, T: int, has_w: bool, tau_ref: float | None, seed: int = 0):
+def _op_inputs(n: int, batch: int, T: int, has_w: bool, tau_ref: float | None, seed: int = 0,
+               syn: bool = False):  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, batch, n, generator=g) * 10 + 40
     s0 = (torch.rand(batch, n, generator=g) > 0.5).float()
@@ -40,50 +41,56 @@ def _op_inputs(n: int, batch: int, T: int, has_w: bool, tau_ref: float | None, s
         rows.append(torch.rand(batch, n, generator=g) * 2)
     if tau_ref is not None:
         rows.append(torch.full((batch, n), -1e7))
-    params = adex.AdExParams(V_th=torch.linspace(-56.0, -53.0, n, dtype=torch.float64))
+    if syn:
+        rows.append(torch.rand(batch, n, generator=g) * 20)
+    params = adex.AdExParams(V_th=torch.linspace(-56.0, -53.0, n, dtype=torch.float64),
+                             tau_syn=0.8 if syn else None)  # fmt: skip
     packed = params.packed(n, x.device)
     return x, s0, weight, torch.stack(rows), packed
 
 
-OP_SETS = [  # (has_w, hard reset, tau_ref, needs_grad, param_grad, return_states)
-    pytest.param(True, False, None, True, False, False, id="w-soft-grad"),
-    pytest.param(True, True, None, True, True, True, id="w-hard-params-states"),
-    pytest.param(False, False, 0.4, True, False, True, id="ref-now-states"),
-    pytest.param(True, False, None, False, False, False, id="w-nograd"),
+OP_SETS = [  # (has_w, hard reset, tau_ref, needs_grad, param_grad, return_states, synapse)
+    pytest.param(True, False, None, True, False, False, False, id="w-soft-grad"),
+    pytest.param(True, True, None, True, True, True, False, id="w-hard-params-states"),
+    pytest.param(False, False, 0.4, True, False, True, False, id="ref-now-states"),
+    pytest.param(True, False, None, False, False, False, False, id="w-nograd"),
+    pytest.param(True, False, 0.4, True, True, True, True, id="syn-ref-params-states"),
+    pytest.param(False, True, None, True, True, False, True, id="syn-now-params"),
 ]
+OP_ARGS = ("has_w", "hard", "tau_ref", "grad", "param_grad", "states", "syn")
 
 
-def _spec(has_w, hard, tau_ref, return_states):
+def _spec(has_w, hard, tau_ref, return_states, syn=False):
     return ScanSpec(has_w=has_w, spk_reset="hard" if hard else "soft", tau_ref=tau_ref,
-                    surrogate=Sigmoid(alpha=3.0), dt=0.1,
-                    return_states=return_states)  # fmt: skip
+                    surrogate=Sigmoid(alpha=3.0), dt=0.1, return_states=return_states,
+                    has_syn=syn)  # fmt: skip
 
 
-@pytest.mark.parametrize(("has_w", "hard", "tau_ref", "grad", "param_grad", "states"), OP_SETS)
-def test_opcheck_recurrent_fwd(has_w, hard, tau_ref, grad, param_grad, states):
-    x, s0, weight, state0, packed = _op_inputs(7, 3, 5, has_w, tau_ref)
-    spec = _spec(has_w, hard, tau_ref, states)
+@pytest.mark.parametrize(OP_ARGS, OP_SETS)
+def test_opcheck_recurrent_fwd(has_w, hard, tau_ref, grad, param_grad, states, syn):
+    x, s0, weight, state0, packed = _op_inputs(7, 3, 5, has_w, tau_ref, syn=syn)
+    spec = _spec(has_w, hard, tau_ref, states, syn)
     for t in (x, s0, weight, state0) + ((packed,) if param_grad else ()):
         t.requires_grad_(grad)
     args = (x, s0, weight, state0, packed, spec.key, grad, param_grad, 2)
     torch.library.opcheck(torch.ops.adex.recurrent_fwd.default, args)
 
 
-@pytest.mark.parametrize(("has_w", "hard", "tau_ref", "grad", "param_grad", "states"),
-                         [p for p in OP_SETS if p.values[3]])  # fmt: skip
-def test_opcheck_recurrent_bwd(has_w, hard, tau_ref, grad, param_grad, states):
+@pytest.mark.parametrize(OP_ARGS, [p for p in OP_SETS if p.values[3]])
+def test_opcheck_recurrent_bwd(has_w, hard, tau_ref, grad, param_grad, states, syn):
     n, batch, T = 7, 3, 5
-    x, s0, weight, state0, packed = _op_inputs(n, batch, T, has_w, tau_ref, seed=1)
-    spec = _spec(has_w, hard, tau_ref, states)
+    x, s0, weight, state0, packed = _op_inputs(n, batch, T, has_w, tau_ref, seed=1, syn=syn)
+    spec = _spec(has_w, hard, tau_ref, states, syn)
     plan = spec.plan(True, param_grad)
     out = recurrent_scan_fwd(x, state0, s0, weight, packed, spec, plan, 0)
     g = torch.Generator().manual_seed(2)
     g_spikes, g_v = (torch.randn(x.shape, generator=g) for _ in range(2))
     g_state = torch.randn(state0.shape, generator=g)
     g_w = torch.randn(x.shape, generator=g) if states and has_w else None
+    g_i = torch.randn(x.shape, generator=g) if states and syn else None
     args = (s0, weight, state0, packed, out.v_seq, out.w_seq, out.ref_bits, g_spikes, g_state,
             g_v if states else None, g_w, spec.key, True, param_grad, torch.float32, True,
-            True, True, True)  # fmt: skip
+            True, True, True, out.i_seq, out.u_seq, g_i)  # fmt: skip
     torch.library.opcheck(torch.ops.adex.recurrent_bwd.default, args)
 
 
@@ -288,3 +295,87 @@ def test_checkpoint_mode_keeps_less():
     assert any(s >= largest_seq for s in saved[None])  # the plain call keeps the V sequence
     assert max(saved[6]) < largest_seq
     assert sum(saved[6]) < sum(saved[None])
+
+
+# -- a neuron with a synapse (tau_syn) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "learnable", "states"), [
+    ("AdExIF", ("tau_syn",), False), ("AdExIFRef", ("tau_syn", "b"), True),
+    ("LIF", (), True), ("AdLIF", ("tau_syn",), True),
+])  # fmt: skip
+def test_synapse_matches_step_loop(model, learnable, states):
+    """The synapse filters the whole input ``x_t + s_{t-1} @ weight.T``: the fused layer
+    equals the literal step loop of the neuron with the synapse (spikes exactly; V, w, I;
+    gradients to x, V0, the initial I, the weight and a learnable tau_syn)."""
+    n, batch, T = 6, 3, 20
+    layer = make_layer(model, n, tau_syn=torch.linspace(0.5, 2.0, n), learnable=learnable)
+    twin = reference_twin(layer)
+    x = make_x(model, T, batch, n) * 1.5
+    V0 = random_v0(layer, model, batch)
+    I0 = torch.rand(batch, n, generator=torch.Generator().manual_seed(8)) * 10
+    g = torch.Generator().manual_seed(9)
+    cots = [torch.randn(T, batch, n, generator=g) for _ in range(4)]
+    results = []
+    for rec, run in ((layer, lambda r, xx: r(xx, return_states=states)), (twin, _syn_loop)):
+        rec.init_state(batch)
+        v0, i0 = V0.clone().requires_grad_(), I0.clone().requires_grad_()
+        rec.neuron.V, rec.neuron.I = v0, i0
+        xx = x.clone().requires_grad_()
+        out = run(rec, xx)
+        spikes = out.spikes if states or rec is twin else out
+        loss = (spikes * cots[0]).sum() + 0.1 * (rec.neuron.I * cots[1][0]).sum()
+        if states:
+            loss = loss + 0.01 * (out.I * cots[2]).sum() + 0.01 * (out.V * cots[3]).sum()
+        leaves = {"x": xx, "V0": v0, "I0": i0, **dict(rec.named_parameters())}
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        results.append((out, spikes, rec, dict(zip(leaves, grads, strict=True))))
+    (out_f, s_f, fused, g_f), (out_r, s_r, ref, g_r) = results
+    assert torch.equal(s_f, s_r), f"{int((s_f != s_r).sum())} spikes differ"
+    assert_spiky(s_r)
+    if states:
+        assert isinstance(out_f, adex.SynStateSequence)
+        assert_close("I", out_r.I, out_f.I, atol=1e-4, rtol=1e-5)
+        assert_close("V", out_r.V, out_f.V, atol=1e-3, rtol=1e-5)
+    assert_close("final I", ref.neuron.I, fused.neuron.I, atol=1e-4, rtol=1e-5)
+    for name, ref_grad in g_r.items():
+        scale = float(ref_grad.abs().max())
+        assert scale > 0, f"{name}: zero reference gradient"
+        assert_close(f"grad {name}", ref_grad, g_f[name], atol=GRAD_TOL * scale)
+
+
+def _syn_loop(layer: adex.Recurrent, x: torch.Tensor):
+    """The literal step loop with the per-step V and I of a neuron with a synapse."""
+    s, spikes, Vs, Is = layer.spikes, [], [], []
+    for t in range(x.shape[0]):
+        s = layer.neuron.update(x[t] + s @ layer.weight.T)
+        spikes.append(s)
+        Vs.append(layer.neuron.V)
+        Is.append(layer.neuron.I)
+    return adex.SynStateSequence(torch.stack(spikes), torch.stack(Vs), None, torch.stack(Is))
+
+
+def test_synapse_under_compile_and_checkpoint():
+    """A synapse neuron in a fullgraph compile (the op pair) and in checkpoint mode: the
+    eager fused call's spikes and gradients (x, weight, tau_syn)."""
+    n, batch, T = 5, 2, 14
+    x = make_x("AdExIF", T, batch, n) * 1.5
+    runs = []
+    for mode in ("eager", "compiled", "checkpoint"):
+        layer = make_layer("AdExIF", n, tau_syn=1.0, learnable=("tau_syn",),
+                           checkpoint_every=4 if mode == "checkpoint" else None)  # fmt: skip
+        fn = torch.compile(layer, fullgraph=True) if mode == "compiled" else layer
+        layer.init_state(batch)
+        xx = x.clone().requires_grad_()
+        spikes = fn(xx)
+        cot = torch.randn(spikes.shape, generator=torch.Generator().manual_seed(3))
+        grads = torch.autograd.grad((spikes * cot).sum() + layer.neuron.I.sum(),
+                                    [xx, layer.weight, layer.neuron.tau_syn])  # fmt: skip
+        runs.append((spikes.detach(), grads))
+    assert_spiky(runs[0][0])
+    for spikes, grads in runs[1:]:
+        assert torch.equal(runs[0][0], spikes)
+        for name, ref, got in zip(("x", "weight", "tau_syn"), runs[0][1], grads, strict=True):
+            scale = float(ref.abs().max())
+            assert scale > 0, f"{name}: zero gradient"
+            assert_close(f"grad {name}", ref, got, atol=1e-5 * scale)
