@@ -78,6 +78,11 @@ class Recurrent(nn.Module):
             raise ValueError(
                 f"Recurrent needs a neuron with a 1-D in_size N, got in_size {neuron.in_size}"
             )
+        if neuron._batch_first:
+            raise ValueError(
+                "Recurrent takes time-first input [T, batch, N]: wrap a neuron with "
+                "batch_first=False (transpose batch-first data before the call)"
+            )
         self.neuron = neuron
         n = neuron.in_size[0]
         scale = to_canonical(init_scale, "current", "init_scale")

@@ -84,10 +84,23 @@ def bwd_args(n: int, param_grad: bool) -> dict:
     )  # fmt: skip
 
 
+def with_synapse(kwargs: dict, fwd: bool) -> dict:
+    """A launch with the synapse on (state row I, packed row 10), its sequences not stored
+    (tau_syn not learnable)."""
+    n, c = kwargs["N"], 3
+    out = dict(kwargs, HAS_SYN=True, state0_ptr=_empty(c, B, n), par_ptr=_empty(11, n))
+    if fwd:
+        out["state_ptr"] = _empty(c, B, n)
+    else:
+        out["gstate0_ptr"] = _empty(c, B, n)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability (90, 80)")
     parser.add_argument("--n", type=int, action="append", help="neurons (repeatable)")
+    parser.add_argument("--syn", action="store_true", help="also the kernels with a synapse")
     opts = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be real JIT functions
     load_kernels(REPO / "kernels")  # adex.kernels from this checkout
@@ -100,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         launches = [(fwd, f"rec fwd fp32 {tag}", fwd_args(n)),
                     (bwd, f"rec bwd fp32 {tag}", bwd_args(n, False)),
                     (bwd, f"rec bwd fp32 PARAM_GRAD {tag}", bwd_args(n, True))]  # fmt: skip
+        if opts.syn:
+            launches += [(fwd, f"rec fwd fp32 HAS_SYN {tag}", with_synapse(fwd_args(n), True)),
+                         (bwd, f"rec bwd fp32 HAS_SYN {tag}",
+                          with_synapse(bwd_args(n, False), False))]  # fmt: skip
         for kernel, name, kwargs in launches:
             try:
                 row = inspect_launch(kernel, name, (), kwargs, opts.arch)

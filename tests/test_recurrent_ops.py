@@ -379,3 +379,24 @@ def test_synapse_under_compile_and_checkpoint():
             scale = float(ref.abs().max())
             assert scale > 0, f"{name}: zero gradient"
             assert_close(f"grad {name}", ref, got, atol=1e-5 * scale)
+
+
+# -- the benchmark script ------------------------------------------------------------------
+
+
+def test_recurrent_bench_smoke(tmp_path):
+    """``benchmarks/recurrent_bench.py --smoke`` runs (tiny shapes, interpreter): its
+    fused-vs-loop check agrees and every variant has a row (no speed is read here)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import recurrent_bench
+
+    out = tmp_path / "rec.json"
+    assert recurrent_bench.main(["--smoke", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["rows"]) == {"fused", "step loop, eager"}
+    assert report["check"]["spikes_differ"] == 0.0
+    assert report["check"]["grad_x_rel"] < 1e-5
