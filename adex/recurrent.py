@@ -49,9 +49,9 @@ class Recurrent(nn.Module):
     graph break). Above ``adex.recurrent_fused.FUSED_MAX_NEURONS`` neurons a per-step loop
     of the fused one-step scan and a matmul runs instead, with the same results.
     ``backend='reference'`` is the literal step loop over the reference step (the CPU path,
-    float64 included). ``return_states``
-    returns the per-step V and w too, and the neuron's ``checkpoint_every`` runs the scan in
-    checkpointed segments on either backend (:meth:`forward`).
+    float64 included). ``return_states`` returns the per-step V and w too, and the neuron's
+    ``checkpoint_every`` runs the scan in checkpointed segments on either backend
+    (:meth:`forward`). The input is time-first (a ``batch_first`` neuron is refused).
 
     Args:
         neuron: the wrapped model (its ``in_size`` must be one int N).

@@ -208,8 +208,9 @@ def _recurrent_bwd_kernel(
     if PARAM_GRAD:
         _store_param_grads(gpar_ptr, M, o_m, m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
                            g_vT, g_dT, g_a, g_b, PARAM_MASK)  # fmt: skip
-        if PARAM_MASK & 1024:  # row 10: tau_syn (zero without HAS_SYN)
-            tl.store(gpar_ptr + 10 * M + o_m, g_ts, mask=m)
+        if HAS_SYN:
+            if PARAM_MASK & 1024:  # row 10: tau_syn (zeroed by the launcher otherwise)
+                tl.store(gpar_ptr + 10 * M + o_m, g_ts, mask=m)
 
 
 class RecurrentBackwardOutputs(NamedTuple):
