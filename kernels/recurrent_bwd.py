@@ -96,12 +96,12 @@ def _recurrent_bwd_kernel(
     z = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     g_R, g_tau, g_tau_w, g_vth, g_vreset = z, z, z, z, z
     g_vrest, g_vT, g_dT, g_a, g_b = z, z, z, z, z
-    b_rec = z  # lambda_I(t+1) @ weight: the recurrent part of the spike adjoint of step t
     b_v0 = tl.load(state0_ptr + o_m, mask=m, other=0.0)
     b_w0 = z
     if READ_W:
         b_w0 = tl.load(state0_ptr + M + o_m, mask=m, other=0.0)
     b_wprev = z
+    b_rec = z  # without PARAM_GRAD: lambda_I(t+1) @ weight, carried from step t+1
     I_ROW = 1 + HAS_W + HAS_REF  # row of I in the state block (HAS_SYN)
     g_ts = z
     if HAS_SYN:
@@ -134,8 +134,17 @@ def _recurrent_bwd_kernel(
         t = T - 1 - i
         m_prev = m & (o_m * 0 + t > 0)
         b_vprev = tl.where(m_prev, tl.load(p_vprev, mask=m_prev, other=0.0), b_v0)
-        # the spike of step t: the incoming gradient plus the recurrent one
-        b_gs = b_rec
+        # the spike of step t: the incoming gradient plus the recurrent one, lambda_I(t+1) @
+        # weight; with PARAM_GRAD computed here, not at the end of step t+1, so that it is
+        # not live across that step's parameter gradients (fewer spills there on sm_90;
+        # without them the other order spills less: benchmarks/NOTES.md)
+        if PARAM_GRAD:
+            b_gs = z
+            if i > 0:
+                b_gs = tile_matmul(gcur_ptr + tl.cast(t + 1, tl.int64) * M, weight_ptr, N, 1,
+                                   o_b, B, N, BLOCK_B, BLOCK_N, BLOCK_K)  # fmt: skip
+        else:
+            b_gs = b_rec
         if HAS_GSPK:
             b_gs += tl.load(p_gs, mask=m, other=0.0).to(tl.float32)
             p_gs -= M
@@ -172,8 +181,9 @@ def _recurrent_bwd_kernel(
                 p_u -= M
         tl.store(p_gc, b_gx, mask=m)
         tl.debug_barrier()  # lambda_I(t) visible to the whole program
-        b_rec = tile_matmul(gcur_ptr + tl.cast(t, tl.int64) * M, weight_ptr, N, 1, o_b, B, N,
-                            BLOCK_B, BLOCK_N, BLOCK_K)  # lambda_I(t) @ weight  # fmt: skip
+        if not PARAM_GRAD:  # lambda_I(t) @ weight, the spike adjoint of step t-1
+            b_rec = tile_matmul(gcur_ptr + tl.cast(t, tl.int64) * M, weight_ptr, N, 1, o_b, B,
+                                N, BLOCK_B, BLOCK_N, BLOCK_K)  # fmt: skip
         p_gc -= M
         if PARAM_GRAD:
             if READ_W:
@@ -195,7 +205,10 @@ def _recurrent_bwd_kernel(
         )  # fmt: skip
         b_vnew = b_vprev
         p_vprev -= M
-    if WRITE_GS0:
+    if WRITE_GS0:  # lambda_I(0) @ weight
+        if PARAM_GRAD:
+            b_rec = tile_matmul(gcur_ptr, weight_ptr, N, 1, o_b, B, N, BLOCK_B, BLOCK_N,
+                                BLOCK_K)  # fmt: skip
         tl.store(gs0_ptr + o_m, b_rec, mask=m)
     if WRITE_GSTATE0:
         tl.store(gstate0_ptr + o_m, b_lv, mask=m)
