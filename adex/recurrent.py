@@ -3,6 +3,8 @@ the fused time scan."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -10,12 +12,14 @@ import torch
 from torch import Tensor, nn
 
 from adex.functional import ExtraCheckError, _backend_for, _check_finite, _refuse_gradient
-from adex.module import SpikingNeuron
-from adex.recurrent_reference import recurrent_step_loop
+from adex.module import SpikingNeuron, StateSequence, SynStateSequence
+from adex.recurrent_reference import recurrent_checkpointed, recurrent_step_loop
+from adex.spec import ScanOutput, ScanSpec
 from adex.units import to_canonical
 
 try:
     from adex.recurrent_fused import fused_recurrent_scan
+    from adex.recurrent_ops import recurrent_fwd as _recurrent_fwd  # noqa: F401 (registers)
 except ImportError:  # no Triton: the reference backend still works
     fused_recurrent_scan = None
 
@@ -33,15 +37,21 @@ class Recurrent(nn.Module):
     weight, the learnable parameters and the initial state (the surrogate gradient flows
     through ``s_{t-1}`` into the recurrent input). Everything else is the wrapped model's:
     parameters, state (``neuron.V``, ``neuron.w``, ...), units, surrogate, reset, backend.
+    A neuron with a synapse (``tau_syn``) filters the whole input current: ``I_t = I_{t-1}
+    + (1 - exp(-dt / tau_syn)) (x_t + s_{t-1} @ weight.T - I_{t-1})``, and the membrane
+    reads ``I_t``.
 
     With ``backend='triton'`` (or ``'auto'`` on CUDA) the whole forward scan is one kernel
     (the recurrent input by ``tl.dot`` on the previous step's spikes, the weight streamed
     from L1/L2 in chunks, fp32 products and accumulation) and so is the backward, plus one
-    matmul for the weight gradient; above ``adex.recurrent_fused.FUSED_MAX_NEURONS``
-    neurons, and while ``torch.compile`` traces, a per-step loop of the fused one-step scan
-    and a matmul runs instead, with the same results. ``backend='reference'`` is the literal
-    step loop over the reference step (the CPU path, float64 included). The checkpoint mode
-    (``checkpoint_every``) and ``return_states`` are not available on a recurrent layer.
+    matmul for the weight gradient; while ``torch.compile`` traces, the same kernels as the
+    ``adex::recurrent_fwd`` / ``adex::recurrent_bwd`` custom ops (one op pair per call, no
+    graph break). Above ``adex.recurrent_fused.FUSED_MAX_NEURONS`` neurons a per-step loop
+    of the fused one-step scan and a matmul runs instead, with the same results.
+    ``backend='reference'`` is the literal step loop over the reference step (the CPU path,
+    float64 included). ``return_states`` returns the per-step V and w too, and the neuron's
+    ``checkpoint_every`` runs the scan in checkpointed segments on either backend
+    (:meth:`forward`). The input is time-first (a ``batch_first`` neuron is refused).
 
     Args:
         neuron: the wrapped model (its ``in_size`` must be one int N).
@@ -68,8 +78,11 @@ class Recurrent(nn.Module):
             raise ValueError(
                 f"Recurrent needs a neuron with a 1-D in_size N, got in_size {neuron.in_size}"
             )
-        if neuron.has_syn:
-            raise ValueError("Recurrent does not take a neuron with a synapse (tau_syn) yet")
+        if neuron._batch_first:
+            raise ValueError(
+                "Recurrent takes time-first input [T, batch, N]: wrap a neuron with "
+                "batch_first=False (transpose batch-first data before the call)"
+            )
         self.neuron = neuron
         n = neuron.in_size[0]
         scale = to_canonical(init_scale, "current", "init_scale")
@@ -155,17 +168,25 @@ class Recurrent(nn.Module):
         x = nrn._input(x, tuple(state.shape[1:]), state.device, ())
         return self(x.unsqueeze(0))[0]
 
-    def forward(self, x_seq: Any) -> Tensor:
+    def forward(
+        self, x_seq: Any, return_states: bool = False
+    ) -> Tensor | StateSequence | SynStateSequence:
         """Run T steps over ``x_seq`` ``[T, *state_shape]`` (mA); returns the spikes
-        ``[T, *state_shape]`` (x's dtype, or the neuron's ``spike_dtype``). The final state
-        stays in the neuron (``neuron.V``, ``neuron.w``) and in :attr:`spikes`."""
+        ``[T, *state_shape]`` (x's dtype, or the neuron's ``spike_dtype``), or with
+        ``return_states=True`` an :class:`adex.StateSequence` ``(spikes, V, w)`` with the
+        per-step V (mV, pre-reset) and w (mA; None without w), each ``[T, *state_shape]``
+        and differentiable, as the feed-forward models return them (a neuron with a synapse:
+        an :class:`adex.SynStateSequence` that adds the per-step I). The final state stays
+        in the neuron (``neuron.V``, ``neuron.w``) and in :attr:`spikes`.
+
+        With the neuron's ``checkpoint_every = K`` (and a gradient enabled) the scan runs in
+        segments of K steps under ``torch.utils.checkpoint``: the forward keeps each
+        segment's carried spikes and state only, the backward reruns a segment (one fused
+        forward on the fused backend) before its adjoint; not with ``return_states``."""
         nrn = self.neuron
         spec = nrn._spec
-        if spec.checkpoint_every is not None:
-            raise ValueError(
-                "Recurrent does not support the neuron's checkpoint_every (low-memory BPTT); "
-                "set it to None"
-            )
+        if return_states:  # the neuron's cached spec (None in checkpoint mode: raises)
+            spec = nrn._spec_states or spec.with_return_states(True)
         trusted = nrn._state_trusted()
         state = nrn._require_state(x_seq.dtype if isinstance(x_seq, Tensor) else torch.float32)
         shape = tuple(state.shape[1:])
@@ -187,16 +208,27 @@ class Recurrent(nn.Module):
         if nrn._rt.packed_device != x.device:
             packed = None
         t0 = nrn._rt.t_step if nrn.has_ref else 0
+        step_spec = _without_checkpoint(spec)
         if backend == "triton":
-            spikes, new_state = fused_recurrent_scan(
-                x, self._spikes, self.weight, state.to(torch.float32), params, spec,
-                t0_step=t0, packed=packed,
-            )  # fmt: skip
+            state = state.to(torch.float32)
+
+        def run(xs: Tensor, s: Tensor, st: Tensor, t0_step: int) -> ScanOutput:
+            if backend == "triton":
+                return fused_recurrent_scan(xs, s, self.weight, st, params, step_spec,
+                                            t0_step=t0_step, packed=packed)  # fmt: skip
+            return recurrent_step_loop(xs, s, self.weight, st, params, step_spec,
+                                       t0_step=t0_step)  # fmt: skip
+
+        if spec.checkpoint_every is not None and torch.is_grad_enabled():
+            out = recurrent_checkpointed(run, x, self._spikes, state, spec.checkpoint_every, t0)
         else:
-            spikes, new_state = recurrent_step_loop(x, self._spikes, self.weight, state,
-                                                    params, spec, t0_step=t0)  # fmt: skip
-        self._commit(new_state, spikes)
-        return spikes
+            out = run(x, self._spikes, state, t0)
+        self._commit(out.state, out.spikes)
+        if return_states and nrn.has_syn:
+            return SynStateSequence(out.spikes, out.v_seq, out.w_seq, out.i_seq)
+        if return_states:
+            return StateSequence(out.spikes, out.v_seq, out.w_seq)
+        return out.spikes
 
     def _check_call(self, x: Tensor, state: Tensor, spec, trusted: bool,
                     violations: Tensor | None, packed) -> None:  # fmt: skip
@@ -236,3 +268,18 @@ class Recurrent(nn.Module):
 
     def extra_repr(self) -> str:
         return f"N={self.neuron.in_size[0]}, init_scale={self.init_scale:g} mA"
+
+
+def _without_checkpoint(spec: ScanSpec) -> ScanSpec:
+    """``spec`` without ``checkpoint_every``: the spec of one segment's scan (the recurrent
+    layer checkpoints whole segments itself, :func:`recurrent_checkpointed`)."""
+    if spec.checkpoint_every is None:
+        return spec
+    if torch.compiler.is_compiling():
+        return dataclasses.replace(spec, checkpoint_every=None)
+    return _cached_without_checkpoint(spec)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_without_checkpoint(spec: ScanSpec) -> ScanSpec:
+    return dataclasses.replace(spec, checkpoint_every=None)

@@ -16,6 +16,10 @@
 #   ADEX_BENCH_BUDGET    roofline --budget-s (default 220)
 #   ADEX_BENCH_TIMEOUT   hard limit for the roofline run in seconds (default 280)
 #   ADEX_GIT_COMMIT      commit to record when the copy has no .git
+#   ADEX_RECURRENT_TIMEOUT  seconds for benchmarks/recurrent_bench.py (adex.Recurrent fwd+bwd,
+#                        T=500, batch 64, N=256, its fused-vs-loop check first); default 0:
+#                        skipped (the defaults above fill a 10-minute call; set it, e.g. 240
+#                        with ADEX_BENCH_TIMEOUT=60, to run it in the same call)
 # Defaults sum to < 10 minutes: ~20 s setup + 100 s tests + 150 s cuda_check + 280 s roofline.
 set -u -o pipefail
 
@@ -32,6 +36,7 @@ TEST_TIMEOUT="${ADEX_TEST_TIMEOUT:-100}"
 CUDA_TIMEOUT="${ADEX_CUDA_TIMEOUT:-150}"
 BENCH_BUDGET="${ADEX_BENCH_BUDGET:-220}"
 BENCH_TIMEOUT="${ADEX_BENCH_TIMEOUT:-280}"
+RECURRENT_TIMEOUT="${ADEX_RECURRENT_TIMEOUT:-0}"
 WHEELS="${ADEX_WHEELS:-}"
 if [ -z "$WHEELS" ] && [ -d .whl ]; then WHEELS=.whl; fi
 if [ -z "$WHEELS" ] && [ -d shared/wheels ]; then WHEELS=shared/wheels; fi
@@ -138,6 +143,15 @@ if [ "$rc_bench" = 124 ] || [ "$rc_bench" = 137 ]; then
     echo "ROOFLINE TIMED OUT after ${BENCH_TIMEOUT} s: $OUT/roofline.json holds the rows written so far"
 fi
 
+rc_rec=0
+if [ "$RECURRENT_TIMEOUT" -gt 0 ]; then
+    section "recurrent_bench: adex.Recurrent fwd+bwd vs the step loop (timeout ${RECURRENT_TIMEOUT} s)"
+    timeout --kill-after=10 "$RECURRENT_TIMEOUT" "$PY" benchmarks/recurrent_bench.py \
+        --json "$OUT/recurrent_bench.json"
+    rc_rec=$?
+    echo "recurrent_bench exit code: $rc_rec"
+fi
+
 section "summary"
 echo "tests rc=$rc_tests  roofline rc=$rc_bench  total $((SECONDS - START)) s"
 ls -l "$OUT"
@@ -147,6 +161,7 @@ status=0
 [ "$rc_tests" != 0 ] && status=1
 [ "$rc_bench" != 0 ] && status=1
 [ "$rc_cuda" != 0 ] && status=1
+[ "$rc_rec" != 0 ] && status=1
 exec >&- 2>&-
 wait "$TEE_PID" 2>/dev/null
 exit "$status"

@@ -71,22 +71,36 @@ def bwd_args(n: int, param_grad: bool) -> dict:
     block_b, block_n, num_warps = _launch(n)
     return dict(
         vseq_ptr=_empty(T, B, n), state0_ptr=_empty(2, B, n), weight_ptr=_empty(n, n),
-        par_ptr=_empty(10, n), gspk_ptr=_empty(T, B, n), gstate_ptr=None, ref_ptr=None,
+        par_ptr=_empty(10, n), gspk_ptr=_empty(T, B, n), gstate_ptr=None, gvseq_ptr=None,
+        gwseq_ptr=None, ref_ptr=None,
         wseq_ptr=_empty(T, B, n) if param_grad else None,
         gpar_ptr=_empty(10, B, n) if param_grad else None, gcur_ptr=_empty(T, B, n),
         gstate0_ptr=_empty(2, B, n), gs0_ptr=_empty(B, n), T=T, B=B, N=n, dt=DT,
         ceiling=CEILING, tau_ref=0.0, sg0=SG[0], sg1=SG[1], sg2=SG[2], sg3=SG[3],
         SURROGATE=SURROGATE, **MODEL, DETACH_RESET=False, PARAM_GRAD=param_grad,
         PARAM_MASK=(1 << 10) - 1, READ_W=param_grad, RECOMPUTE=False, HAS_GSPK=True,
-        HAS_GSTATE=False, WRITE_GSTATE0=True, WRITE_GS0=True,
+        HAS_GSTATE=False, HAS_GVSEQ=False, HAS_GWSEQ=False, WRITE_GSTATE0=True, WRITE_GS0=True,
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
+
+
+def with_synapse(kwargs: dict, fwd: bool) -> dict:
+    """A launch with the synapse on (state row I, packed row 10), its sequences not stored
+    (tau_syn not learnable)."""
+    n, c = kwargs["N"], 3
+    out = dict(kwargs, HAS_SYN=True, state0_ptr=_empty(c, B, n), par_ptr=_empty(11, n))
+    if fwd:
+        out["state_ptr"] = _empty(c, B, n)
+    else:
+        out["gstate0_ptr"] = _empty(c, B, n)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability (90, 80)")
     parser.add_argument("--n", type=int, action="append", help="neurons (repeatable)")
+    parser.add_argument("--syn", action="store_true", help="also the kernels with a synapse")
     opts = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)  # the kernels must be real JIT functions
     load_kernels(REPO / "kernels")  # adex.kernels from this checkout
@@ -99,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         launches = [(fwd, f"rec fwd fp32 {tag}", fwd_args(n)),
                     (bwd, f"rec bwd fp32 {tag}", bwd_args(n, False)),
                     (bwd, f"rec bwd fp32 PARAM_GRAD {tag}", bwd_args(n, True))]  # fmt: skip
+        if opts.syn:
+            launches += [(fwd, f"rec fwd fp32 HAS_SYN {tag}", with_synapse(fwd_args(n), True)),
+                         (bwd, f"rec bwd fp32 HAS_SYN {tag}",
+                          with_synapse(bwd_args(n, False), False))]  # fmt: skip
         for kernel, name, kwargs in launches:
             try:
                 row = inspect_launch(kernel, name, (), kwargs, opts.arch)

@@ -31,6 +31,7 @@ from adex.kernels.step import (
     step_adjoint,
     step_factors,
     step_param_grads,
+    synapse_adjoint,
 )
 
 # Bytes per neuron-step (fp32): read V (4), read the spike gradient (4), write lambda_I (4),
@@ -46,6 +47,8 @@ def _recurrent_bwd_kernel(
     par_ptr,  # [10, N] fp32 packed parameters
     gspk_ptr,  # [T, B, N] grad of the spikes, or None
     gstate_ptr,  # [C, B, N] grad of the final state (rows V, w), or None
+    gvseq_ptr,  # [T, B, N] grad of the returned V sequence (HAS_GVSEQ), or None
+    gwseq_ptr,  # [T, B, N] grad of the returned w sequence (HAS_GWSEQ), or None
     ref_ptr,  # [cdiv(T, 8), B, N] uint8 refractory bits (HAS_REF)
     wseq_ptr,  # [T, B, N] fp32 stored w (READ_W), else None
     gpar_ptr,  # [10, B, N] out: fp32 per-element parameter gradients (PARAM_GRAD)
@@ -60,8 +63,15 @@ def _recurrent_bwd_kernel(
     PARAM_GRAD: tl.constexpr, PARAM_MASK: tl.constexpr, READ_W: tl.constexpr,
     RECOMPUTE: tl.constexpr,  # always False here (no checkpoint mode)
     HAS_GSPK: tl.constexpr, HAS_GSTATE: tl.constexpr,
+    HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,
     WRITE_GSTATE0: tl.constexpr, WRITE_GS0: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    isq_ptr=None,  # [T, B, N] fp32 stored synaptic current (READ_I), else None
+    usq_ptr=None,  # [T, B, N] fp32 stored total input the synapse filtered (READ_I)
+    gisq_ptr=None,  # [T, B, N] grad of the returned I sequence (HAS_GISEQ), or None
+    HAS_SYN: tl.constexpr = False,  # the synapse filters the total input (state row I)
+    READ_I: tl.constexpr = False,  # the tau_syn gradient: read the stored I and total input
+    HAS_GISEQ: tl.constexpr = False,
 ):  # fmt: skip
     M = tl.cast(B, tl.int64) * N
     o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
@@ -86,32 +96,67 @@ def _recurrent_bwd_kernel(
     z = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     g_R, g_tau, g_tau_w, g_vth, g_vreset = z, z, z, z, z
     g_vrest, g_vT, g_dT, g_a, g_b = z, z, z, z, z
-    b_rec = z  # lambda_I(t+1) @ weight: the recurrent part of the spike adjoint of step t
     b_v0 = tl.load(state0_ptr + o_m, mask=m, other=0.0)
     b_w0 = z
     if READ_W:
         b_w0 = tl.load(state0_ptr + M + o_m, mask=m, other=0.0)
     b_wprev = z
+    b_rec = z  # without PARAM_GRAD: lambda_I(t+1) @ weight, carried from step t+1
+    I_ROW = 1 + HAS_W + HAS_REF  # row of I in the state block (HAS_SYN)
+    g_ts = z
+    if HAS_SYN:
+        b_ts = tl.load(par_ptr + 10 * tl.cast(N, tl.int64) + o_n, mask=m_n, other=1.0)
+        b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn)
+        b_dcs = -(dt / (b_ts * b_ts)) * (1.0 - b_cs)  # d c_s / d tau_syn
+        b_li = z  # adjoint of the synaptic current
+        if HAS_GSTATE:
+            b_li += tl.load(gstate_ptr + I_ROW * M + o_m, mask=m, other=0.0).to(tl.float32)
+        if READ_I:
+            b_i0 = tl.load(state0_ptr + I_ROW * M + o_m, mask=m, other=0.0)
     last = tl.cast(T - 1, tl.int64) * M
     b_vnew = tl.load(vseq_ptr + last + o_m, mask=m, other=0.0)
     p_vprev = vseq_ptr + last - M + o_m
     p_gc = gcur_ptr + last + o_m
     if HAS_GSPK:
         p_gs = gspk_ptr + last + o_m
+    if HAS_GVSEQ:
+        p_gv = gvseq_ptr + last + o_m
+    if HAS_GWSEQ:
+        p_gw = gwseq_ptr + last + o_m
     if READ_W:
         p_wprev = wseq_ptr + last - M + o_m
+    if HAS_GISEQ:
+        p_gi = gisq_ptr + last + o_m
+    if READ_I:
+        p_iprev = isq_ptr + last - M + o_m
+        p_u = usq_ptr + last + o_m
     for i in tl.range(0, T):
         t = T - 1 - i
         m_prev = m & (o_m * 0 + t > 0)
         b_vprev = tl.where(m_prev, tl.load(p_vprev, mask=m_prev, other=0.0), b_v0)
-        # the spike of step t: the incoming gradient plus the recurrent one
-        b_gs = b_rec
+        # the spike of step t: the incoming gradient plus the recurrent one, lambda_I(t+1) @
+        # weight; with PARAM_GRAD computed here, not at the end of step t+1, so that it is
+        # not live across that step's parameter gradients (fewer spills there on sm_90;
+        # without them the other order spills less: benchmarks/NOTES.md)
+        if PARAM_GRAD:
+            b_gs = z
+            if i > 0:
+                b_gs = tile_matmul(gcur_ptr + tl.cast(t + 1, tl.int64) * M, weight_ptr, N, 1,
+                                   o_b, B, N, BLOCK_B, BLOCK_N, BLOCK_K)  # fmt: skip
+        else:
+            b_gs = b_rec
         if HAS_GSPK:
             b_gs += tl.load(p_gs, mask=m, other=0.0).to(tl.float32)
             p_gs -= M
         b_u = (b_vnew - b_vth) / b_theta
         b_gsg = b_gs * surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) / b_theta
         b_lv += b_gsg
+        if HAS_GVSEQ:  # the returned V_t and w_t (return_states)
+            b_lv += tl.load(p_gv, mask=m, other=0.0).to(tl.float32)
+            p_gv -= M
+        if HAS_GWSEQ:
+            b_lw += tl.load(p_gw, mask=m, other=0.0).to(tl.float32)
+            p_gw -= M
         (b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f, b_dvdv,
          b_run) = step_factors(
             b_vprev, b_vnew, b_tau, b_vth, b_vreset, b_vT, b_dT, b_theta, dt,
@@ -123,10 +168,22 @@ def _recurrent_bwd_kernel(
         b_gx, b_lvr, b_lwr, b_big = step_adjoint(
             b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
         )
+        if HAS_SYN:  # the membrane read I_t: through the synapse to the total input
+            if HAS_GISEQ:
+                b_li += tl.load(p_gi, mask=m, other=0.0).to(tl.float32)
+                p_gi -= M
+            b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
+            if READ_I:
+                b_iprev = tl.where(m_prev, tl.load(p_iprev, mask=m_prev, other=0.0), b_i0)
+                b_ut = tl.load(p_u, mask=m, other=0.0)
+                g_ts += b_lt * b_dcs * (b_ut - b_iprev)
+                p_iprev -= M
+                p_u -= M
         tl.store(p_gc, b_gx, mask=m)
         tl.debug_barrier()  # lambda_I(t) visible to the whole program
-        b_rec = tile_matmul(gcur_ptr + tl.cast(t, tl.int64) * M, weight_ptr, N, 1, o_b, B, N,
-                            BLOCK_B, BLOCK_N, BLOCK_K)  # lambda_I(t) @ weight  # fmt: skip
+        if not PARAM_GRAD:  # lambda_I(t) @ weight, the spike adjoint of step t-1
+            b_rec = tile_matmul(gcur_ptr + tl.cast(t, tl.int64) * M, weight_ptr, N, 1, o_b, B,
+                                N, BLOCK_B, BLOCK_N, BLOCK_K)  # fmt: skip
         p_gc -= M
         if PARAM_GRAD:
             if READ_W:
@@ -148,7 +205,10 @@ def _recurrent_bwd_kernel(
         )  # fmt: skip
         b_vnew = b_vprev
         p_vprev -= M
-    if WRITE_GS0:
+    if WRITE_GS0:  # lambda_I(0) @ weight
+        if PARAM_GRAD:
+            b_rec = tile_matmul(gcur_ptr, weight_ptr, N, 1, o_b, B, N, BLOCK_B, BLOCK_N,
+                                BLOCK_K)  # fmt: skip
         tl.store(gs0_ptr + o_m, b_rec, mask=m)
     if WRITE_GSTATE0:
         tl.store(gstate0_ptr + o_m, b_lv, mask=m)
@@ -156,9 +216,14 @@ def _recurrent_bwd_kernel(
             tl.store(gstate0_ptr + M + o_m, b_lw, mask=m)
         if HAS_REF:  # the last-spike time carries no gradient
             tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m)
+        if HAS_SYN:
+            tl.store(gstate0_ptr + I_ROW * M + o_m, b_li, mask=m)
     if PARAM_GRAD:
         _store_param_grads(gpar_ptr, M, o_m, m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
                            g_vT, g_dT, g_a, g_b, PARAM_MASK)  # fmt: skip
+        if HAS_SYN:
+            if PARAM_MASK & 1024:  # row 10: tau_syn (zeroed by the launcher otherwise)
+                tl.store(gpar_ptr + 10 * M + o_m, g_ts, mask=m)
 
 
 class RecurrentBackwardOutputs(NamedTuple):
@@ -182,7 +247,11 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
                        ref_bits: torch.Tensor | None, state0: torch.Tensor,
                        weight: torch.Tensor, packed_params: torch.Tensor, spec, plan,
                        grad_spikes: torch.Tensor | None, grad_state: torch.Tensor | None,
-                       want_state0: bool, want_s0: bool) -> RecurrentBackwardOutputs:  # fmt: skip
+                       want_state0: bool, want_s0: bool, grad_v_seq: torch.Tensor | None = None,
+                       grad_w_seq: torch.Tensor | None = None, i_seq: torch.Tensor | None = None,
+                       u_seq: torch.Tensor | None = None,
+                       grad_i_seq: torch.Tensor | None = None,
+                       ) -> RecurrentBackwardOutputs:  # fmt: skip
     """Launch the recurrent backward scan.
 
     Args:
@@ -194,6 +263,11 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
         grad_spikes: contiguous ``[T, B, N]`` gradient of the spikes, or None where zero.
         grad_state: contiguous ``[C, B, N]`` gradient of the final state, or None.
         want_state0, want_s0: write the gradients of the initial state / spikes.
+        grad_v_seq, grad_w_seq: contiguous ``[T, B, N]`` gradients of the returned V and w
+            sequences (``return_states``), or None where zero.
+        i_seq, u_seq: the forward's stored synaptic current and total input
+            (``plan.read_i``: the tau_syn gradient), or None.
+        grad_i_seq: contiguous ``[T, B, N]`` gradient of the returned I sequence, or None.
 
     Returns:
         :class:`RecurrentBackwardOutputs`.
@@ -205,17 +279,29 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
     grad_s0 = torch.empty((B, N), dtype=torch.float32, device=device) if want_s0 else None
     grad_par = None
     if plan.param_grad:
-        # rows the kernel does not write are zero: those outside param_mask, and tau_syn's
-        # (a recurrent layer has no synapse)
+        # rows the kernel does not write are zero: those outside param_mask
         grad_par = torch.zeros((packed_params.shape[0], B, N), dtype=torch.float32, device=device)
     block_b, block_n, num_warps, programs = recurrent_config(B, N, device)
     _recurrent_bwd_kernel[(programs,)](
         vseq_ptr=v_seq, state0_ptr=state0, weight_ptr=weight, par_ptr=packed_params,
-        gspk_ptr=grad_spikes, gstate_ptr=grad_state, ref_ptr=ref_bits,
+        gspk_ptr=grad_spikes, gstate_ptr=grad_state, gvseq_ptr=grad_v_seq,
+        gwseq_ptr=grad_w_seq, ref_ptr=ref_bits,
         wseq_ptr=w_seq if plan.read_w else None, gpar_ptr=grad_par, gcur_ptr=grad_current,
         gstate0_ptr=grad_state0, gs0_ptr=grad_s0, T=T, B=B, N=N, **plan.bwd_args,
         HAS_GSPK=grad_spikes is not None, HAS_GSTATE=grad_state is not None,
+        HAS_GVSEQ=grad_v_seq is not None, HAS_GWSEQ=grad_w_seq is not None,
         WRITE_GSTATE0=want_state0, WRITE_GS0=want_s0,
+        **_synapse_args(plan, i_seq, u_seq, grad_i_seq),
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
     return RecurrentBackwardOutputs(grad_current, grad_state0, grad_s0, grad_par)
+
+
+def _synapse_args(plan, i_seq: torch.Tensor | None, u_seq: torch.Tensor | None,
+                  grad_i_seq: torch.Tensor | None) -> dict:  # fmt: skip
+    """The synapse's tensor arguments (its flags HAS_SYN and READ_I are the plan's
+    ``bwd_args``): none without a synapse."""
+    if not plan.bwd_args["HAS_SYN"]:
+        return {}
+    return dict(isq_ptr=i_seq if plan.read_i else None, usq_ptr=u_seq if plan.read_i else None,
+                gisq_ptr=grad_i_seq, HAS_GISEQ=grad_i_seq is not None)  # fmt: skip

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params
 from adex.kernels.recurrent_tile import tile_matmul, tile_offsets
-from adex.kernels.step import integrate_step, store_flag_bit
+from adex.kernels.step import integrate_step, store_flag_bit, synapse_step
 
 # Bytes per neuron-step (fp32 input): read x (4), write the spike (4), write V (4) when a
 # gradient is needed, as the feed-forward scan; nothing is saved for the recurrent part.
@@ -53,6 +53,10 @@ def _recurrent_fwd_kernel(
     HAS_REF: tl.constexpr,
     STORE_V: tl.constexpr, STORE_W: tl.constexpr, STORE_REF: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    isq_ptr=None,  # [T, B, N] out: fp32 synaptic current after each step (STORE_I), else None
+    usq_ptr=None,  # [T, B, N] out: fp32 total input x_t + s_{t-1} @ weight.T (STORE_U)
+    HAS_SYN: tl.constexpr = False,  # the synapse filters the total input (state row I)
+    STORE_I: tl.constexpr = False, STORE_U: tl.constexpr = False,
 ):  # fmt: skip
     M = tl.cast(B, tl.int64) * N  # elements per step
     o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
@@ -72,6 +76,14 @@ def _recurrent_fwd_kernel(
     b_tlast = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
     if HAS_REF:
         b_tlast = tl.load(state0_ptr + (1 + HAS_W) * M + o_m, mask=m, other=0.0)
+    if HAS_SYN:
+        b_i = tl.load(state0_ptr + (1 + HAS_W + HAS_REF) * M + o_m, mask=m, other=0.0)
+        b_ts = tl.load(par_ptr + 10 * tl.cast(N, tl.int64) + o_n, mask=m_n, other=1.0)
+        b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn), [BLOCK_N]
+    if STORE_I:
+        p_i = isq_ptr + o_m
+    if STORE_U:
+        p_u = usq_ptr + o_m
     p_x = x_ptr + o_m
     p_s = spk_ptr + o_m
     if STORE_V:
@@ -85,6 +97,15 @@ def _recurrent_fwd_kernel(
         b_x = tl.load(p_x, mask=m, other=0.0).to(tl.float32)
         # s_{t-1} @ weight.T: weight.T[k, n] = weight[n, k]
         b_x += tile_matmul(sbuf_ptr, weight_ptr, 1, N, o_b, B, N, BLOCK_B, BLOCK_N, BLOCK_K)
+        if HAS_SYN:  # the membrane reads I_t, the filtered total input
+            if STORE_U:
+                tl.store(p_u, b_x, mask=m)
+                p_u += M
+            b_i = synapse_step(b_i, b_x, b_cs[None, :])
+            b_x = b_i
+            if STORE_I:
+                tl.store(p_i, b_i, mask=m)
+                p_i += M
         b_t = tl.cast(k0 + i, tl.float32) * dt
         b_v, b_w, b_tlast, b_ref = integrate_step(
             b_v, b_w, b_tlast, b_x, b_t, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT,
@@ -111,6 +132,8 @@ def _recurrent_fwd_kernel(
         tl.store(state_ptr + M + o_m, b_w, mask=m)
     if HAS_REF:
         tl.store(state_ptr + (1 + HAS_W) * M + o_m, b_tlast, mask=m)
+    if HAS_SYN:
+        tl.store(state_ptr + (1 + HAS_W + HAS_REF) * M + o_m, b_i, mask=m)
 
 
 BLOCK_K = 32
@@ -127,6 +150,9 @@ class RecurrentForwardOutputs(NamedTuple):
         v_seq: ``[T, B, N]`` fp32 stored (pre-reset) V of every step (``plan.store_v``).
         w_seq: ``[T, B, N]`` fp32 w of every step (``plan.store_w``).
         ref_bits: ``[cdiv(T, 8), B, N]`` uint8 refractory flags (``plan.store_ref``).
+        i_seq: ``[T, B, N]`` fp32 synaptic current I of every step (``plan.store_i``).
+        u_seq: ``[T, B, N]`` fp32 total input ``x_t + s_{t-1} @ weight.T`` of every step,
+            which the synapse filters (``plan.read_i``: the tau_syn gradient reads it).
     """
 
     spikes: torch.Tensor
@@ -134,6 +160,8 @@ class RecurrentForwardOutputs(NamedTuple):
     v_seq: torch.Tensor | None
     w_seq: torch.Tensor | None
     ref_bits: torch.Tensor | None
+    i_seq: torch.Tensor | None = None
+    u_seq: torch.Tensor | None = None
 
 
 def recurrent_config(batch: int, n: int, device: torch.device) -> tuple[int, int, int, int]:
@@ -173,6 +201,8 @@ def recurrent_scan_fwd(x: torch.Tensor, state0: torch.Tensor, s0: torch.Tensor,
     state = torch.empty_like(state0)
     v_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_v else None
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_w else None
+    i_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_i else None
+    u_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.read_i else None
     ref_bits = None
     if plan.store_ref:
         ref_bits = torch.empty(((T + 7) // 8, B, N), dtype=torch.uint8, device=device)
@@ -185,7 +215,16 @@ def recurrent_scan_fwd(x: torch.Tensor, state0: torch.Tensor, s0: torch.Tensor,
         T=T, B=B, N=N, dt=scalars["dt"], ceiling=scalars["ceiling"], k0=t0_step,
         tau_ref=scalars["tau_ref"], HARD_RESET=flags["HARD_RESET"], HAS_W=flags["HAS_W"],
         HAS_EXP=flags["HAS_EXP"], HAS_REF=flags["HAS_REF"], STORE_V=flags["STORE_V"],
-        STORE_W=flags["STORE_W"], STORE_REF=flags["STORE_REF"],
+        STORE_W=flags["STORE_W"], STORE_REF=flags["STORE_REF"], **_synapse_args(flags, i_seq, u_seq),
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=min(block_n, BLOCK_K), num_warps=num_warps,
     )  # fmt: skip
-    return RecurrentForwardOutputs(spikes, state, v_seq, w_seq, ref_bits)
+    return RecurrentForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, i_seq, u_seq)
+
+
+def _synapse_args(flags: dict, i_seq: torch.Tensor | None, u_seq: torch.Tensor | None) -> dict:
+    """The synapse's launch arguments: none without a synapse (the launch is then the
+    same as before the synapse existed)."""
+    if not flags["HAS_SYN"]:
+        return {}
+    return dict(isq_ptr=i_seq, usq_ptr=u_seq, HAS_SYN=True, STORE_I=i_seq is not None,
+                STORE_U=u_seq is not None)  # fmt: skip
