@@ -51,7 +51,8 @@ class Recurrent(nn.Module):
     ``backend='reference'`` is the literal step loop over the reference step (the CPU path,
     float64 included). ``return_states`` returns the per-step V and w too, and the neuron's
     ``checkpoint_every`` runs the scan in checkpointed segments on either backend
-    (:meth:`forward`). The input is time-first (a ``batch_first`` neuron is refused).
+    (:meth:`forward`). The input is time-first ``[T, batch, N]``, or ``[batch, T, N]``
+    when the neuron has ``batch_first=True`` (the outputs then batch-first too).
 
     Args:
         neuron: the wrapped model (its ``in_size`` must be one int N).
@@ -77,11 +78,6 @@ class Recurrent(nn.Module):
         if len(neuron.in_size) != 1:
             raise ValueError(
                 f"Recurrent needs a neuron with a 1-D in_size N, got in_size {neuron.in_size}"
-            )
-        if neuron._batch_first:
-            raise ValueError(
-                "Recurrent takes time-first input [T, batch, N]: wrap a neuron with "
-                "batch_first=False (transpose batch-first data before the call)"
             )
         self.neuron = neuron
         n = neuron.in_size[0]
@@ -166,7 +162,7 @@ class Recurrent(nn.Module):
         nrn = self.neuron
         state = nrn._require_state(x.dtype if isinstance(x, Tensor) else torch.float32)
         x = nrn._input(x, tuple(state.shape[1:]), state.device, ())
-        return self(x.unsqueeze(0))[0]
+        return self._scan(x.unsqueeze(0), False)[0]
 
     def forward(
         self, x_seq: Any, return_states: bool = False
@@ -182,7 +178,20 @@ class Recurrent(nn.Module):
         With the neuron's ``checkpoint_every = K`` (and a gradient enabled) the scan runs in
         segments of K steps under ``torch.utils.checkpoint``: the forward keeps each
         segment's carried spikes and state only, the backward reruns a segment (one fused
-        forward on the fused backend) before its adjoint; not with ``return_states``."""
+        forward on the fused backend) before its adjoint; not with ``return_states``.
+
+        With a ``batch_first`` neuron (and a batch) ``x_seq`` is ``[batch, T, N]`` and every
+        returned sequence ``[batch, T, N]`` (transposed views)."""
+        batch_first = self.neuron._batch_first and isinstance(x_seq, Tensor) and x_seq.dim() == 3
+        if not batch_first:
+            return self._scan(x_seq, return_states)
+        out = self._scan(x_seq.transpose(0, 1), return_states)
+        if isinstance(out, Tensor):
+            return out.transpose(0, 1)
+        return type(out)(*(None if t is None else t.transpose(0, 1) for t in out))
+
+    def _scan(self, x_seq: Any, return_states: bool) -> Tensor | StateSequence | SynStateSequence:
+        """:meth:`forward` on time-first ``x_seq`` ``[T, *state_shape]``."""
         nrn = self.neuron
         spec = nrn._spec
         if return_states:  # the neuron's cached spec (None in checkpoint mode: raises)

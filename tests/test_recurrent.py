@@ -337,6 +337,33 @@ def test_reference_backend_on_cpu_float64():
     assert_spiky(out)
 
 
+def test_batch_first_neuron():
+    """A batch_first neuron: [batch, T, N] in and out, equal to the time-first layer on the
+    transposed input (spikes, per-step states and gradients)."""
+    T, batch, n = 24, 3, 7
+    layer = make_layer("AdExIF", n)
+    twin = copy.deepcopy(layer)
+    twin.neuron.batch_first = True
+    x = make_x("AdExIF", T, batch, n)
+    x_tf, x_bf = x.clone().requires_grad_(), x.transpose(0, 1).clone().requires_grad_()
+    layer.init_state(batch)
+    twin.init_state(batch)
+    out_tf = layer(x_tf, return_states=True)
+    out_bf = twin(x_bf, return_states=True)
+    assert out_bf.spikes.shape == (batch, T, n)
+    assert out_tf.spikes.sum() > 0
+    for a, b in zip(out_tf, out_bf, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b.transpose(0, 1), a, rtol=0, atol=0)
+    g = torch.randn(T, batch, n, generator=torch.Generator().manual_seed(5))
+    (out_tf.V * g).sum().backward()
+    (out_bf.V * g.transpose(0, 1)).sum().backward()
+    torch.testing.assert_close(x_bf.grad.transpose(0, 1), x_tf.grad, rtol=0, atol=0)
+    torch.testing.assert_close(twin.weight.grad, layer.weight.grad, rtol=0, atol=0)
+    assert twin.update(x[0]).shape == (batch, n)  # one step: [batch, N], no time axis
+
+
 def test_default_init_scale():
     n = 64
     layer = adex.Recurrent(adex.LIF(n), init_scale=2.0 * adex.u.mA)
@@ -349,8 +376,6 @@ def test_default_init_scale():
 def test_bad_input():
     with pytest.raises(ValueError, match="1-D in_size"):
         adex.Recurrent(adex.AdExIF((2, 3)))
-    with pytest.raises(ValueError, match="batch_first=False"):
-        adex.Recurrent(adex.AdExIF(3, batch_first=True))
     with pytest.raises(TypeError, match="adex model"):
         adex.Recurrent(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match=r"\[N, N\] = \[3, 3\]"):
