@@ -167,9 +167,10 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
         params = params()
     if backend == "triton" and state0.dtype != torch.float32:
         state0 = state0.to(torch.float32)
-    extra = {} if lengths is None else {"lengths": lengths}
+    if lengths is None:
+        return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed)
     return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
-                                  **extra)  # fmt: skip
+                                  lengths=lengths)  # fmt: skip
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)

@@ -1,8 +1,15 @@
-"""Launch configuration shared by the forward and backward scans."""
+"""Launch configuration shared by the forward and backward scans.
+
+The launchers call ``kernel.run(grid=grid, warmup=False, **kwargs)``, which is what
+``kernel[grid](**kwargs)`` does: ``KernelInterface.__getitem__`` returns a lambda that calls
+it (Triton's protocol in 3.6 and 3.9, the interpreter's too); calling ``run`` saves the
+lambda and its copy of the keyword arguments. The arguments a plan fixes are computed once
+per plan, less those equal to the kernel's defaults (:func:`without_defaults`)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 
 import torch
@@ -76,3 +83,22 @@ def _gpu_config(n_elements: int, block: int, min_programs: int) -> tuple[int, in
 def _interpreter_config(n_elements: int) -> tuple[int, int, int]:
     block = min(1024, triton.next_power_of_2(max(n_elements, 16)))
     return block, 4, -(-n_elements // block)
+
+
+
+def without_defaults(kernel, kwargs: dict) -> dict:
+    """``kwargs`` less the entries that equal the kernel's own defaults (the launch binds
+    those itself, to the same values: the compiled kernel is the same); for the arguments
+    that a spec and plan fix, computed once per plan (``Plan.launch``)."""
+    defaults = _DEFAULTS.get(id(kernel))
+    if defaults is None:  # the kernels are module-level objects: their ids stay theirs
+        params = inspect.signature(kernel.fn).parameters.values()
+        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        _DEFAULTS[id(kernel)] = defaults
+    return {
+        k: v for k, v in kwargs.items()
+        if k not in defaults or type(v) is not type(defaults[k]) or v != defaults[k]
+    }  # fmt: skip
+
+
+_DEFAULTS: dict[int, dict] = {}

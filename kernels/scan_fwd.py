@@ -9,7 +9,12 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params, spike
-from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
+from adex.kernels.launch import (
+    FP_FUSION,
+    block_config,
+    pipeline_stages,
+    without_defaults,
+)
 from adex.kernels.step import integrate_spiked, store_flag_bit, synapse_step
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
@@ -218,15 +223,28 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     if K:
         checkpoints = torch.empty((-(-T // K), C, *S), dtype=torch.float32, device=device)
     block, num_warps, programs = block_config(M, device)
-    scalars = spec.kernel_scalars
-    _adex_scan_fwd_kernel[(programs,)](
-        x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes, state_ptr=state,
-        vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits, ckpt_ptr=checkpoints, isq_ptr=i_seq,
-        len_ptr=lengths, SPS=1 if lengths is None else M // lengths.shape[0],
-        HAS_LEN=lengths is not None,
-        T=T, M=M, N=packed_params.shape[1], dt=scalars["dt"], ceiling=scalars["ceiling"],
-        k0=t0_step, tau_ref=scalars["tau_ref"], K=max(K, 1), **plan.fwd_flags,
-        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
-        enable_fp_fusion=FP_FUSION,
-    )  # fmt: skip
+    extra = {} if i_seq is None else {"isq_ptr": i_seq}  # optional: the kernel's defaults
+    if lengths is not None:
+        extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    _adex_scan_fwd_kernel.run(
+        grid=(programs,), warmup=False, x_ptr=x, state0_ptr=state0, par_ptr=packed_params,
+        spk_ptr=spikes, state_ptr=state, vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits,
+        ckpt_ptr=checkpoints, T=T, M=M, N=packed_params.shape[1], k0=t0_step,
+        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps, **extra,
+        **_plan_args(spec, plan),
+    )  # fmt: skip  (kernel[grid](...) without its proxy lambda: see adex.kernels.launch)
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)
+
+
+def _plan_args(spec, plan) -> dict:
+    """The forward kernel's arguments that the spec and plan fix (scalars, constexpr flags,
+    launch options), less the kernel's defaults; computed once per plan."""
+    args = plan.launch.get("scan_fwd")
+    if args is None:
+        scalars = spec.kernel_scalars
+        args = without_defaults(_adex_scan_fwd_kernel, dict(
+            dt=scalars["dt"], ceiling=scalars["ceiling"], tau_ref=scalars["tau_ref"],
+            K=max(plan.checkpoint_every, 1), **plan.fwd_flags, enable_fp_fusion=FP_FUSION,
+        ))  # fmt: skip
+        plan.launch["scan_fwd"] = args
+    return args
