@@ -85,7 +85,6 @@ def _interpreter_config(n_elements: int) -> tuple[int, int, int]:
     return block, 4, -(-n_elements // block)
 
 
-
 def without_defaults(kernel, kwargs: dict) -> dict:
     """``kwargs`` less the entries that equal the kernel's own defaults (the launch binds
     those itself, to the same values: the compiled kernel is the same); for the arguments

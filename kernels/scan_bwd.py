@@ -481,6 +481,7 @@ def adex_scan_bwd(
         extra.update(gisq_ptr=grad_i_seq, HAS_GISEQ=True)
     if lengths is not None:
         extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
     _adex_scan_bwd_kernel.run(
         grid=(programs,), warmup=False, vseq_ptr=v_seq, state0_ptr=state0,
         par_ptr=packed_params, gspk_ptr=grad_spikes, gvseq_ptr=grad_v_seq,
@@ -492,7 +493,7 @@ def adex_scan_bwd(
         HAS_GWSEQ=grad_w_seq is not None, HAS_GSTATE=grad_state is not None,
         WRITE_GX=want_x, WRITE_GSTATE0=want_state0, NUM_STAGES=pipeline_stages(device),
         BLOCK=block, num_warps=num_warps, **extra, **_plan_args(plan),
-    )  # fmt: skip  (kernel[grid](...) without its proxy lambda: see adex.kernels.launch)
+    )  # fmt: skip
     return BackwardOutputs(grad_x, grad_state0, grad_par)
 
 

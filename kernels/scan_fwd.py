@@ -226,13 +226,14 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     extra = {} if i_seq is None else {"isq_ptr": i_seq}  # optional: the kernel's defaults
     if lengths is not None:
         extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
     _adex_scan_fwd_kernel.run(
         grid=(programs,), warmup=False, x_ptr=x, state0_ptr=state0, par_ptr=packed_params,
         spk_ptr=spikes, state_ptr=state, vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits,
         ckpt_ptr=checkpoints, T=T, M=M, N=packed_params.shape[1], k0=t0_step,
         NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps, **extra,
         **_plan_args(spec, plan),
-    )  # fmt: skip  (kernel[grid](...) without its proxy lambda: see adex.kernels.launch)
+    )  # fmt: skip
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)
 
 
