@@ -57,8 +57,11 @@ def fused_scan(
     grad_on = torch.is_grad_enabled()
     if not grad_on and not through_ops:
         # no gradient: the launcher itself (autograd's bookkeeping costs more than a short scan)
-        out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step,
-                            **_with_lengths(lengths))  # fmt: skip
+        if lengths is None:
+            out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step)
+        else:
+            out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step,
+                                lengths=lengths)  # fmt: skip
         if not spec.return_states:
             return ScanOutput(out.spikes, out.state, None, None, None)
         return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)

@@ -635,16 +635,16 @@ class SpikingNeuron(ParamAttributes):
         # learnable parameters: an optimizer step may have broken a constraint (violations)
         packed, violations = self._packed_for_call()
         params = self._live_params if self.learnable else self._params_cache
-        if self._rt.packed_device != device:  # state and layer on different devices: packed
+        rt = self._rt
+        if rt.packed_device != device:  # state and layer on different devices: packed
             packed = None  # from the parameters per call
         try:
-            out = run_scan(x, state, params, spec, t0_step=self._rt.t_step if self.has_ref else 0,
+            out = run_scan(x, state, params, spec, t0_step=rt.t_step if self.has_ref else 0,
                            packed=packed,
                            check_state=not trusted, extra_check=violations,
                            lengths=lengths)  # fmt: skip
         except ExtraCheckError:
             self._raise_invalid_params()
-        rt = self._rt
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
             rows = [out.v_seq[-1]] + ([out.w_seq[-1]] if self.has_w else [])
             rows += [out.state[r] for r in (self._spec.t_row, self._spec.i_row) if r is not None]

@@ -48,7 +48,18 @@ default. A module-level setting so that benchmarks can sweep it (``roofline.py``
 
 def pipeline_stages(device: torch.device) -> int | None:
     """``num_stages`` for the per-step loops on ``device`` (None under the interpreter)."""
-    return GPU_STAGES if device.type == "cuda" else None
+    return GPU_STAGES if _on_gpu(device) else None
+
+
+def _on_gpu(device: torch.device) -> bool:
+    """``device.type == "cuda"``, cached per device (reading ``type`` builds a string)."""
+    gpu = _GPU_DEVICES.get(device)
+    if gpu is None:
+        gpu = _GPU_DEVICES[device] = device.type == "cuda"
+    return gpu
+
+
+_GPU_DEVICES: dict[torch.device, bool] = {}
 
 
 def block_config(n_elements: int, device: torch.device) -> tuple[int, int, int]:
@@ -59,7 +70,7 @@ def block_config(n_elements: int, device: torch.device) -> tuple[int, int, int]:
     (down to 64 neurons, 1 warp). Under the interpreter every program costs a Python loop
     over T, so blocks are as wide as possible (up to 1024).
     """
-    if device.type == "cuda":
+    if _on_gpu(device):
         sms = _multiprocessors(device.index) if GPU_MIN_PROGRAMS_PER_SM else 0
         return _gpu_config(n_elements, GPU_BLOCK, GPU_MIN_PROGRAMS_PER_SM * sms)
     return _interpreter_config(n_elements)

@@ -210,7 +210,8 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     M = x.numel() // T if T else 0
     device = x.device
     C = state0.shape[0]
-    spikes = torch.empty_like(x, dtype=x.dtype if spec.spike_dtype is None else spec.spike_dtype)
+    spike_dtype = spec.spike_dtype  # (None: x's; empty_like without a dtype costs less)
+    spikes = torch.empty_like(x) if spike_dtype is None else torch.empty_like(x, dtype=spike_dtype)
     state = torch.empty_like(state0)  # fp32 [C, *S], contiguous
     v_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_v else None
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_w else None
