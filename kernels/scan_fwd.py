@@ -240,13 +240,15 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
 
 def _plan_args(spec, plan) -> dict:
     """The forward kernel's arguments that the spec and plan fix (scalars, constexpr flags,
-    launch options), less the kernel's defaults; computed once per plan."""
-    args = plan.launch.get("scan_fwd")
-    if args is None:
-        scalars = spec.kernel_scalars
-        args = without_defaults(_adex_scan_fwd_kernel, dict(
-            dt=scalars["dt"], ceiling=scalars["ceiling"], tau_ref=scalars["tau_ref"],
-            K=max(plan.checkpoint_every, 1), **plan.fwd_flags, enable_fp_fusion=FP_FUSION,
-        ))  # fmt: skip
-        plan.launch["scan_fwd"] = args
+    launch options), less the kernel's defaults; computed once per plan (again if the plan
+    comes with another spec than its own)."""
+    cached = plan.launch.get("scan_fwd")
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    scalars = spec.kernel_scalars
+    args = without_defaults(_adex_scan_fwd_kernel, dict(
+        dt=scalars["dt"], ceiling=scalars["ceiling"], tau_ref=scalars["tau_ref"],
+        K=max(plan.checkpoint_every, 1), **plan.fwd_flags, enable_fp_fusion=FP_FUSION,
+    ))  # fmt: skip
+    plan.launch["scan_fwd"] = (spec, args)
     return args
