@@ -499,11 +499,13 @@ def adex_scan_bwd(
 
 def _plan_args(plan) -> dict:
     """The backward kernel's arguments that the plan fixes (scalars, constexpr flags, launch
-    options), less the kernel's defaults; computed once per plan."""
-    args = plan.launch.get("scan_bwd")
-    if args is None:
-        args = without_defaults(
-            _adex_scan_bwd_kernel, dict(plan.bwd_args, enable_fp_fusion=FP_FUSION)
-        )
-        plan.launch["scan_bwd"] = args
+    options), less the kernel's defaults; computed once per plan (again for other
+    arguments)."""
+    cache = plan.launch
+    cached = None if cache is None else cache.get("scan_bwd")
+    if cached is not None and cached[0] is plan.bwd_args:
+        return cached[1]
+    args = without_defaults(_adex_scan_bwd_kernel, dict(plan.bwd_args, enable_fp_fusion=FP_FUSION))
+    if cache is not None:
+        cache["scan_bwd"] = (plan.bwd_args, args)
     return args

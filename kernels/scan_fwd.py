@@ -240,15 +240,17 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
 
 def _plan_args(spec, plan) -> dict:
     """The forward kernel's arguments that the spec and plan fix (scalars, constexpr flags,
-    launch options), less the kernel's defaults; computed once per plan (again if the plan
-    comes with another spec than its own)."""
-    cached = plan.launch.get("scan_fwd")
-    if cached is not None and cached[0] is spec:
-        return cached[1]
+    launch options), less the kernel's defaults; computed once per plan (again for a plan
+    that comes with another spec than its own, or with other flags)."""
+    cache = plan.launch
+    cached = None if cache is None else cache.get("scan_fwd")
+    if cached is not None and cached[0] is spec and cached[1] is plan.fwd_flags:
+        return cached[2]
     scalars = spec.kernel_scalars
     args = without_defaults(_adex_scan_fwd_kernel, dict(
         dt=scalars["dt"], ceiling=scalars["ceiling"], tau_ref=scalars["tau_ref"],
         K=max(plan.checkpoint_every, 1), **plan.fwd_flags, enable_fp_fusion=FP_FUSION,
     ))  # fmt: skip
-    plan.launch["scan_fwd"] = (spec, args)
+    if cache is not None:  # (K follows the flags: CHECKPOINT is one of them)
+        cache["scan_fwd"] = (spec, plan.fwd_flags, args)
     return args
