@@ -167,10 +167,11 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
         params = params()
     if backend == "triton" and state0.dtype != torch.float32:
         state0 = state0.to(torch.float32)
-    extra = {} if lengths is None else {"lengths": lengths}
+    if lengths is None:
+        return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed)
     out = SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
-                                 **extra)  # fmt: skip
-    if lengths is not None and spec.has_ref:
+                                 lengths=lengths)  # fmt: skip
+    if spec.has_ref:
         out = out._replace(state=shift_held_clock(out.state, lengths, x.shape[0], spec))
     return out
 
@@ -262,10 +263,11 @@ def _check_finite(x: Tensor, state0: Tensor, spec: ScanSpec, check_state: bool,
     when every element is (or it overflowed: the exact test then runs and names the
     failing tensor, or finds none and passes)."""
     total = None
-    if spec.check_finite:
-        total = x.detach().sum(dtype=torch.float32)
+    if spec.check_finite:  # (detached only where a graph would be recorded: detach costs)
+        total = (x.detach() if x.requires_grad else x).sum(dtype=torch.float32)
         if check_state:
-            total = total + state0.detach().sum(dtype=torch.float32)
+            state0 = state0.detach() if state0.requires_grad else state0
+            total = total + state0.sum(dtype=torch.float32)
     if extra is not None:  # finite, or NaN or inf where the extra check failed
         total = extra if total is None else total + extra
     if math.isfinite(total.item()):

@@ -10,6 +10,8 @@ Both autograd paths save the same tensors and run the same :func:`fused_backward
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -51,14 +53,25 @@ def fused_scan(
         layer_packed, learnable, packed = packed, packed.learnable, packed.values
     x = x.contiguous()
     state0 = state0.contiguous()
+    through_ops = _through_ops()
     grad_on = torch.is_grad_enabled()
+    if not grad_on and not through_ops:
+        # no gradient: the launcher itself (autograd's bookkeeping costs more than a short scan)
+        if lengths is None:
+            out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step)
+        else:
+            out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step,
+                                lengths=lengths)  # fmt: skip
+        if not spec.return_states:
+            return ScanOutput(out.spikes, out.state, None, None, None)
+        return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
     if learnable:
         param_grad = grad_on and any(p.requires_grad for p in learnable)
     else:
         param_grad = grad_on and packed.requires_grad
     needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
     plan = spec.plan(needs_grad, param_grad)
-    if _through_ops():
+    if through_ops:
         values = layer_packed.differentiable() if learnable else packed
         out = torch.ops.adex.scan_fwd(x, state0, values, spec.key, needs_grad, param_grad,
                                       t0_step, lengths)  # fmt: skip
@@ -67,15 +80,15 @@ def fused_scan(
                           out[3] if states and spec.has_w else None,
                           out[6] if states and spec.has_syn else None)  # fmt: skip
     if needs_grad:
-        spikes, state, v_seq, w_seq, i_seq = FusedScan.apply(
-            x, state0, packed, spec, (plan, lengths), t0_step, layer_packed, *learnable
-        )
-    else:  # the launcher itself: autograd's bookkeeping costs more than a short scan
-        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, **_with_lengths(lengths))
-        spikes, state, v_seq, w_seq, i_seq = (*out[:4], out.i_seq)
+        call = _Call(spec, plan, lengths, t0_step, layer_packed, x.dtype, x.shape[0])
+        out = FusedScan.apply(x, state0, packed, call, *learnable)
+        if not spec.return_states:
+            return ScanOutput(out[0], out[1], None, None, None)
+        return ScanOutput(*out)
+    out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, **_with_lengths(lengths))
     if not spec.return_states:
-        v_seq = w_seq = i_seq = None
-    return ScanOutput(spikes, state, v_seq, w_seq, i_seq)
+        return ScanOutput(out.spikes, out.state, None, None, None)
+    return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
 
 
 def _with_lengths(lengths: Tensor | None) -> dict:
@@ -90,46 +103,59 @@ def _through_ops() -> bool:
     return torch.compiler.is_compiling()
 
 
+class _Call(NamedTuple):
+    """What a :class:`FusedScan` call carries besides its tensors (one argument, so that
+    autograd's per-argument work is done once)."""
+
+    spec: ScanSpec
+    plan: Plan
+    lengths: Tensor | None  # [S[0]] int32 sample lengths, or None
+    t0_step: int
+    layer_packed: PackedParams | None
+    x_dtype: torch.dtype
+    T: int
+
+
 class FusedScan(torch.autograd.Function):
     """The eager autograd node of the fused scan: forward and backward launchers, no
-    custom-op dispatch. Inputs ``(x, state0, packed, spec, (plan, lengths), t0_step,
-    layer_packed, *learnable)`` (``lengths``: the ``[S[0]]`` int32 sample lengths, or
-    None): ``packed`` ``[10, N]`` (differentiable for functional callers), or a
-    layer's ``PackedParams`` as ``layer_packed`` with its learnable tensors after it, which
-    receive their gradients directly. Outputs ``(spikes, state, v_seq or None, w_seq or
-    None, i_seq or None)``."""
+    custom-op dispatch. Inputs ``(x, state0, packed, call, *learnable)`` (``call``: a
+    :class:`_Call`): ``packed`` ``[N_PARAMS, N]`` (differentiable for functional callers),
+    or a layer's ``PackedParams`` as ``call.layer_packed`` with its learnable tensors after
+    ``call``, which receive their gradients directly. Outputs ``(spikes, state)``, and with
+    ``spec.return_states`` also ``(v_seq, w_seq or None, i_seq or None)``."""
 
     @staticmethod
-    def forward(ctx, x, state0, packed, spec: ScanSpec, plan_lengths: tuple, t0_step: int,
-                layer_packed: PackedParams | None, *learnable):  # fmt: skip
-        plan, lengths = plan_lengths  # the plan and the sample lengths (or None)
-        out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, **_with_lengths(lengths))
-        ctx.lengths = lengths
+    def forward(ctx, x, state0, packed, call: _Call, *learnable):
+        spec, plan = call.spec, call.plan
+        out = adex_scan_fwd(x, state0, packed, spec, plan, call.t0_step,
+                            **_with_lengths(call.lengths))  # fmt: skip
         ctx.set_materialize_grads(False)
-        ctx.spec, ctx.plan, ctx.t0_step = spec, plan, t0_step
-        ctx.x_dtype, ctx.T, ctx.layer_packed = x.dtype, x.shape[0], layer_packed
+        ctx.call = call
         ctx.save_for_backward(state0, packed, out.v_seq, out.w_seq, out.ref_bits,
                               out.checkpoints, x if plan.checkpoint_every or plan.read_i else None,
                               out.i_seq)  # fmt: skip
-        return out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq
+        if spec.return_states:
+            return out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq
+        return out.spikes, out.state
 
     @staticmethod
-    def backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq=None):
+    def backward(ctx, g_spikes, g_state, g_v_seq=None, g_w_seq=None, g_i_seq=None):
         state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq = ctx.saved_tensors
         saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x, i_seq)
         needs = ctx.needs_input_grad
-        layer_packed = ctx.layer_packed
-        learn_grad = layer_packed is not None and any(needs[7:])
+        call = ctx.call
+        layer_packed = call.layer_packed
+        learn_grad = layer_packed is not None and any(needs[4:])
         out_grads = (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq)
         grad_x, grad_state0, grad_elements = fused_backward(
-            ctx.spec, ctx.plan, saved, packed, (needs[0], needs[1], needs[2] or learn_grad),
-            ctx.x_dtype, ctx.T, ctx.t0_step, out_grads, adex_scan_bwd, ctx.lengths,
+            call.spec, call.plan, saved, packed, (needs[0], needs[1], needs[2] or learn_grad),
+            call.x_dtype, call.T, call.t0_step, out_grads, adex_scan_bwd, call.lengths,
         )  # fmt: skip
         grad_packed = per_neuron(grad_elements, packed.shape[1]) if needs[2] else None
-        grads = (grad_x, grad_state0, grad_packed, None, None, None, None)
+        grads = (grad_x, grad_state0, grad_packed, None)
         if layer_packed is not None:
-            learn = layer_packed.grads(grad_elements) if learn_grad else (None,) * len(needs[7:])
-            grads += tuple(g if need else None for g, need in zip(learn, needs[7:], strict=True))
+            learn = layer_packed.grads(grad_elements) if learn_grad else (None,) * len(needs[4:])
+            grads += tuple(g if need else None for g, need in zip(learn, needs[4:], strict=True))
         return grads
 
 

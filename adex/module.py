@@ -628,16 +628,18 @@ class SpikingNeuron(ParamAttributes):
                 f"x is on {device} but the state is on {state.device}; call .to() on the "
                 "layer or init_state(device=...)"
             )
+        compiling = torch.compiler.is_compiling()
         spec = self._spec if not return_states else self._spec_states
         if spec is None:
             spec = self._spec.with_return_states(True)  # raises: checkpoint mode
         # learnable parameters: an optimizer step may have broken a constraint (violations)
         packed, violations = self._packed_for_call()
         params = self._live_params if self.learnable else self._params_cache
-        if self._rt.packed_device != device:  # state and layer on different devices: packed
+        rt = self._rt
+        if rt.packed_device != device:  # state and layer on different devices: packed
             packed = None  # from the parameters per call
         try:
-            out = run_scan(x, state, params, spec, t0_step=self._rt.t_step if self.has_ref else 0,
+            out = run_scan(x, state, params, spec, t0_step=rt.t_step if self.has_ref else 0,
                            packed=packed,
                            check_state=not trusted, extra_check=violations,
                            lengths=lengths)  # fmt: skip
@@ -646,14 +648,17 @@ class SpikingNeuron(ParamAttributes):
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
             rows = [out.v_seq[-1]] + ([out.w_seq[-1]] if self.has_w else [])
             rows += [out.state[r] for r in (self._spec.t_row, self._spec.i_row) if r is not None]
-            self._rt.state, self._rt.loose = None, rows
+            rt.state, rt.loose = None, rows
+            rt.trusted = None if compiling else self._state_versions()
         else:
-            self._rt.state, self._rt.loose = out.state, None
-        self._rt.trusted = None if torch.compiler.is_compiling() else self._state_versions()
+            state = rt.state = out.state
+            rt.loose = None
+            # (the versions of the new block, as _state_versions reads them)
+            rt.trusted = None if compiling or state.is_inference() else (state._version,)
         # the step counter; models without tau_ref never read it, and do not touch it while
         # torch.compile traces (an int attribute would be guarded on: a recompile per call)
-        if self.has_ref or not torch.compiler.is_compiling():
-            self._rt.t_step += x.shape[0]
+        if self.has_ref or not compiling:
+            rt.t_step += x.shape[0]
         return out
 
     def _raise_invalid_params(self) -> None:

@@ -264,7 +264,7 @@ def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
     few small ops, without a host sync."""
     # log(v) is finite exactly when 0 < v < inf (positive rows); log(0 * v + 1) exactly when
     # v is finite (the others)
-    total = torch.addcmul(checks.offset, rows, checks.scale).log().sum()
+    total = torch.addcmul(checks.offset, rows, checks.scale).log_().sum()
     if checks.ordered:
         r = PACKED_ROWS
         total = total + (values[r["V_th"]] - values[r["V_reset"]]).log().sum()

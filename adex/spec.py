@@ -63,6 +63,9 @@ class Plan(NamedTuple):
     incoming gradients (which are present only per call)."""
     store_i: bool = False
     read_i: bool = False
+    launch: dict | None = None
+    """The launchers' own cache of the kernel arguments that this plan fixes (filled at the
+    first launch; see ``adex.kernels.launch.without_defaults``)."""
 
 
 class ScanOutput(NamedTuple):
@@ -218,7 +221,7 @@ class ScanSpec:
         fwd_flags["STORE_I"] = store_i
         bwd_args["READ_I"] = read_i
         return Plan(needs_grad, param_grad, store_v, store_w, read_w, store_ref, ckpt,
-                    fwd_flags, bwd_args, store_i, read_i)  # fmt: skip
+                    fwd_flags, bwd_args, store_i, read_i, {})  # fmt: skip
 
     def _validate(self) -> None:
         if self.spk_reset not in RESETS:

@@ -32,12 +32,13 @@ uninitialized, possibly NaN), which sets what each row times:
 
 Each figure is the median over ``--rounds`` rounds of ``--calls`` calls (per-call mean per
 round) after one warm-up round, the cases interleaved within each round; one thread
-(``torch.set_num_threads(1)``), ``time.perf_counter``. Then the ratios against the targets
+(``torch.set_num_threads(1)``), ``time.perf_counter`` (``--cpu-time``: ``time.process_time``,
+this process's CPU time, for a machine that other jobs load). Then the ratios against the targets
 (training <= 2x the baseline, ``init_state`` <= 30 us, no-grad forward <= 1.5x the bare custom
 op) with PASS/FAIL for both ``check_finite`` settings.
 
     python benchmarks/host_overhead.py [--rounds 7] [--calls 300] [--batch 4] [--neurons 16]
-        [--steps 8] [--update-batch 64] [--update-neurons 1024] [--json PATH]
+        [--steps 8] [--update-batch 64] [--update-neurons 1024] [--json PATH] [--cpu-time]
 """
 
 from __future__ import annotations
@@ -149,8 +150,11 @@ def build_cases(args) -> dict[str, tuple[Callable[[], object], bool]]:
     return cases
 
 
-def time_cases(cases, rounds: int, calls: int) -> tuple[dict[str, float], dict[str, int]]:
-    """Median us per call of each case, and the Triton launches one call makes."""
+def time_cases(cases, rounds: int, calls: int,
+               clock: Callable[[], float] = time.perf_counter,
+               ) -> tuple[dict[str, float], dict[str, int]]:  # fmt: skip
+    """Median us per call of each case (timed by ``clock``), and the Triton launches one call
+    makes."""
     import torch
 
     launches = {}
@@ -163,10 +167,10 @@ def time_cases(cases, rounds: int, calls: int) -> tuple[dict[str, float], dict[s
     for r in range(rounds + 1):  # round 0 warms up
         for key, (fn, grad) in cases.items():
             with torch.set_grad_enabled(grad):
-                start = time.perf_counter()
+                start = clock()
                 for _ in range(calls):
                     fn()
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
             if r:
                 samples[key].append(elapsed / calls * 1e6)
     return {key: statistics.median(v) for key, v in samples.items()}, launches
@@ -182,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-batch", type=int, default=64)
     ap.add_argument("--update-neurons", type=int, default=1024)
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with this process's CPU time (time.process_time) instead of "
+                         "the wall clock: on a machine that other jobs load, the time this "
+                         "process waits for a core is then left out")  # fmt: skip
     args = ap.parse_args(argv)
 
     stub_triton_launches()
@@ -190,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cases = build_cases(args)
-    us, launches = time_cases(cases, args.rounds, args.calls)
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    us, launches = time_cases(cases, args.rounds, args.calls, clock)
     if launches["update_T1"] < 1 or launches["train_fixed_cfFalse"] < 2:
         raise RuntimeError(f"the stub saw no Triton launches ({launches}): is adex on Triton?")
     # the forward on an assigned state: setters + forward, less the setters
@@ -222,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     print("executes; outputs uninitialized). NOT a GPU timing.")
     print(f"python {env['python']}, torch {env['torch']}, triton {env['triton']}, "
           f"{env['threads']} thread; AdExIF in_size={N}, batch={B}, T={T}; median of "
-          f"{args.rounds} rounds x {args.calls} calls after 1 warm-up round")  # fmt: skip
+          f"{args.rounds} rounds x {args.calls} calls after 1 warm-up round; "
+          f"{'process CPU time' if args.cpu_time else 'wall clock'}")  # fmt: skip
     print()
 
     def cell(key: str) -> str:
@@ -279,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": T,
                 "update_batch": args.update_batch,
                 "update_neurons": args.update_neurons,
+                "clock": "process_time" if args.cpu_time else "perf_counter",
             },
             "environment": env,
             "us_per_call": us,

@@ -1,8 +1,15 @@
-"""Launch configuration shared by the forward and backward scans."""
+"""Launch configuration shared by the forward and backward scans.
+
+The launchers call ``kernel.run(grid=grid, warmup=False, **kwargs)``, which is what
+``kernel[grid](**kwargs)`` does: ``KernelInterface.__getitem__`` returns a lambda that calls
+it (Triton's protocol in 3.6 and 3.9, the interpreter's too); calling ``run`` saves the
+lambda and its copy of the keyword arguments. The arguments a plan fixes are computed once
+per plan, less those equal to the kernel's defaults (:func:`without_defaults`)."""
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 
 import torch
@@ -41,7 +48,18 @@ default. A module-level setting so that benchmarks can sweep it (``roofline.py``
 
 def pipeline_stages(device: torch.device) -> int | None:
     """``num_stages`` for the per-step loops on ``device`` (None under the interpreter)."""
-    return GPU_STAGES if device.type == "cuda" else None
+    return GPU_STAGES if _on_gpu(device) else None
+
+
+def _on_gpu(device: torch.device) -> bool:
+    """``device.type == "cuda"``, cached per device (reading ``type`` builds a string)."""
+    gpu = _GPU_DEVICES.get(device)
+    if gpu is None:
+        gpu = _GPU_DEVICES[device] = device.type == "cuda"
+    return gpu
+
+
+_GPU_DEVICES: dict[torch.device, bool] = {}
 
 
 def block_config(n_elements: int, device: torch.device) -> tuple[int, int, int]:
@@ -52,7 +70,7 @@ def block_config(n_elements: int, device: torch.device) -> tuple[int, int, int]:
     (down to 64 neurons, 1 warp). Under the interpreter every program costs a Python loop
     over T, so blocks are as wide as possible (up to 1024).
     """
-    if device.type == "cuda":
+    if _on_gpu(device):
         sms = _multiprocessors(device.index) if GPU_MIN_PROGRAMS_PER_SM else 0
         return _gpu_config(n_elements, GPU_BLOCK, GPU_MIN_PROGRAMS_PER_SM * sms)
     return _interpreter_config(n_elements)
@@ -76,3 +94,21 @@ def _gpu_config(n_elements: int, block: int, min_programs: int) -> tuple[int, in
 def _interpreter_config(n_elements: int) -> tuple[int, int, int]:
     block = min(1024, triton.next_power_of_2(max(n_elements, 16)))
     return block, 4, -(-n_elements // block)
+
+
+def without_defaults(kernel, kwargs: dict) -> dict:
+    """``kwargs`` less the entries that equal the kernel's own defaults (the launch binds
+    those itself, to the same values: the compiled kernel is the same); for the arguments
+    that a spec and plan fix, computed once per plan (``Plan.launch``)."""
+    defaults = _DEFAULTS.get(id(kernel))
+    if defaults is None:  # the kernels are module-level objects: their ids stay theirs
+        params = inspect.signature(kernel.fn).parameters.values()
+        defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        _DEFAULTS[id(kernel)] = defaults
+    return {
+        k: v for k, v in kwargs.items()
+        if k not in defaults or type(v) is not type(defaults[k]) or v != defaults[k]
+    }  # fmt: skip
+
+
+_DEFAULTS: dict[int, dict] = {}

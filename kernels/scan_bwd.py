@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params, surrogate_grad, to_fp32
-from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
+from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages, without_defaults
 from adex.kernels.step import (
     integrate_step,
     load_flag_bit,
@@ -474,19 +474,38 @@ def adex_scan_bwd(
         alloc = torch.empty if spec.param_mask == ALL_PARAMS else torch.zeros
         grad_par = alloc((N_PARAMS, *S), dtype=torch.float32, device=device)
     block, num_warps, programs = block_config(M, device)
-    _adex_scan_bwd_kernel[(programs,)](
-        vseq_ptr=v_seq, state0_ptr=state0, par_ptr=packed_params,
-        gspk_ptr=grad_spikes, gvseq_ptr=grad_v_seq, gwseq_ptr=grad_w_seq,
-        gstate_ptr=grad_state, ref_ptr=ref_bits, wseq_ptr=w_seq, gpar_ptr=grad_par,
-        gx_ptr=grad_x, gstate0_ptr=grad_state0,
-        x_ptr=saved.x if K or plan.read_i else None, isq_ptr=i_seq, gisq_ptr=grad_i_seq,
-        ckpt_ptr=saved.checkpoints if K else None,
-        T=T, M=M, N=packed_params.shape[1], K=K if K else T, k0=t0_step, **plan.bwd_args,
+    extra = {}  # the optional arguments, where not the kernel's defaults
+    if i_seq is not None:
+        extra["isq_ptr"] = i_seq
+    if grad_i_seq is not None:
+        extra.update(gisq_ptr=grad_i_seq, HAS_GISEQ=True)
+    if lengths is not None:
+        extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
+    _adex_scan_bwd_kernel.run(
+        grid=(programs,), warmup=False, vseq_ptr=v_seq, state0_ptr=state0,
+        par_ptr=packed_params, gspk_ptr=grad_spikes, gvseq_ptr=grad_v_seq,
+        gwseq_ptr=grad_w_seq, gstate_ptr=grad_state, ref_ptr=ref_bits, wseq_ptr=w_seq,
+        gpar_ptr=grad_par, gx_ptr=grad_x, gstate0_ptr=grad_state0,
+        x_ptr=saved.x if K or plan.read_i else None, ckpt_ptr=saved.checkpoints if K else None,
+        T=T, M=M, N=packed_params.shape[1], K=K if K else T, k0=t0_step,
         HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
         HAS_GWSEQ=grad_w_seq is not None, HAS_GSTATE=grad_state is not None,
-        HAS_GISEQ=grad_i_seq is not None, len_ptr=lengths, HAS_LEN=lengths is not None,
-        SPS=1 if lengths is None else M // lengths.shape[0], WRITE_GX=want_x, WRITE_GSTATE0=want_state0,
-        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
-        enable_fp_fusion=FP_FUSION,
+        WRITE_GX=want_x, WRITE_GSTATE0=want_state0, NUM_STAGES=pipeline_stages(device),
+        BLOCK=block, num_warps=num_warps, **extra, **_plan_args(plan),
     )  # fmt: skip
     return BackwardOutputs(grad_x, grad_state0, grad_par)
+
+
+def _plan_args(plan) -> dict:
+    """The backward kernel's arguments that the plan fixes (scalars, constexpr flags, launch
+    options), less the kernel's defaults; computed once per plan (again for other
+    arguments)."""
+    cache = plan.launch
+    cached = None if cache is None else cache.get("scan_bwd")
+    if cached is not None and cached[0] is plan.bwd_args:
+        return cached[1]
+    args = without_defaults(_adex_scan_bwd_kernel, dict(plan.bwd_args, enable_fp_fusion=FP_FUSION))
+    if cache is not None:
+        cache["scan_bwd"] = (plan.bwd_args, args)
+    return args

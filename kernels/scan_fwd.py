@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params, spike, to_fp32
-from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages
+from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages, without_defaults
 from adex.kernels.step import integrate_spiked, store_flag_bit, synapse_step
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
@@ -205,7 +205,8 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     M = x.numel() // T if T else 0
     device = x.device
     C = state0.shape[0]
-    spikes = torch.empty_like(x, dtype=x.dtype if spec.spike_dtype is None else spec.spike_dtype)
+    spike_dtype = spec.spike_dtype  # (None: x's; empty_like without a dtype costs less)
+    spikes = torch.empty_like(x) if spike_dtype is None else torch.empty_like(x, dtype=spike_dtype)
     state = torch.empty_like(state0)  # fp32 [C, *S], contiguous
     v_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_v else None
     w_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_w else None
@@ -218,15 +219,33 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     if K:
         checkpoints = torch.empty((-(-T // K), C, *S), dtype=torch.float32, device=device)
     block, num_warps, programs = block_config(M, device)
-    scalars = spec.kernel_scalars
-    _adex_scan_fwd_kernel[(programs,)](
-        x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes, state_ptr=state,
-        vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits, ckpt_ptr=checkpoints, isq_ptr=i_seq,
-        len_ptr=lengths, SPS=1 if lengths is None else M // lengths.shape[0],
-        HAS_LEN=lengths is not None,
-        T=T, M=M, N=packed_params.shape[1], dt=scalars["dt"], ceiling=scalars["ceiling"],
-        k0=t0_step, tau_ref=scalars["tau_ref"], K=max(K, 1), **plan.fwd_flags,
-        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps,
-        enable_fp_fusion=FP_FUSION,
+    extra = {} if i_seq is None else {"isq_ptr": i_seq}  # optional: the kernel's defaults
+    if lengths is not None:
+        extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
+    _adex_scan_fwd_kernel.run(
+        grid=(programs,), warmup=False, x_ptr=x, state0_ptr=state0, par_ptr=packed_params,
+        spk_ptr=spikes, state_ptr=state, vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits,
+        ckpt_ptr=checkpoints, T=T, M=M, N=packed_params.shape[1], k0=t0_step,
+        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps, **extra,
+        **_plan_args(spec, plan),
     )  # fmt: skip
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)
+
+
+def _plan_args(spec, plan) -> dict:
+    """The forward kernel's arguments that the spec and plan fix (scalars, constexpr flags,
+    launch options), less the kernel's defaults; computed once per plan (again for a plan
+    that comes with another spec than its own, or with other flags)."""
+    cache = plan.launch
+    cached = None if cache is None else cache.get("scan_fwd")
+    if cached is not None and cached[0] is spec and cached[1] is plan.fwd_flags:
+        return cached[2]
+    scalars = spec.kernel_scalars
+    args = without_defaults(_adex_scan_fwd_kernel, dict(
+        dt=scalars["dt"], ceiling=scalars["ceiling"], tau_ref=scalars["tau_ref"],
+        K=max(plan.checkpoint_every, 1), **plan.fwd_flags, enable_fp_fusion=FP_FUSION,
+    ))  # fmt: skip
+    if cache is not None:  # (K follows the flags: CHECKPOINT is one of them)
+        cache["scan_fwd"] = (spec, plan.fwd_flags, args)
+    return args
