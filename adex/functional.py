@@ -147,7 +147,7 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
         state0: ``[C, *S]`` state before ``x[0]`` (rows V, w, last-spike time as far as
             ``spec`` has them).
         params, packed: the parameters (or a zero-argument callable returning them, called
-            only when the backend reads them), and their packed ``[10, N]`` form when cached.
+            only when the backend reads them), and their packed ``[11, N]`` form when cached.
         spec: the scan's settings.
         t0_step: global step index of ``x[0]``.
         check_state: with ``spec.check_finite``, check the state's V and w rows too (the

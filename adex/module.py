@@ -285,7 +285,7 @@ class SpikingNeuron(ParamAttributes):
 
     def _repack(self) -> None:
         """Pack the parameters (fixed values and the current learnable ones) once, as the
-        ``[10, N]`` fp32 base that every call starts from."""
+        ``[11, N]`` fp32 base that every call starts from."""
         self._params_cache = self.params
         self._packed_versions = self._buffer_versions()
         n = self._params_cache.n_neurons()  # 1 when every value is a scalar
@@ -302,7 +302,7 @@ class SpikingNeuron(ParamAttributes):
         """The packed parameters of this call and, with learnable parameters, their
         constraint check (see :func:`adex.params.learnable_violations`; None while
         compiling or without learnable parameters). Without learnable parameters the cached
-        ``[10, N]`` base; with them a :class:`PackedParams` whose values have the current
+        ``[11, N]`` base; with them a :class:`PackedParams` whose values have the current
         rows written in, not differentiably: the fused backward hands each its gradient."""
         if self._param_buffers and not torch.compiler.is_compiling():
             if self._buffer_versions() != self._packed_versions:

@@ -44,7 +44,7 @@ def _recurrent_bwd_kernel(
     vseq_ptr,  # [T, B, N] fp32 stored V of every step
     state0_ptr,  # [C, B, N] fp32 state before the scan (V0; w0 for the tau_w gradient)
     weight_ptr,  # [N, N] fp32 recurrent weight
-    par_ptr,  # [10, N] fp32 packed parameters
+    par_ptr,  # [11, N] fp32 packed parameters
     gspk_ptr,  # [T, B, N] grad of the spikes, or None
     gstate_ptr,  # [C, B, N] grad of the final state (rows V, w), or None
     gvseq_ptr,  # [T, B, N] grad of the returned V sequence (HAS_GVSEQ), or None
@@ -258,7 +258,7 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
         v_seq, w_seq, ref_bits: the forward's stored V ``[T, B, N]``, w (``plan.read_w``)
             and refractory flags (Ref models), or None.
         state0: ``[C, B, N]`` fp32 initial state. weight: ``[N, N]`` fp32.
-        packed_params: ``[10, N]`` fp32.
+        packed_params: ``[11, N]`` fp32.
         spec, plan: the ``ScanSpec`` and the ``Plan`` the forward ran with.
         grad_spikes: contiguous ``[T, B, N]`` gradient of the spikes, or None where zero.
         grad_state: contiguous ``[C, B, N]`` gradient of the final state, or None.

@@ -40,7 +40,7 @@ def _recurrent_fwd_kernel(
     sbuf_ptr,  # [B, N] fp32 in/out: the spikes of the step before x[0] (0/1), then of
     # each step in turn (the recurrent product reads them back in chunks)
     weight_ptr,  # [N, N] fp32 recurrent weight (mA per spike), weight[i, j]: j -> i
-    par_ptr,  # [10, N] fp32 packed parameters
+    par_ptr,  # [11, N] fp32 packed parameters
     spk_ptr,  # [T, B, N] out: spikes (float, uint8 or bool)
     state_ptr,  # [C, B, N] out: fp32 state after the last step
     vseq_ptr,  # [T, B, N] out: fp32 V after each step (STORE_V), else None
@@ -188,7 +188,7 @@ def recurrent_scan_fwd(x: torch.Tensor, state0: torch.Tensor, s0: torch.Tensor,
         state0: ``[C, B, N]`` contiguous fp32 state before ``x[0]``.
         s0: ``[B, N]`` contiguous fp32 spikes of the step before ``x[0]``.
         weight: ``[N, N]`` contiguous fp32 (mA per spike; ``weight[i, j]``: j -> i).
-        packed_params: ``[10, N]`` contiguous fp32.
+        packed_params: ``[11, N]`` contiguous fp32.
         spec, plan: the ``adex.spec.ScanSpec`` and its ``Plan`` (checkpointing excluded).
         t0_step: global step index of ``x[0]``.
 

@@ -26,7 +26,7 @@ from adex.kernels.step import integrate_spiked, store_flag_bit, synapse_step
 def _adex_scan_fwd_kernel(
     x_ptr,  # [T, M] input current (mA), fp32/bf16/fp16
     state0_ptr,  # [C, M] fp32 state before x[0]: V (mV), w (mA), last-spike time (ms)
-    par_ptr,  # [10, N] fp32 packed parameters (adex.params.AdExParams.packed)
+    par_ptr,  # [11, N] fp32 packed parameters (adex.params.AdExParams.packed)
     spk_ptr,  # [T, M] out: spikes (float, uint8 or bool)
     state_ptr,  # [C, M] out: fp32 state after the last step
     vseq_ptr,  # [T, M] out: fp32 V after each step (STORE_V), else None
