@@ -59,45 +59,62 @@ def _run_steps(x, t_first, L, lo, hi, pb, times, tau_ref, dt, hard, has_w, has_e
     """Steps ``t_first .. t_first + L - 1`` of neurons ``lo..hi-1`` from ``state`` ``[C, M]``
     (updated in place). Writes, where the array is not empty: the spikes ``spk[t]``, the V
     and w rows ``[t - row0]``, the refractory bit ``t - row0`` and the checkpoint before
-    every K-th step (K > 0)."""
-    c_t = 1 + has_w  # row of the last-spike time
+    every K-th step (K > 0).
+
+    The block's state is copied into contiguous local rows (storage dtype) for the run; each
+    step is one branch-free loop over the block's neurons (the flags only select values, so
+    LLVM vectorizes it), then one loop per optional output, its flag tested outside it."""
+    nb, C = hi - lo, state.shape[0]
+    # local rows V, w, last-spike time (a zero row where the model has none: the rows never
+    # alias, so LLVM's runtime overlap check passes and the vector loop runs)
+    loc = np.zeros((3, nb), dtype=state.dtype)
+    for c in range(C):  # state row c is local row c, or 2 (the time) without w
+        for j in range(nb):
+            loc[c if has_w or c == 0 else 2, j] = state[c, lo + j]
+    v_b, w_b, ts_b = loc[0], loc[1], loc[2]
+    wn_b = np.empty(nb)
+    ref_b = np.zeros(nb, dtype=np.bool_)
     for t in range(t_first, t_first + L):
         if K > 0 and t % K == 0:
-            for c in range(state.shape[0]):
-                for m in range(lo, hi):
-                    ckpt[t // K, c, m] = state[c, m]
+            for c in range(C):
+                for j in range(nb):
+                    ckpt[t // K, c, lo + j] = loc[c if has_w or c == 0 else 2, j]
         r = t - row0
         t_now = times[t]
-        for m in range(lo, hi):
-            j = m - lo
-            vth = pb[3, j]
+        for j in range(nb):
             vn, wn, vr, wr = integrate_step(
-                state[0, m], state[1, m] if has_w else 0.0, x[t, m], pb[0, j], pb[1, j], vth,
-                pb[4, j], pb[5, j], pb[6, j], pb[7, j], pb[8, j], pb[9, j], pb[THETA, j],
-                pb[VCAP, j], pb[CW, j], dt, hard, has_w, has_exp,
+                v_b[j], w_b[j], x[t, lo + j], pb[0, j], pb[1, j], pb[3, j], pb[4, j],
+                pb[5, j], pb[6, j], pb[7, j], pb[8, j], pb[9, j], pb[THETA, j], pb[VCAP, j],
+                pb[CW, j], dt, hard, has_w, has_exp,
             )  # fmt: skip
-            ref = False
-            if has_ref:  # BrainPy's float test on t = float(k) * dt, in the storage dtype
-                ref = (t_now - state[c_t, m]) < tau_ref
-                if ref:
-                    vn, wn = vr, wr
-            state[0, m] = vn
-            if has_w:
-                state[1, m] = wn
-            fired = state[0, m] >= vth
-            if has_ref:
-                if fired:
-                    state[c_t, m] = t_now
-                if rbits.size:
-                    bit = 1 << (r & 7)
-                    old = rbits[r >> 3, m]
-                    rbits[r >> 3, m] = (old | bit) if ref else (old & ~bit)
-            if spk.size:
-                spk[t, m] = 1.0 if fired else 0.0
-            if vrows.size:
-                vrows[r, m] = state[0, m]
-            if wrows.size:
-                wrows[r, m] = state[1, m]
+            # BrainPy's float test on t = float(k) * dt, in the storage dtype
+            ref = has_ref & ((t_now - ts_b[j]) < tau_ref)
+            v_b[j] = vr if ref else vn
+            wn_b[j] = wr if ref else wn
+            ref_b[j] = ref
+        if has_w:
+            for j in range(nb):
+                w_b[j] = wn_b[j]
+        if has_ref:
+            for j in range(nb):
+                ts_b[j] = t_now if v_b[j] >= pb[3, j] else ts_b[j]
+            if rbits.size:
+                bit = np.uint8(1 << (r & 7))
+                for j in range(nb):
+                    old = rbits[r >> 3, lo + j]
+                    rbits[r >> 3, lo + j] = (old | bit) if ref_b[j] else (old & ~bit)
+        if spk.size:
+            for j in range(nb):
+                spk[t, lo + j] = 1.0 if v_b[j] >= pb[3, j] else 0.0
+        if vrows.size:
+            for j in range(nb):
+                vrows[r, lo + j] = v_b[j]
+        if wrows.size:
+            for j in range(nb):
+                wrows[r, lo + j] = w_b[j]
+    for c in range(C):
+        for j in range(nb):
+            state[c, lo + j] = loc[c if has_w or c == 0 else 2, j]
 
 
 @njit(parallel=True, **JIT)

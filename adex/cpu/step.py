@@ -13,32 +13,26 @@ from adex.cpu.device_math import JIT, exp_term, exprel, exprel_derivative, reset
 R_, TAU, TAU_W, V_TH, V_RESET, V_REST, V_T, DELTA_T, A, B = range(10)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def integrate_step(v, w, x, R, tau, vth, vreset, vrest, vT, dT, a, b, theta, vcap, cw, dt,
                    hard, has_w, has_exp):  # fmt: skip
     """Reset from the previous spike, exponential-Euler V, exact-exponential w (the
     refractory hold is the caller's). Returns ``(V, w, V', w')``: the new stored V and w
     and the post-reset values the refractory hold keeps."""
     vr, sprev, _ = reset(v, vth, vreset, theta, hard)
-    drift = -(vr - vrest)
-    z = 0.0
-    if has_exp:
-        z, e, slope = exp_term(vr, vT, dT)
-        drift += dT * e
-        jac = (-1.0 + e * slope) / tau
-    else:
-        jac = -1.0 / tau
-    wr = w
-    if has_w:
-        wr = w + b * sprev
-        drift -= R * wr
+    # every branch computed, one selected: no control flow, so the loop over a block of
+    # neurons vectorizes (the unselected values of a model without w or exp are discarded)
+    z, e, slope = exp_term(vr, vT, dT)
+    leak = -(vr - vrest)
+    drift = leak + dT * e if has_exp else leak
+    jac = (-1.0 + e * slope) / tau if has_exp else -1.0 / tau
+    wr = w + b * sprev if has_w else w
+    drift = drift - R * wr if has_w else drift
     drift = (drift + R * x) / tau
     vn = vr + dt * exprel(dt * jac) * drift
-    if has_exp and not (vn <= vcap or z <= 0.0):  # runaway (RUNAWAY_CEILING) or NaN
-        vn = vth
-    wn = w
-    if has_w:
-        wn = wr + cw * (a * (vn - vrest) - wr)
+    runaway = has_exp & (not ((vn <= vcap) | (z <= 0.0)))  # RUNAWAY_CEILING, or NaN
+    vn = vth if runaway else vn
+    wn = wr + cw * (a * (vn - vrest) - wr) if has_w else w
     return vn, wn, vr, wr
 
 
