@@ -49,15 +49,15 @@ def exprel(z: float) -> float:
     return p if abs(z) < _SERIES_RADIUS else far
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def exprel_derivative(z: float, value: float) -> float:
-    """``d exprel/dz``: the series near 0, ``((z - 1) exprel(z) + 1)/z`` elsewhere."""
-    if abs(z) < _SERIES_RADIUS:
-        p = 0.0
-        for c in _DERIV:
-            p = p * z + c
-        return p
-    return ((z - 1.0) * value + 1.0) / z
+    """``d exprel/dz``: the series near 0, ``((z - 1) exprel(z) + 1)/z`` elsewhere (both
+    computed, one selected)."""
+    p = 0.0
+    for c in _DERIV:
+        p = p * z + c
+    far = ((z - 1.0) * value + 1.0) / z
+    return p if abs(z) < _SERIES_RADIUS else far
 
 
 @njit(**JIT)

@@ -137,48 +137,89 @@ def scan_forward(x, state0, par, times, tau_ref, dt, ceiling, hard, has_w, has_e
                    state, spk, vseq, wseq, rbits, 0, ckpt, K)  # fmt: skip
 
 
+@njit(inline="always", **JIT)
+def _adjoint_neuron(j, i, t, vp_b, vn_b, wp_b, ref_b, sgu_b, sgp_b, pb, lv, lw, g, gx_b, dt,
+                    flags, param_grad):  # fmt: skip
+    """One neuron's adjoint of step ``t`` (row ``i``): updates ``lv[j]``, ``lw[j]`` and,
+    with ``param_grad``, ``g[:, j]``; writes ``gx_b[j]``. Straight-line code."""
+    hard, has_w, has_exp, _, detach, _, _, has_gspk = flags[:8]
+    R, tau, vth, vreset, vrest = pb[0, j], pb[1, j], pb[3, j], pb[4, j], pb[5, j]
+    vT, dT, a, b = pb[6, j], pb[7, j], pb[8, j], pb[9, j]
+    theta, cw = pb[THETA, j], pb[CW, j]
+    vnew, vprev = vn_b[j], vp_b[j]
+    u = (vnew - vth) / theta
+    gsg = sgu_b[j]  # the returned spike's dL/dV_t, added to lv already
+    fac = step_factors(vprev, vnew, tau, vth, vreset, vT, dT, theta, dt, hard, has_exp)
+    ref = ref_b[j]
+    gxv, lvr, lwr, big = step_adjoint(lv[j], lw[j], ref, fac[9], fac[11], R, tau, a, cw, has_w)
+    gx_b[j] = gxv
+    gpre = sgp_b[j]
+    if param_grad:
+        step_param_grads(g, j, gsg, u, lw[j], big, lvr, lwr, ref, vprev, vnew, wp_b[j], fac,
+                         R, tau, vreset, vrest, dT, a, b, theta, cw, pb[DCW, j], dt, gpre,
+                         hard, has_w, has_exp, detach, has_gspk)  # fmt: skip
+    lv[j], lw[j] = reset_adjoint(lvr, lwr, lw[j], vprev, vreset, b, theta, gpre, hard, has_w,
+                                 detach)  # fmt: skip
+
+
 @njit(**JIT)
 def _adjoint_rows(rows_v, rows_w, rows_r, t0, L, lo, hi, pb, v0, w0, lv, lw, g, gspk, gv, gw,
                   gx, dt, sg, kind, flags):  # fmt: skip
     """The adjoint recursion over steps ``t0 + L - 1 .. t0`` (rows ``L-1 .. 0`` of the
     stored V/w/flags) of neurons ``lo..hi-1``, from the adjoints ``lv``/``lw`` (updated in
-    place), accumulating the parameter gradients into ``g`` ``[10, hi - lo]``."""
-    hard, has_w, has_exp, has_ref, detach, param_grad, read_w = flags[:7]
+    place), accumulating the parameter gradients into ``g`` ``[10, hi - lo]``.
+
+    Per step: the block's stored V before/after, w before, refractory flags and surrogate
+    values g(u_t), g(u_{t-1}) (the surrogate kind is a runtime switch: its own scalar loop)
+    go into contiguous local rows, the incoming gradients are added, then one branch-free
+    loop over the neurons (vectorized by LLVM) runs the adjoint, with or without the
+    parameter gradients (two loops, the flag tested outside them)."""
+    has_ref, detach, param_grad, read_w = flags[3], flags[4], flags[5], flags[6]
     has_gspk, has_gv, has_gw, write_gx = flags[7:]
+    nb = hi - lo
+    vn_b, vp_b, wp_b = np.empty(nb), np.empty(nb), np.zeros(nb)
+    sgu_b, sgp_b, gx_b = np.zeros(nb), np.zeros(nb), np.empty(nb)
+    ref_b = np.zeros(nb, dtype=np.bool_)
     for i in range(L - 1, -1, -1):
         t = t0 + i
-        for m in range(lo, hi):
-            j = m - lo
-            R, tau, vth, vreset, vrest = pb[0, j], pb[1, j], pb[3, j], pb[4, j], pb[5, j]
-            vT, dT, a, b = pb[6, j], pb[7, j], pb[8, j], pb[9, j]
-            theta, cw = pb[THETA, j], pb[CW, j]
-            vnew = rows_v[i, m]
-            vprev = rows_v[i - 1, m] if i > 0 else v0[j]
-            gsg = 0.0
-            u = 0.0
+        for j in range(nb):
+            vn_b[j] = rows_v[i, lo + j]
+            vp_b[j] = rows_v[i - 1, lo + j] if i > 0 else v0[j]
+        if read_w:
+            for j in range(nb):
+                wp_b[j] = rows_w[i - 1, lo + j] if i > 0 else w0[j]
+        if has_ref:
+            for j in range(nb):
+                ref_b[j] = ((rows_r[i >> 3, lo + j] >> (i & 7)) & 1) != 0
+        for j in range(nb):  # scalar: the surrogate's switch on kind
+            theta = pb[THETA, j]
             if has_gspk:  # the returned spike of step t
-                u = (vnew - vth) / theta
-                gsg = gspk[t, m] * surrogate_grad(u, sg[0], sg[1], sg[2], sg[3], kind) / theta
-                lv[j] += gsg
-            if has_gv:
-                lv[j] += gv[t, m]
-            if has_gw:
-                lw[j] += gw[t, m]
-            fac = step_factors(vprev, vnew, tau, vth, vreset, vT, dT, theta, dt, hard, has_exp)
-            ref = has_ref and ((rows_r[i >> 3, m] >> (i & 7)) & 1) != 0
-            gxv, lvr, lwr, big = step_adjoint(lv[j], lw[j], ref, fac[9], fac[11], R, tau, a, cw,
-                                              has_w)  # fmt: skip
-            if write_gx:
-                gx[t, m] = gxv
-            if param_grad:
-                wprev = 0.0
-                if read_w:
-                    wprev = rows_w[i - 1, m] if i > 0 else w0[j]
-                step_param_grads(g, j, gsg, u, lw[j], big, lvr, lwr, ref, vprev, vnew, wprev,
-                                 fac, R, tau, vreset, vrest, dT, a, b, theta, cw, pb[DCW, j],
-                                 dt, sg, kind, hard, has_w, has_exp, detach, has_gspk)  # fmt: skip
-            lv[j], lw[j] = reset_adjoint(lvr, lwr, lw[j], vprev, fac[2], vreset, b, theta, sg,
-                                         kind, hard, has_w, detach)  # fmt: skip
+                u = (vn_b[j] - pb[3, j]) / theta
+                sgu_b[j] = gspk[t, lo + j] * surrogate_grad(u, sg[0], sg[1], sg[2], sg[3],
+                                                            kind) / theta  # fmt: skip
+            if not detach:
+                up = (vp_b[j] - pb[3, j]) / theta
+                sgp_b[j] = surrogate_grad(up, sg[0], sg[1], sg[2], sg[3], kind)
+        if has_gspk:
+            for j in range(nb):
+                lv[j] += sgu_b[j]
+        if has_gv:
+            for j in range(nb):
+                lv[j] += gv[t, lo + j]
+        if has_gw:
+            for j in range(nb):
+                lw[j] += gw[t, lo + j]
+        if param_grad:
+            for j in range(nb):
+                _adjoint_neuron(j, i, t, vp_b, vn_b, wp_b, ref_b, sgu_b, sgp_b, pb, lv, lw, g,
+                                gx_b, dt, flags, True)  # fmt: skip
+        else:
+            for j in range(nb):
+                _adjoint_neuron(j, i, t, vp_b, vn_b, wp_b, ref_b, sgu_b, sgp_b, pb, lv, lw, g,
+                                gx_b, dt, flags, False)  # fmt: skip
+        if write_gx:
+            for j in range(nb):
+                gx[t, lo + j] = gx_b[j]
 
 
 @njit(parallel=True, **JIT)
