@@ -5,10 +5,11 @@ tensors: V per step (w only for the tau_w gradient), the refractory flags packed
 a byte, or the checkpoints of the low-memory mode, whose segments the backward recomputes.
 
 Within a block, each step runs over the block's neurons (contiguous in memory) before the
-next step; the state lives in the output state block, rounded to the storage dtype after
-every step as the stored V is, so the backward's recomputed factors see the forward's own
-trajectory. Flags are runtime arguments: one compiled kernel per direction and storage
-dtype (float32, float64), cached on disk. Arrays a plan does not use are passed as empty
+next step, as one branch-free loop that LLVM vectorizes; the block's state lives in local
+rows of the storage dtype, rounded to it after every step as the stored V is, so the
+backward's recomputed factors see the forward's own trajectory. Flags are runtime
+arguments that only select values or skip whole loops: one compiled kernel per direction
+and storage dtype (float32, float64), cached on disk. Arrays a plan does not use are passed as empty
 arrays of the same type (numba would compile one variant per None pattern otherwise).
 """
 
