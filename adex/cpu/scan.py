@@ -334,7 +334,7 @@ def scan_backward(vseq, wseq, rbits, iseq, state0, par, gspk, gv, gw, gi, gstate
     hard, has_w, has_exp, has_ref = flags[0], flags[1], flags[2], flags[3]
     param_grad = flags[5]
     has_gstate, write_gstate0, recompute = flags[11], flags[12], flags[13]
-    has_syn, read_i = flags[14], flags[15]
+    has_syn = flags[14]
     i_row = 1 + has_w + has_ref if has_syn else -1
     M = state0.shape[1]
     C = state0.shape[0]
