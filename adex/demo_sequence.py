@@ -19,8 +19,8 @@ from the padding). The network
 reads the class scores as the readout's membrane potential at each utterance's last frame
 (``V[-1]``: the held value is each sample's own last V). The hidden layer's ``tau`` and
 ``tau_syn`` are per-neuron ``learnable`` parameters. On CUDA (``backend='auto'``) every scan
-runs as one fused Triton kernel each way; on CPU as the pure-PyTorch reference (the CPU
-kernels do not carry a synaptic current or ``lengths``).
+runs as one fused Triton kernel each way; on CPU as the fused numba CPU kernels (or the
+pure-PyTorch reference when numba is missing).
 """
 
 from __future__ import annotations
@@ -209,9 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = SequenceClassifier(N_IN, HIDDEN, CLASSES).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    # the synapse and lengths= run on the fused Triton kernels (CUDA) or the reference
     backend = resolve_backend(model.hidden.backend, x_test)
-    backend = "triton" if backend == "triton" else "reference"
     print(f"adex {adex.__version__} sequence demo: torch {torch.__version__}, device {device}, "
           f"backend {backend}")  # fmt: skip
     print(

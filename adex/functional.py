@@ -79,23 +79,17 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     return _backend_for(backend, x)
 
 
-def _backend_for(backend: str, x: Tensor, cpu_ok: bool = True) -> str:
-    """:func:`resolve_backend` for a backend name a spec validated already; ``cpu_ok``:
-    the CPU kernels can run the call (they have no synaptic current and no ``lengths``)."""
+def _backend_for(backend: str, x: Tensor) -> str:
+    """:func:`resolve_backend` for a backend name a spec validated already."""
     if backend == "auto":
         if x.is_cuda and x.dtype in KERNEL_DTYPES:
             return "triton"
         # the CPU kernels are opaque to torch.compile: traced calls take the reference
         cpu = x.device.type == "cpu" and x.dtype in CPU_DTYPES and cpu_scan is not None
-        return "cpu" if cpu and cpu_ok and not torch.compiler.is_compiling() else "reference"
+        return "cpu" if cpu and not torch.compiler.is_compiling() else "reference"
     if backend == "cpu":
         if cpu_scan is None:
             raise RuntimeError("backend='cpu' needs the numba package, which is missing")
-        if not cpu_ok:
-            raise ValueError(
-                "backend='cpu' has no synaptic current (tau_syn) and no lengths= yet: use "
-                "backend='auto' (the reference on CPU for these) or 'reference'"
-            )
         if x.device.type != "cpu":
             raise ValueError(f"backend='cpu' takes CPU tensors, got x on {x.device}")
         if torch.compiler.is_compiling():
@@ -158,7 +152,7 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
             which the caller explains.
         lengths: ``[S[0]]`` int32 steps per sample from :func:`check_lengths`, or None.
     """
-    backend = _backend_for(spec.backend, x, cpu_ok=not spec.has_syn and lengths is None)
+    backend = _backend_for(spec.backend, x)
     if not torch.compiler.is_compiling() and (spec.check_finite or extra_check is not None):
         _check_finite(x, state0, spec, check_state and spec.check_finite, extra_check)
     if spec.spike_dtype is not None and not spec.spike_dtype.is_floating_point:

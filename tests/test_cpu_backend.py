@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 from helpers import EQUAL, Tolerance, compare_backends
+from numba import njit
 from test_gradcheck import CASES, PARAMS, TINY, check_trajectory, make_inputs
 from torch.autograd import gradcheck
 
 import adex
-from adex.cpu import device_math
+from adex.cpu import device_math, fastexp
 from adex.exprel import exprel
 from adex.functional import resolve_backend
 
@@ -162,6 +164,27 @@ def test_cpu_surrogate_grad_is_the_reference_formula(sg):
     torch.testing.assert_close(got, want, atol=1e-14, rtol=1e-12)
 
 
+@njit(cache=False)
+def _fast_exp_all(z, out):
+    for i in range(z.size):
+        out[i] = fastexp.exp(z[i])
+
+
+def test_cpu_fast_exp_is_within_two_ulp_of_libm():
+    """The kernels' vectorizable exp is within 2 ulp of numpy's (libm) exp on a dense grid of
+    its range and on random points, and gives inf, 0 and NaN outside it."""
+    gen = np.random.default_rng(0)
+    z = np.concatenate([np.linspace(-708.0, 709.0, 400_001), gen.uniform(-40.0, 25.0, 100_000)])
+    got = np.empty_like(z)
+    _fast_exp_all(z, got)
+    want = np.exp(z)
+    assert np.max(np.abs(got - want) / np.spacing(want)) <= 2.0
+    edge = np.array([710.0, np.inf, -709.0, -np.inf, np.nan])
+    got = np.empty_like(edge)
+    _fast_exp_all(edge, got)
+    assert got[0] == got[1] == np.inf and got[2] == got[3] == 0.0 and np.isnan(got[4])
+
+
 def test_cpu_exprel_is_the_reference_formula():
     """exprel and its derivative in the CPU kernels equal ``adex.exprel`` (value and
     autograd derivative) near 0, at the series radius and far from 0."""
@@ -292,3 +315,112 @@ def test_cpu_no_grad_saves_nothing_and_matches():
     b = adex.adex_scan(x.requires_grad_(), V0, w0, backend="cpu")
     assert a.spikes.grad_fn is None and b.spikes.grad_fn is not None
     assert torch.equal(a.spikes, b.spikes.detach()) and torch.equal(a.V, b.V.detach())
+
+
+# -- synaptic current and lengths ----------------------------------------------------------------
+
+SYN_MODELS = {
+    "AdExIF": (adex.AdExIF, {}, 60.0, ("tau", "tau_syn", "V_th", "b")),
+    "AdExIFRef": (adex.AdExIFRef, dict(tau_ref=0.5), 60.0, ("tau_syn", "a", "tau_w")),
+    "LIF": (adex.LIF, {}, 8.0, ("tau", "tau_syn", "V_reset")),
+}
+SYN_LENGTHS = (10, 4, 7)
+
+
+def _syn_run(model, backend, dtype, spk_reset):
+    """One step of training a model with a per-neuron learnable ``tau_syn`` on a batch with
+    ``lengths``: outputs (spikes, V/w/I sequences, final state) and the gradients of x, the
+    initial V, w, I and the learnable parameters."""
+    cls, kw, scale, learn = SYN_MODELS[model]
+    g = torch.Generator().manual_seed(2)
+    tau_syn = torch.rand(5, generator=g, dtype=F64) * 2 + 0.5
+    layer = cls(5, dt=0.5, tau_syn=tau_syn, learnable=learn, backend=backend,
+                spk_reset=spk_reset, **kw).to(dtype)  # fmt: skip
+    layer.init_state(3)
+    x = (torch.rand(10, 3, 5, generator=g, dtype=F64) * scale).to(dtype).requires_grad_()
+    V0 = layer.V.to(dtype) + torch.rand(3, 5, generator=g, dtype=F64).to(dtype) * 3
+    I0 = torch.rand(3, 5, generator=g, dtype=F64).to(dtype)
+    leaves = {"x": x, "V0": V0.requires_grad_(), "I0": I0.requires_grad_()}
+    layer.V, layer.I = leaves["V0"], leaves["I0"]
+    if layer.has_w:
+        leaves["w0"] = layer.w = (torch.rand(3, 5, generator=g, dtype=F64) * 2).to(dtype)
+        leaves["w0"].requires_grad_()
+    out = layer(x, return_states=True, lengths=torch.tensor(SYN_LENGTHS))
+    cot = torch.rand(out.spikes.shape, generator=g, dtype=F64).to(dtype)
+    loss = (out.spikes * cot).sum() + out.V.sum() * 0.01 + out.I.sin().sum()
+    loss = loss + layer.V.sum() * 0.1 + layer.I.pow(2).sum() * 0.1
+    if layer.has_w:
+        loss = loss + out.w.cos().sum()
+    tensors = list(leaves.values()) + [getattr(layer, k) for k in learn]
+    grads = torch.autograd.grad(loss, tensors)
+    assert backend != "auto" or type(out.spikes.grad_fn).__name__ == "CpuScanBackward"
+    outs = {"spikes": out.spikes, "V": out.V, "I": out.I, "V_final": layer.V,
+            "I_final": layer.I}  # fmt: skip
+    if layer.has_w:
+        outs["w"] = out.w
+    names = [f"grad_{k}" for k in list(leaves) + list(learn)]
+    return outs, dict(zip(names, grads, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+@pytest.mark.parametrize("spk_reset", ["soft", "hard"])
+@pytest.mark.parametrize("model", list(SYN_MODELS))
+def test_cpu_synapse_and_lengths_match_reference(model, spk_reset, dtype):
+    """A synaptic current with a learnable per-neuron tau_syn on a batch with ``lengths``:
+    the CPU kernels against the reference, forward (spikes, V/w/I sequences holding past a
+    sample's length, final state) and every gradient (x, V0, w0, I0, learnable
+    parameters). float64: to ~1e-9 of each quantity's largest value; float32: spikes equal
+    to the float32 reference's, the rest within twice the float32 reference's distance to
+    the float64 reference (plus 1e-4 of the largest value). Past its length a sample
+    spikes never and its x gets no gradient."""
+    ref_out, ref_g = _syn_run(model, "reference", F64, spk_reset)
+    cpu_out, cpu_g = _syn_run(model, "cpu", dtype, spk_reset)
+    auto_out, _ = _syn_run(model, "auto", dtype, spk_reset)  # asserts the CPU kernels ran
+    assert ref_out["spikes"].sum() > 0, "test data: no spikes"
+    assert torch.equal(auto_out["V"], cpu_out["V"])
+    for b, L in enumerate(SYN_LENGTHS):
+        assert cpu_out["spikes"][L:, b].abs().sum() == 0
+        assert cpu_g["grad_x"][L:, b].abs().sum() == 0
+        assert cpu_g["grad_x"][:L, b].abs().sum() > 0
+        torch.testing.assert_close(cpu_out["V"][L:, b], cpu_out["V"][L - 1 : L, b].expand(
+            10 - L, 5), atol=0, rtol=0)  # fmt: skip
+    pairs = [(k, ref_out[k], cpu_out[k]) for k in ref_out] + [
+        (k, ref_g[k], cpu_g[k]) for k in ref_g
+    ]
+    if dtype == F64:
+        for name, exact, got in pairs:
+            bound = 1e-9 * exact.abs().max().item() + 1e-12
+            assert _max_err(got, exact) <= bound, f"{name}: {_max_err(got, exact):.3g}"
+        return
+    ref32_out, ref32_g = _syn_run(model, "reference", torch.float32, spk_reset)
+    assert torch.equal(ref32_out["spikes"], cpu_out["spikes"])
+    ref32 = {**ref32_out, **ref32_g}
+    for name, exact, got in pairs:
+        bound = 2.0 * _max_err(ref32[name], exact) + 1e-4 * exact.abs().max().item()
+        assert _max_err(got, exact) <= bound, f"{name}: {_max_err(got, exact):.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("ckpt", [None, 3], ids=["stored", "ckpt3"])
+def test_cpu_gradcheck_synapse_and_lengths(ckpt):
+    """float64 finite differences through the CPU autograd wrapper with a synaptic current
+    and ``lengths``: V, w, I sequences and the final state in x, V0, w0, I0 and the
+    per-neuron tau_syn and tau (below threshold, a surrogate of tiny support: no spike
+    path), stored sequences and checkpointed recomputation."""
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(6, 2, 3, generator=g, dtype=F64) * 3).requires_grad_()
+    V0 = (torch.rand(2, 3, generator=g, dtype=F64) - 65).requires_grad_()
+    w0 = torch.rand(2, 3, generator=g, dtype=F64).requires_grad_()
+    I0 = torch.rand(2, 3, generator=g, dtype=F64).requires_grad_()
+    tau_syn = (torch.rand(3, generator=g, dtype=F64) + 1.0).requires_grad_()
+    tau = (torch.rand(3, generator=g, dtype=F64) * 5 + 8.0).requires_grad_()
+    lengths = torch.tensor([6, 3])
+
+    def f(x, V0, w0, I0, tau_syn, tau):
+        p = adex.AdExParams(tau_syn=tau_syn, tau=tau)
+        kw = dict(return_states=True) if ckpt is None else dict(checkpoint_every=ckpt)
+        out = adex.adex_scan(x, V0, w0, p, dt=0.5, I0=I0, lengths=lengths, surrogate=TINY,
+                             backend="cpu", **kw)  # fmt: skip
+        assert out.spikes.sum() == 0 and bool((out.V < p.V_th - 0.5).all())
+        return out.V, out.w, out.I
+
+    assert gradcheck(f, (x, V0, w0, I0, tau_syn, tau), atol=1e-7, rtol=1e-5)

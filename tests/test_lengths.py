@@ -46,10 +46,11 @@ def _run(case, backend, batch=B, lengths=LENGTHS, x=None, V0=None, **kw):
     return spikes.detach(), layer.V.detach(), grads
 
 
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_matches_reference(case):
+def test_fused_matches_reference(case, backend):
     ref = _run(case, "reference")
-    out = _run(case, "triton")
+    out = _run(case, backend)
     assert_close("out", ref[0], out[0], 1e-4, 1e-5)
     assert_close("V", ref[1], out[1], 1e-4, 1e-5)
     for a, b in zip(ref[2], out[2], strict=True):
@@ -62,10 +63,11 @@ def test_fused_matches_reference(case):
     assert gx[:4, 1].abs().max() > 0
 
 
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
 @pytest.mark.parametrize("case", ["adexif_syn", "adexifref"])
-def test_fused_matches_reference_checkpointed(case):
+def test_fused_matches_reference_checkpointed(case, backend):
     ref = _run(case, "reference", checkpoint_every=4)
-    out = _run(case, "triton", checkpoint_every=4)
+    out = _run(case, backend, checkpoint_every=4)
     for a, b in zip(ref[:2] + tuple(ref[2]), out[:2] + tuple(out[2]), strict=True):
         assert_close("ckpt", a, b, 1e-5 * a.abs().max().item() + 1e-6, 1e-4)
 
@@ -73,7 +75,7 @@ def test_fused_matches_reference_checkpointed(case):
 @pytest.mark.parametrize(
     "backend,case",
     [("reference", "adexif_syn"), ("reference", "lif"), ("reference", "li"),
-     ("triton", "adexif_syn")],
+     ("triton", "adexif_syn"), ("cpu", "adexif_syn"), ("cpu", "li")],
 )  # fmt: skip
 def test_equals_per_sample_runs(backend, case):
     """The batch with lengths equals each sample run alone on its own length: outputs up to

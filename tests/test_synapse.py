@@ -76,20 +76,22 @@ def _compare(a, b, atol=2e-4, rtol=2e-4):
         assert_close(f"grad {k}", g_a[k], g_b[k], atol * scale, rtol)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
 @pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("spk_reset", ["soft", "hard"])
-def test_fused_matches_reference(cls, spk_reset):
+def test_fused_matches_reference(cls, spk_reset, backend):
     ref = _run(cls, "reference", spk_reset=spk_reset)
     assert ref[0]["spikes"].sum() > 0  # the case exercises spikes and resets
-    _compare(ref, _run(cls, "triton", spk_reset=spk_reset))
+    _compare(ref, _run(cls, backend, spk_reset=spk_reset))
 
 
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
 @pytest.mark.parametrize("cls", [adex.AdExIF, adex.LIF], ids=lambda c: c.__name__)
-def test_fused_matches_reference_checkpointed_and_chunked(cls):
+def test_fused_matches_reference_checkpointed_and_chunked(cls, backend):
     ref = _run(cls, "reference", chunks=2)
-    _compare(ref, _run(cls, "triton", chunks=2))
+    _compare(ref, _run(cls, backend, chunks=2))
     ref = _run(cls, "reference", checkpoint_every=4)
-    _compare(ref, _run(cls, "triton", checkpoint_every=4))
+    _compare(ref, _run(cls, backend, checkpoint_every=4))
 
 
 def test_fused_matches_reference_bf16():
@@ -97,7 +99,7 @@ def test_fused_matches_reference_bf16():
     _compare(ref, _run(adex.AdExIF, "triton", x_dtype=torch.bfloat16), atol=1e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton", "cpu"])
 def test_synapse_equals_prefiltered_input(backend):
     """A model with a synapse on x equals the same model without one on the filtered
     current I (forward and gradients: x's through the filter's adjoint)."""

@@ -5,5 +5,11 @@ recursion in reverse, the parameter gradients accumulated per neuron.
 
 ``device_math`` (elementwise formulas), ``step`` (one step, its factors, adjoint and
 parameter-gradient terms), ``scan`` (the two kernels and their launchers), ``autograd``
-(the ``autograd.Function`` and the backend entry :func:`adex.cpu.autograd.cpu_scan`).
+(the ``autograd.Function`` and the backend entry :func:`adex.cpu.autograd.cpu_scan`),
+``fastexp`` (the vectorizable exp), ``threading_layer`` (a thread-safe numba layer, chosen
+on import).
 """
+
+from adex.cpu.threading_layer import choose_threadsafe_layer
+
+choose_threadsafe_layer()

@@ -6,10 +6,12 @@ clamped exponential term.
 The kernels compute in float64 scalars whatever the storage dtype (float32 or float64
 arrays); what they store rounds to it. exprel is a Taylor polynomial inside the series radius
 of ``adex.exprel`` (|z| < 0.5, where ``dt * J`` lies in typical use), as in the Triton
-kernels but with enough terms for float64 rounding (no libm call on the hot path), and the
-reference's ``expm1(z)/z`` outside; its derivative uses the reference's series inside the
-same radius. Division follows IEEE (numba's ``error_model='numpy'``: inf/NaN, as torch),
-never a Python ZeroDivisionError.
+kernels but with enough terms for float64 rounding, and ``(e^z - 1)/z`` outside; the
+exponentials of the step (exprel's, the clamped exponential term's) are
+:func:`adex.cpu.fastexp.exp` (no libm call on the hot path, so the step vectorizes), and
+the step's choices are selects, not branches. exprel's derivative uses the reference's
+series inside the same radius. Division follows IEEE (numba's ``error_model='numpy'``:
+inf/NaN, as torch), never a Python ZeroDivisionError.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import numpy as np
 from numba import njit
 
+from adex.cpu.fastexp import exp as fast_exp
 from adex.exprel import _DERIV_COEFFS, _SERIES_RADIUS
 from adex.reference import EXP_CLAMP
 
@@ -34,26 +37,27 @@ machine), IEEE arithmetic (no reassociation: the kernels must agree with the ref
 division by zero gives inf/NaN as in torch)."""
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def exprel(z: float) -> float:
-    """``(e^z - 1)/z``, 1 at ``z = 0``."""
-    if abs(z) < _SERIES_RADIUS:
-        p = 0.0
-        for c in _VALUE:
-            p = p * z + c
-        return p
-    return math.expm1(z) / z
+    """``(e^z - 1)/z``, 1 at ``z = 0``: both branches computed and one selected (no
+    control flow, so a loop over neurons vectorizes; the far branch's 0/0 at z = 0 is
+    discarded)."""
+    p = 0.0
+    for c in _VALUE:
+        p = p * z + c
+    far = (fast_exp(z) - 1.0) / z  # |z| >= 0.5: no cancellation in e^z - 1
+    return p if abs(z) < _SERIES_RADIUS else far
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def exprel_derivative(z: float, value: float) -> float:
-    """``d exprel/dz``: the series near 0, ``((z - 1) exprel(z) + 1)/z`` elsewhere."""
-    if abs(z) < _SERIES_RADIUS:
-        p = 0.0
-        for c in _DERIV:
-            p = p * z + c
-        return p
-    return ((z - 1.0) * value + 1.0) / z
+    """``d exprel/dz``: the series near 0, ``((z - 1) exprel(z) + 1)/z`` elsewhere (both
+    computed, one selected)."""
+    p = 0.0
+    for c in _DERIV:
+        p = p * z + c
+    far = ((z - 1.0) * value + 1.0) / z
+    return p if abs(z) < _SERIES_RADIUS else far
 
 
 @njit(**JIT)
@@ -114,20 +118,21 @@ def surrogate_grad(u: float, p0: float, p1: float, p2: float, p3: float, kind: i
     return (4.0 / p1) * g
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def reset(v: float, v_th: float, v_reset: float, theta: float, hard: bool):
-    """BrainPy's reset from the stored (pre-reset) V: ``(V', spike of V, u)``."""
+    """BrainPy's reset from the stored (pre-reset) V: ``(V', spike of V, u)`` (selects,
+    no control flow)."""
     u = (v - v_th) / theta
     s = 1.0 if u >= 0.0 else 0.0
-    if hard:
-        return v - (v - v_reset) * s, s, u
-    return v - theta * s, s, u
+    v_hard = v - (v - v_reset) * s
+    v_soft = v - theta * s
+    return (v_hard if hard else v_soft), s, u
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def exp_term(v_r: float, v_T: float, delta_T: float):
     """``z = (V' - V_T)/delta_T``, ``E = exp(min(z, 20))`` and JAX's slope of the clamp."""
     z = (v_r - v_T) / delta_T
-    e = math.exp(min(z, EXP_CLAMP))
+    e = fast_exp(min(z, EXP_CLAMP))
     slope = 1.0 if z < EXP_CLAMP else (0.5 if z == EXP_CLAMP else 0.0)
     return z, e, slope

@@ -1,14 +1,19 @@
 """The fused CPU scans: the forward over all T steps and the BPTT backward, each one numba
 kernel parallel over blocks of ``BLOCK`` neurons (``prange``), the Triton kernels'
 algorithm (``adex.kernels.scan_fwd``, ``adex.kernels.scan_bwd``) with the same saved
-tensors: V per step (w only for the tau_w gradient), the refractory flags packed 8 steps to
-a byte, or the checkpoints of the low-memory mode, whose segments the backward recomputes.
+tensors: V per step (w only for the tau_w gradient, the synaptic current I only for the
+tau_syn gradient), the refractory flags packed 8 steps to a byte, or the checkpoints of the
+low-memory mode, whose segments the backward recomputes. The optional synaptic current
+(``I_t = I_{t-1} + c_s (x_t - I_{t-1})`` before each step, the membrane reading I_t) and
+the per-sample ``lengths`` (from step ``lengths[b]`` on, sample b holds its state, returns
+zero spikes and passes no gradient) are selects in the same loops.
 
 Within a block, each step runs over the block's neurons (contiguous in memory) before the
-next step; the state lives in the output state block, rounded to the storage dtype after
-every step as the stored V is, so the backward's recomputed factors see the forward's own
-trajectory. Flags are runtime arguments: one compiled kernel per direction and storage
-dtype (float32, float64), cached on disk. Arrays a plan does not use are passed as empty
+next step, as one branch-free loop that LLVM vectorizes; the block's state lives in local
+rows of the storage dtype, rounded to it after every step as the stored V is, so the
+backward's recomputed factors see the forward's own trajectory. Flags are runtime
+arguments that only select values or skip whole loops: one compiled kernel per direction
+and storage dtype (float32, float64), cached on disk. Arrays a plan does not use are passed as empty
 arrays of the same type (numba would compile one variant per None pattern otherwise).
 """
 
@@ -29,196 +34,347 @@ from adex.cpu.step import (
 BLOCK = 64
 """Neurons per parallel work item (a multiple of the cache line in float32 and float64)."""
 
-THETA, VCAP, CW, DCW = 10, 11, 12, 13  # derived rows of the per-block parameters
+TAU_SYN = 10  # packed row of tau_syn
+THETA, VCAP, CW, DCW, CS, DCS = 11, 12, 13, 14, 15, 16  # derived rows of the block parameters
+N_GRADS = 11  # parameter gradients accumulated per neuron: the packed rows, tau_syn last
+NO_LENGTH = 1 << 62  # the length of a sample without lengths: it never holds
+
+
+@njit(**JIT)
+def _local_rows(C, has_w, has_ref, has_syn):
+    """``[C]`` the local row (0 V, 1 w, 2 last-spike time, 3 I) of each state row."""
+    rows = np.zeros(C, dtype=np.int64)
+    c = 1
+    if has_w:
+        rows[c] = 1
+        c += 1
+    if has_ref:
+        rows[c] = 2
+        c += 1
+    if has_syn:
+        rows[c] = 3
+    return rows
+
+
+@njit(**JIT)
+def _block_lengths(lens, sps, lo, hi):
+    """``[hi - lo]`` int64 steps each neuron's sample runs (``lens[m // sps]``), or
+    :data:`NO_LENGTH` where ``lens`` is empty."""
+    out = np.full(hi - lo, NO_LENGTH, dtype=np.int64)
+    if lens.size:
+        for m in range(lo, hi):
+            out[m - lo] = lens[m // sps]
+    return out
 
 
 @njit(**JIT)
 def _block_params(par, lo, hi, dt, ceiling):
-    """``[14, hi - lo]`` float64: the ten packed parameters of neurons ``lo..hi-1`` of the
-    flattened state (neuron ``m % N``), then theta, the runaway ceiling, ``c_w = 1 -
-    exp(-dt/tau_w)`` and ``d c_w / d tau_w``."""
+    """``[17, hi - lo]`` float64: the eleven packed parameters of neurons ``lo..hi-1`` of
+    the flattened state (neuron ``m % N``), then theta, the runaway ceiling, ``c_w = 1 -
+    exp(-dt/tau_w)``, ``d c_w / d tau_w``, ``c_s = 1 - exp(-dt/tau_syn)`` and ``d c_s / d
+    tau_syn``."""
     n_par = par.shape[1]
-    pb = np.empty((14, hi - lo))
+    pb = np.empty((17, hi - lo))
     for m in range(lo, hi):
         j, n = m - lo, m % n_par
-        for k in range(10):
+        for k in range(TAU_SYN + 1):
             pb[k, j] = par[k, n]
         theta = pb[3, j] - pb[4, j]
-        tau_w = pb[2, j]
+        tau_w, tau_s = pb[2, j], pb[TAU_SYN, j]
         cw = dt * exprel(-dt / tau_w) / tau_w
+        cs = dt * exprel(-dt / tau_s) / tau_s
         pb[THETA, j] = theta
         pb[VCAP, j] = pb[3, j] + ceiling * theta
         pb[CW, j] = cw
         pb[DCW, j] = -(dt / (tau_w * tau_w)) * (1.0 - cw)
+        pb[CS, j] = cs
+        pb[DCS, j] = -(dt / (tau_s * tau_s)) * (1.0 - cs)
     return pb
 
 
 @njit(**JIT)
-def _run_steps(x, t_first, L, lo, hi, pb, times, tau_ref, dt, hard, has_w, has_exp, has_ref,
-               state, spk, vrows, wrows, rbits, row0, ckpt, K):  # fmt: skip
+def _run_steps(x, t_first, L, lo, hi, pb, len_b, times, tau_ref, dt, hard, has_w, has_exp,
+               has_ref, has_syn, state, spk, vrows, wrows, rbits, irows, row0, ckpt,
+               K):  # fmt: skip
     """Steps ``t_first .. t_first + L - 1`` of neurons ``lo..hi-1`` from ``state`` ``[C, M]``
-    (updated in place). Writes, where the array is not empty: the spikes ``spk[t]``, the V
-    and w rows ``[t - row0]``, the refractory bit ``t - row0`` and the checkpoint before
-    every K-th step (K > 0)."""
-    c_t = 1 + has_w  # row of the last-spike time
+    (updated in place); ``len_b``: each neuron's sample length (steps from it on hold the
+    state and return zero spikes). Writes, where the array is not empty: the spikes
+    ``spk[t]``, the V, w and I rows ``[t - row0]``, the refractory bit ``t - row0`` and the
+    checkpoint before every K-th step (K > 0).
+
+    The block's state is copied into contiguous local rows (storage dtype) for the run; each
+    step is one branch-free loop over the block's neurons (the flags only select values, so
+    LLVM vectorizes it), then one loop per optional output, its flag tested outside it."""
+    nb, C = hi - lo, state.shape[0]
+    rows = _local_rows(C, has_w, has_ref, has_syn)
+    # local rows V, w, last-spike time, I (a zero row where the model has none: the rows
+    # never alias, so LLVM's runtime overlap check passes and the vector loop runs)
+    loc = np.zeros((4, nb), dtype=state.dtype)
+    for c in range(C):
+        for j in range(nb):
+            loc[rows[c], j] = state[c, lo + j]
+    v_b, w_b, ts_b, i_b = loc[0], loc[1], loc[2], loc[3]
+    wn_b = np.empty(nb)
+    ref_b = np.zeros(nb, dtype=np.bool_)
+    on_b = np.zeros(nb, dtype=np.bool_)
     for t in range(t_first, t_first + L):
         if K > 0 and t % K == 0:
-            for c in range(state.shape[0]):
-                for m in range(lo, hi):
-                    ckpt[t // K, c, m] = state[c, m]
+            for c in range(C):
+                for j in range(nb):
+                    ckpt[t // K, c, lo + j] = loc[rows[c], j]
         r = t - row0
         t_now = times[t]
-        for m in range(lo, hi):
-            j = m - lo
-            vth = pb[3, j]
+        for j in range(nb):
+            on = t < len_b[j]
+            xt = x[t, lo + j]
+            i_new = i_b[j] + pb[CS, j] * (xt - i_b[j])  # the synapse first: I_t
+            i_b[j] = i_new if on else i_b[j]
             vn, wn, vr, wr = integrate_step(
-                state[0, m], state[1, m] if has_w else 0.0, x[t, m], pb[0, j], pb[1, j], vth,
+                v_b[j], w_b[j], i_b[j] if has_syn else xt, pb[0, j], pb[1, j], pb[3, j],
                 pb[4, j], pb[5, j], pb[6, j], pb[7, j], pb[8, j], pb[9, j], pb[THETA, j],
                 pb[VCAP, j], pb[CW, j], dt, hard, has_w, has_exp,
             )  # fmt: skip
-            ref = False
-            if has_ref:  # BrainPy's float test on t = float(k) * dt, in the storage dtype
-                ref = (t_now - state[c_t, m]) < tau_ref
-                if ref:
-                    vn, wn = vr, wr
-            state[0, m] = vn
-            if has_w:
-                state[1, m] = wn
-            fired = state[0, m] >= vth
-            if has_ref:
-                if fired:
-                    state[c_t, m] = t_now
-                if rbits.size:
-                    bit = 1 << (r & 7)
-                    old = rbits[r >> 3, m]
-                    rbits[r >> 3, m] = (old | bit) if ref else (old & ~bit)
-            if spk.size:
-                spk[t, m] = 1.0 if fired else 0.0
-            if vrows.size:
-                vrows[r, m] = state[0, m]
-            if wrows.size:
-                wrows[r, m] = state[1, m]
+            # BrainPy's float test on t = float(k) * dt, in the storage dtype
+            ref = has_ref & ((t_now - ts_b[j]) < tau_ref)
+            vn = vr if ref else vn
+            v_b[j] = vn if on else v_b[j]
+            wn = wr if ref else wn
+            wn_b[j] = wn if on else w_b[j]
+            ref_b[j] = ref
+            on_b[j] = on
+        if has_w:
+            for j in range(nb):
+                w_b[j] = wn_b[j]
+        if has_ref:
+            for j in range(nb):
+                ts_b[j] = t_now if (v_b[j] >= pb[3, j]) & on_b[j] else ts_b[j]
+            if rbits.size:
+                bit = np.uint8(1 << (r & 7))
+                for j in range(nb):
+                    old = rbits[r >> 3, lo + j]
+                    rbits[r >> 3, lo + j] = (old | bit) if ref_b[j] else (old & ~bit)
+        if spk.size:
+            for j in range(nb):
+                spk[t, lo + j] = 1.0 if (v_b[j] >= pb[3, j]) & on_b[j] else 0.0
+        if vrows.size:
+            for j in range(nb):
+                vrows[r, lo + j] = v_b[j]
+        if wrows.size:
+            for j in range(nb):
+                wrows[r, lo + j] = w_b[j]
+        if irows.size:
+            for j in range(nb):
+                irows[r, lo + j] = i_b[j]
+    for c in range(C):
+        for j in range(nb):
+            state[c, lo + j] = loc[rows[c], j]
 
 
 @njit(parallel=True, **JIT)
 def scan_forward(x, state0, par, times, tau_ref, dt, ceiling, hard, has_w, has_exp, has_ref,
-                 spk, state, vseq, wseq, rbits, ckpt, K):  # fmt: skip
+                 has_syn, lens, sps, spk, state, vseq, wseq, rbits, iseq, ckpt,
+                 K):  # fmt: skip
     """All T steps of every neuron: ``x`` ``[T, M]``, ``state0`` ``[C, M]``, ``par``
-    ``[10, N]``, ``times`` ``[T]`` (ms, ``float(k) * dt`` in the storage dtype),
-    ``tau_ref`` ``[1]``; outputs ``spk`` ``[T, M]``, ``state`` ``[C, M]`` and, where not
-    empty, ``vseq``/``wseq`` ``[T, M]``, ``rbits`` ``[cdiv(T, 8), M]`` uint8 and ``ckpt``
-    ``[cdiv(T, K), C, M]``."""
+    ``[11, N]``, ``times`` ``[T]`` (ms, ``float(k) * dt`` in the storage dtype),
+    ``tau_ref`` ``[1]``, ``lens`` ``[batch]`` int32 sample lengths (or empty) with ``sps``
+    elements per sample; outputs ``spk`` ``[T, M]``, ``state`` ``[C, M]`` and, where not
+    empty, ``vseq``/``wseq``/``iseq`` ``[T, M]``, ``rbits`` ``[cdiv(T, 8), M]`` uint8 and
+    ``ckpt`` ``[cdiv(T, K), C, M]``."""
     T, M = x.shape
     for blk in prange((M + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
         hi = min(M, lo + BLOCK)
         pb = _block_params(par, lo, hi, dt, ceiling)
+        len_b = _block_lengths(lens, sps, lo, hi)
         for c in range(state0.shape[0]):
             for m in range(lo, hi):
                 state[c, m] = state0[c, m]
-        _run_steps(x, 0, T, lo, hi, pb, times, tau_ref[0], dt, hard, has_w, has_exp, has_ref,
-                   state, spk, vseq, wseq, rbits, 0, ckpt, K)  # fmt: skip
+        _run_steps(x, 0, T, lo, hi, pb, len_b, times, tau_ref[0], dt, hard, has_w, has_exp,
+                   has_ref, has_syn, state, spk, vseq, wseq, rbits, iseq, 0, ckpt,
+                   K)  # fmt: skip
+
+
+@njit(inline="always", **JIT)
+def _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, pb, lv, lw,
+                    li, g, gx_b, dt, flags, param_grad):  # fmt: skip
+    """One neuron's adjoint of one step: updates ``lv[j]``, ``lw[j]``, ``li[j]`` and, with
+    ``param_grad``, ``g[:, j]``; writes ``gx_b[j]``. A held step (``on_b[j]`` false) is
+    the identity: its own terms see zero adjoints and the carried ones pass unchanged.
+    Straight-line code."""
+    hard, has_w, has_exp, _, detach, _, _, has_gspk = flags[:8]
+    has_syn, read_i = flags[14], flags[15]
+    R, tau, vth, vreset, vrest = pb[0, j], pb[1, j], pb[3, j], pb[4, j], pb[5, j]
+    vT, dT, a, b = pb[6, j], pb[7, j], pb[8, j], pb[9, j]
+    theta, cw, cs = pb[THETA, j], pb[CW, j], pb[CS, j]
+    vnew, vprev = vn_b[j], vp_b[j]
+    on = on_b[j]
+    lv0, lw0, li0 = lv[j], lw[j], li[j]
+    lvj = lv0 if on else 0.0
+    lwj = lw0 if on else 0.0
+    u = (vnew - vth) / theta
+    gsg = sgu_b[j]  # the returned spike's dL/dV_t, added to lv already
+    fac = step_factors(vprev, vnew, tau, vth, vreset, vT, dT, theta, dt, hard, has_exp)
+    ref = ref_b[j]
+    gxv, lvr, lwr, big = step_adjoint(lvj, lwj, ref, fac[9], fac[11], R, tau, a, cw, has_w)
+    # the membrane read I_t: through the synapse to x_t and I_{t-1}
+    lt = (li0 if on else 0.0) + gxv
+    li[j] = (lt - lt * cs) if on else li0
+    gx_b[j] = lt * cs if has_syn else gxv
+    gpre = sgp_b[j]
+    if param_grad:
+        step_param_grads(g, j, gsg, u, lwj, big, lvr, lwr, ref, vprev, vnew, wp_b[j], fac,
+                         R, tau, vreset, vrest, dT, a, b, theta, cw, pb[DCW, j], dt, gpre,
+                         hard, has_w, has_exp, detach, has_gspk)  # fmt: skip
+        g[TAU_SYN, j] += lt * pb[DCS, j] * (xt_b[j] - ip_b[j]) if read_i else 0.0
+    lvn, lwn = reset_adjoint(lvr, lwr, lwj, vprev, vreset, b, theta, gpre, hard, has_w,
+                             detach)  # fmt: skip
+    lv[j] = lvn if on else lv0
+    lw[j] = lwn if on else lw0
 
 
 @njit(**JIT)
-def _adjoint_rows(rows_v, rows_w, rows_r, t0, L, lo, hi, pb, v0, w0, lv, lw, g, gspk, gv, gw,
-                  gx, dt, sg, kind, flags):  # fmt: skip
+def _adjoint_rows(rows_v, rows_w, rows_r, rows_i, x, t0, L, lo, hi, pb, len_b, v0, w0, i0,
+                  lv, lw, li, g, gspk, gv, gw, gi, gx, dt, sg, kind, flags):  # fmt: skip
     """The adjoint recursion over steps ``t0 + L - 1 .. t0`` (rows ``L-1 .. 0`` of the
-    stored V/w/flags) of neurons ``lo..hi-1``, from the adjoints ``lv``/``lw`` (updated in
-    place), accumulating the parameter gradients into ``g`` ``[10, hi - lo]``."""
-    hard, has_w, has_exp, has_ref, detach, param_grad, read_w = flags[:7]
-    has_gspk, has_gv, has_gw, write_gx = flags[7:]
+    stored V/w/I/flags) of neurons ``lo..hi-1``, from the adjoints ``lv``/``lw``/``li``
+    (updated in place), accumulating the parameter gradients into ``g`` ``[11, hi - lo]``.
+
+    Per step: the block's stored V before/after, w and I before, x, refractory flags,
+    whether the step ran (``len_b``) and surrogate values g(u_t), g(u_{t-1}) (the surrogate
+    kind is a runtime switch: its own scalar loop) go into contiguous local rows, the
+    incoming gradients are added, then one branch-free loop over the neurons (vectorized by
+    LLVM) runs the adjoint, with or without the parameter gradients (two loops, the flag
+    tested outside them)."""
+    has_ref, detach, param_grad, read_w = flags[3], flags[4], flags[5], flags[6]
+    has_gspk, has_gv, has_gw, write_gx = flags[7:11]
+    read_i, has_gi = flags[15], flags[16]
+    nb = hi - lo
+    vn_b, vp_b, wp_b = np.empty(nb), np.empty(nb), np.zeros(nb)
+    ip_b, xt_b = np.zeros(nb), np.zeros(nb)
+    sgu_b, sgp_b, gx_b = np.zeros(nb), np.zeros(nb), np.empty(nb)
+    ref_b = np.zeros(nb, dtype=np.bool_)
+    on_b = np.zeros(nb, dtype=np.bool_)
     for i in range(L - 1, -1, -1):
         t = t0 + i
-        for m in range(lo, hi):
-            j = m - lo
-            R, tau, vth, vreset, vrest = pb[0, j], pb[1, j], pb[3, j], pb[4, j], pb[5, j]
-            vT, dT, a, b = pb[6, j], pb[7, j], pb[8, j], pb[9, j]
-            theta, cw = pb[THETA, j], pb[CW, j]
-            vnew = rows_v[i, m]
-            vprev = rows_v[i - 1, m] if i > 0 else v0[j]
-            gsg = 0.0
-            u = 0.0
-            if has_gspk:  # the returned spike of step t
-                u = (vnew - vth) / theta
-                gsg = gspk[t, m] * surrogate_grad(u, sg[0], sg[1], sg[2], sg[3], kind) / theta
-                lv[j] += gsg
-            if has_gv:
-                lv[j] += gv[t, m]
-            if has_gw:
-                lw[j] += gw[t, m]
-            fac = step_factors(vprev, vnew, tau, vth, vreset, vT, dT, theta, dt, hard, has_exp)
-            ref = has_ref and ((rows_r[i >> 3, m] >> (i & 7)) & 1) != 0
-            gxv, lvr, lwr, big = step_adjoint(lv[j], lw[j], ref, fac[9], fac[11], R, tau, a, cw,
-                                              has_w)  # fmt: skip
-            if write_gx:
-                gx[t, m] = gxv
-            if param_grad:
-                wprev = 0.0
-                if read_w:
-                    wprev = rows_w[i - 1, m] if i > 0 else w0[j]
-                step_param_grads(g, j, gsg, u, lw[j], big, lvr, lwr, ref, vprev, vnew, wprev,
-                                 fac, R, tau, vreset, vrest, dT, a, b, theta, cw, pb[DCW, j],
-                                 dt, sg, kind, hard, has_w, has_exp, detach, has_gspk)  # fmt: skip
-            lv[j], lw[j] = reset_adjoint(lvr, lwr, lw[j], vprev, fac[2], vreset, b, theta, sg,
-                                         kind, hard, has_w, detach)  # fmt: skip
+        for j in range(nb):
+            vn_b[j] = rows_v[i, lo + j]
+            vp_b[j] = rows_v[i - 1, lo + j] if i > 0 else v0[j]
+            on_b[j] = t < len_b[j]
+        if read_w:
+            for j in range(nb):
+                wp_b[j] = rows_w[i - 1, lo + j] if i > 0 else w0[j]
+        if read_i:
+            for j in range(nb):
+                ip_b[j] = rows_i[i - 1, lo + j] if i > 0 else i0[j]
+                xt_b[j] = x[t, lo + j]
+        if has_ref:
+            for j in range(nb):
+                ref_b[j] = ((rows_r[i >> 3, lo + j] >> (i & 7)) & 1) != 0
+        for j in range(nb):  # scalar: the surrogate's switch on kind
+            theta = pb[THETA, j]
+            if has_gspk:  # the returned spike of step t (the constant 0 of a held step)
+                u = (vn_b[j] - pb[3, j]) / theta
+                sgu_b[j] = gspk[t, lo + j] * surrogate_grad(u, sg[0], sg[1], sg[2], sg[3],
+                                                            kind) / theta  # fmt: skip
+                sgu_b[j] = sgu_b[j] if on_b[j] else 0.0
+            if not detach:
+                up = (vp_b[j] - pb[3, j]) / theta
+                sgp_b[j] = surrogate_grad(up, sg[0], sg[1], sg[2], sg[3], kind)
+        if has_gspk:
+            for j in range(nb):
+                lv[j] += sgu_b[j]
+        if has_gv:
+            for j in range(nb):
+                lv[j] += gv[t, lo + j]
+        if has_gw:
+            for j in range(nb):
+                lw[j] += gw[t, lo + j]
+        if has_gi:
+            for j in range(nb):
+                li[j] += gi[t, lo + j]
+        if param_grad:
+            for j in range(nb):
+                _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, pb,
+                                lv, lw, li, g, gx_b, dt, flags, True)  # fmt: skip
+        else:
+            for j in range(nb):
+                _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, pb,
+                                lv, lw, li, g, gx_b, dt, flags, False)  # fmt: skip
+        if write_gx:
+            for j in range(nb):
+                gx[t, lo + j] = gx_b[j]
+
+
+@njit(**JIT)
+def _segment_start(src, C, lo, hi, v0, w0, i0, has_w, i_row):
+    """Copy V, w (``has_w``) and I (``i_row >= 0``) of ``src`` ``[C, M]`` for neurons
+    ``lo..hi-1`` into the block rows ``v0``, ``w0``, ``i0``."""
+    for m in range(lo, hi):
+        v0[m - lo] = src[0, m]
+        if has_w:
+            w0[m - lo] = src[1, m]
+        if i_row >= 0:
+            i0[m - lo] = src[i_row, m]
 
 
 @njit(parallel=True, **JIT)
-def scan_backward(vseq, wseq, rbits, state0, par, gspk, gv, gw, gstate, x, ckpt, times,
-                  tau_ref, dt, ceiling, sg, kind, flags, param_mask, K, T,
-                  gx, gstate0, gpar, scr_state, scr_v, scr_w, scr_r, no_spk):  # fmt: skip
+def scan_backward(vseq, wseq, rbits, iseq, state0, par, gspk, gv, gw, gi, gstate, x, ckpt,
+                  times, tau_ref, dt, ceiling, sg, kind, flags, lens, sps, param_mask, K, T,
+                  gx, gstate0, gpar, scr_state, scr_v, scr_w, scr_r, scr_i,
+                  no_spk):  # fmt: skip
     """The BPTT backward of :func:`scan_forward`. ``flags``: (hard, has_w, has_exp, has_ref,
     detach_reset, param_grad, read_w, has_gspk, has_gv, has_gw, write_gx, has_gstate,
-    write_gstate0, recompute). Incoming gradients ``gspk``/``gv``/``gw`` ``[T, M]``,
-    ``gstate`` ``[C, M]``; outputs ``gx`` ``[T, M]``, ``gstate0`` ``[C, M]``, ``gpar``
-    ``[10, M]`` (rows outside ``param_mask`` zero). With recompute, each K-step segment is
-    rerun from ``ckpt`` into the scratch ``scr_*`` (``[C, M]``, ``[K, M]``, ``[cdiv(K, 8),
-    M]``) first (``no_spk``: an empty ``[0, 0]`` array, the recomputation's spikes)."""
+    write_gstate0, recompute, has_syn, read_i, has_gi). Incoming gradients
+    ``gspk``/``gv``/``gw``/``gi`` ``[T, M]``, ``gstate`` ``[C, M]``; outputs ``gx``
+    ``[T, M]``, ``gstate0`` ``[C, M]``, ``gpar`` ``[11, M]`` (rows outside ``param_mask``
+    zero). ``lens``/``sps``: the forward's sample lengths (or empty). With recompute, each
+    K-step segment is rerun from ``ckpt`` into the scratch ``scr_*`` (``[C, M]``, ``[K,
+    M]``, ``[cdiv(K, 8), M]``) first (``no_spk``: an empty ``[0, 0]`` array, the
+    recomputation's spikes)."""
     hard, has_w, has_exp, has_ref = flags[0], flags[1], flags[2], flags[3]
     param_grad = flags[5]
     has_gstate, write_gstate0, recompute = flags[11], flags[12], flags[13]
-    inner = flags[:11]
+    has_syn = flags[14]
+    i_row = 1 + has_w + has_ref if has_syn else -1
     M = state0.shape[1]
+    C = state0.shape[0]
     n_seg = (T + K - 1) // K if recompute else 1
     for blk in prange((M + BLOCK - 1) // BLOCK):
         lo = blk * BLOCK
         hi = min(M, lo + BLOCK)
+        nb = hi - lo
         pb = _block_params(par, lo, hi, dt, ceiling)
-        lv = np.zeros(hi - lo)
-        lw = np.zeros(hi - lo)
-        v0 = np.empty(hi - lo)
-        w0 = np.zeros(hi - lo)
-        g = np.zeros((10, hi - lo))
+        len_b = _block_lengths(lens, sps, lo, hi)
+        lv, lw, li = np.zeros(nb), np.zeros(nb), np.zeros(nb)
+        v0, w0, i0 = np.empty(nb), np.zeros(nb), np.zeros(nb)
+        g = np.zeros((N_GRADS, nb))
         if has_gstate:
             for m in range(lo, hi):
                 lv[m - lo] = gstate[0, m]
                 if has_w:
                     lw[m - lo] = gstate[1, m]
+                if has_syn:
+                    li[m - lo] = gstate[i_row, m]
         for s in range(n_seg):
             seg = n_seg - 1 - s
             if recompute:
                 t0 = seg * K
                 L = min(K, T - t0)
-                for c in range(scr_state.shape[0]):
+                for c in range(C):
                     for m in range(lo, hi):
                         scr_state[c, m] = ckpt[seg, c, m]
-                _run_steps(x, t0, L, lo, hi, pb, times, tau_ref[0], dt, hard, has_w,
-                           has_exp, has_ref, scr_state, no_spk, scr_v, scr_w, scr_r, t0,
-                           ckpt, 0)  # fmt: skip
-                for m in range(lo, hi):
-                    v0[m - lo] = ckpt[seg, 0, m]
-                    if has_w:
-                        w0[m - lo] = ckpt[seg, 1, m]
-                _adjoint_rows(scr_v, scr_w, scr_r, t0, L, lo, hi, pb, v0, w0, lv, lw, g, gspk,
-                              gv, gw, gx, dt, sg, kind, inner)  # fmt: skip
+                _run_steps(x, t0, L, lo, hi, pb, len_b, times, tau_ref[0], dt, hard, has_w,
+                           has_exp, has_ref, has_syn, scr_state, no_spk, scr_v, scr_w, scr_r,
+                           scr_i, t0, ckpt, 0)  # fmt: skip
+                _segment_start(ckpt[seg], C, lo, hi, v0, w0, i0, has_w, i_row)
+                _adjoint_rows(scr_v, scr_w, scr_r, scr_i, x, t0, L, lo, hi, pb, len_b, v0,
+                              w0, i0, lv, lw, li, g, gspk, gv, gw, gi, gx, dt, sg, kind,
+                              flags)  # fmt: skip
             else:
-                for m in range(lo, hi):
-                    v0[m - lo] = state0[0, m]
-                    if has_w:
-                        w0[m - lo] = state0[1, m]
-                _adjoint_rows(vseq, wseq, rbits, 0, T, lo, hi, pb, v0, w0, lv, lw, g, gspk, gv,
-                              gw, gx, dt, sg, kind, inner)  # fmt: skip
+                _segment_start(state0, C, lo, hi, v0, w0, i0, has_w, i_row)
+                _adjoint_rows(vseq, wseq, rbits, iseq, x, 0, T, lo, hi, pb, len_b, v0, w0, i0,
+                              lv, lw, li, g, gspk, gv, gw, gi, gx, dt, sg, kind,
+                              flags)  # fmt: skip
         for m in range(lo, hi):
             j = m - lo
             if write_gstate0:
@@ -227,6 +383,8 @@ def scan_backward(vseq, wseq, rbits, state0, par, gspk, gv, gw, gstate, x, ckpt,
                     gstate0[1, m] = lw[j]
                 if has_ref:  # the last-spike time carries no gradient
                     gstate0[1 + has_w, m] = 0.0
+                if has_syn:
+                    gstate0[i_row, m] = li[j]
             if param_grad:
-                for k in range(10):
+                for k in range(gpar.shape[0]):
                     gpar[k, m] = g[k, j] if (param_mask >> k) & 1 else 0.0
