@@ -215,6 +215,35 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def add_training_options(parser: argparse.ArgumentParser, epochs: int) -> None:
+    """The options every demo task takes: ``--epochs`` (default ``epochs``), ``--steps``,
+    ``--seed`` and ``--device``."""
+    parser.add_argument(
+        "--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps per epoch (default: one pass over the training set)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda'"
+    )
+
+
+def parse_training_options(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the training options of
+    :func:`add_training_options` checked (``--epochs`` and ``--steps`` >= 1)."""
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--epochs and --steps must be >= 1")
+    return args
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command-line options of ``python -m adex.demo``."""
     parser = argparse.ArgumentParser(
@@ -229,17 +258,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="'digits' (this demo, default) or 'sequence' (adex.demo_sequence: variable-length "
         "Japanese Vowels, needs the sequence extra; see its --help)",
     )
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="optimizer steps per epoch (default: one pass over the training set)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda'"
-    )
+    add_training_options(parser, epochs=4)
     parser.add_argument(
         "--plot",
         type=Path,
@@ -247,9 +266,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="where to save the raster/voltage plot (default adex_demo.png)",
     )
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("--epochs and --steps must be >= 1")
+    args = parse_training_options(parser, argv)
     if not args.plot.parent.is_dir():  # fail now, not after training
         parser.error(f"--plot: no such directory: {args.plot.parent}")
     return args

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 import adex
+from adex.demo import add_training_options, parse_training_options, pick_device
 from adex.functional import resolve_backend
 
 N_IN = 12
@@ -164,21 +165,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Train Linear -> AdLIF(tau_syn) -> Linear -> LI(tau_syn) with BPTT and "
         "lengths= on the variable-length Japanese Vowels sequences (shipped in sktime).",
     )
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="optimizer steps per epoch (default: one pass over the training set)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--device", default="auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda'"
-    )
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("--epochs and --steps must be >= 1")
-    return args
+    add_training_options(parser, epochs=30)
+    return parse_training_options(parser, argv)
 
 
 def train_batch(model, optimizer, x: Tensor, lengths: Tensor, y: Tensor) -> float:
@@ -195,8 +183,6 @@ def train_batch(model, optimizer, x: Tensor, lengths: Tensor, y: Tensor) -> floa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train, report loss, accuracy and time per epoch; return 0."""
-    from adex.demo import pick_device
-
     args = parse_args(argv)
     device = pick_device(args.device)
     if device.type == "cpu":
