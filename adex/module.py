@@ -119,6 +119,16 @@ def _to_ms(name: str):
     return convert
 
 
+def batch_first_view(
+    out: Tensor | StateSequence | SynStateSequence,
+) -> Tensor | StateSequence | SynStateSequence:
+    """A call's spikes or state sequences ``[T, batch, ...]`` as ``[batch, T, ...]``
+    (transposed views; an absent sequence stays None)."""
+    if isinstance(out, Tensor):
+        return out.transpose(0, 1)
+    return type(out)(*(None if t is None else t.transpose(0, 1) for t in out))
+
+
 class SpikingNeuron(ParamAttributes):
     """Base of the AdEx family: parameters in canonical units, state, single- and multi-step
     dynamics through the validated :class:`adex.spec.ScanSpec` built at construction.
@@ -733,10 +743,10 @@ class SpikingNeuron(ParamAttributes):
         out = self._run(x_seq, state, return_states, trusted, lengths)
         if return_states:
             seqs = (out.spikes, out.v_seq, out.w_seq) + ((out.i_seq,) if self.has_syn else ())
-            if batch_first:
-                seqs = tuple(None if t is None else t.transpose(0, 1) for t in seqs)
-            return SynStateSequence(*seqs) if self.has_syn else StateSequence(*seqs)
-        return out.spikes.transpose(0, 1) if batch_first else out.spikes
+            out = SynStateSequence(*seqs) if self.has_syn else StateSequence(*seqs)
+        else:
+            out = out.spikes
+        return batch_first_view(out) if batch_first else out
 
     def get_spike(self, V: Tensor | None = None) -> Tensor:
         """``H((V - V_th)/(V_th - V_reset))`` with the surrogate gradient (default: the stored

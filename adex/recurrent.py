@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from adex.functional import ExtraCheckError, _backend_for, _check_finite, _refuse_gradient
-from adex.module import SpikingNeuron, StateSequence, SynStateSequence
+from adex.module import SpikingNeuron, StateSequence, SynStateSequence, batch_first_view
 from adex.recurrent_reference import recurrent_checkpointed, recurrent_step_loop
 from adex.spec import ScanOutput, ScanSpec
 from adex.units import to_canonical
@@ -182,13 +182,19 @@ class Recurrent(nn.Module):
 
         With a ``batch_first`` neuron (and a batch) ``x_seq`` is ``[batch, T, N]`` and every
         returned sequence ``[batch, T, N]`` (transposed views)."""
-        batch_first = self.neuron._batch_first and isinstance(x_seq, Tensor) and x_seq.dim() == 3
+        carried = self._spikes  # the module's rule: batch-first when the state has a batch axis
+        batch_first = self.neuron._batch_first and carried is not None and carried.dim() > 1
         if not batch_first:
             return self._scan(x_seq, return_states)
-        out = self._scan(x_seq.transpose(0, 1), return_states)
-        if isinstance(out, Tensor):
-            return out.transpose(0, 1)
-        return type(out)(*(None if t is None else t.transpose(0, 1) for t in out))
+        if not isinstance(x_seq, Tensor):
+            x_seq = torch.as_tensor(to_canonical(x_seq, "current", "x_seq"),
+                                    device=carried.device)  # fmt: skip
+        if x_seq.dim() != 3:
+            raise ValueError(
+                f"x_seq must be [batch, T, N] for a batch_first neuron, got shape "
+                f"{tuple(x_seq.shape)}"
+            )
+        return batch_first_view(self._scan(x_seq.transpose(0, 1), return_states))
 
     def _scan(self, x_seq: Any, return_states: bool) -> Tensor | StateSequence | SynStateSequence:
         """:meth:`forward` on time-first ``x_seq`` ``[T, *state_shape]``."""

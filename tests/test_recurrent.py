@@ -362,6 +362,8 @@ def test_batch_first_neuron():
     torch.testing.assert_close(x_bf.grad.transpose(0, 1), x_tf.grad, rtol=0, atol=0)
     torch.testing.assert_close(twin.weight.grad, layer.weight.grad, rtol=0, atol=0)
     assert twin.update(x[0]).shape == (batch, n)  # one step: [batch, N], no time axis
+    with pytest.raises(ValueError, match=r"\[batch, T, N\]"):
+        twin(x[0])
 
 
 def test_default_init_scale():
