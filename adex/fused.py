@@ -85,16 +85,10 @@ def fused_scan(
         if not spec.return_states:
             return ScanOutput(out[0], out[1], None, None, None)
         return ScanOutput(*out)
-    out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, **_with_lengths(lengths))
+    out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, lengths=lengths)
     if not spec.return_states:
         return ScanOutput(out.spikes, out.state, None, None, None)
     return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
-
-
-def _with_lengths(lengths: Tensor | None) -> dict:
-    """The launchers' ``lengths`` keyword where there are lengths (none otherwise: the
-    launch then looks as it did before lengths existed)."""
-    return {} if lengths is None else {"lengths": lengths}
 
 
 def _through_ops() -> bool:
@@ -128,7 +122,7 @@ class FusedScan(torch.autograd.Function):
     def forward(ctx, x, state0, packed, call: _Call, *learnable):
         spec, plan = call.spec, call.plan
         out = adex_scan_fwd(x, state0, packed, spec, plan, call.t0_step,
-                            **_with_lengths(call.lengths))  # fmt: skip
+                            lengths=call.lengths)  # fmt: skip
         ctx.set_materialize_grads(False)
         ctx.call = call
         ctx.save_for_backward(state0, packed, out.v_seq, out.w_seq, out.ref_bits,
@@ -177,10 +171,9 @@ def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: 
     extra = {}
     if spec.has_syn:  # the synaptic-current sequence's gradient
         extra["grad_i_seq"] = _present(grads[4]) if len(grads) > 4 else None
-    extra.update(_with_lengths(lengths))
     grad_x, grad_state0, grad_par = launch(saved, packed, spec, plan, g_spikes, g_v_seq,
                                            g_w_seq, g_state, x_dtype, T, t0_step, needs[0],
-                                           needs[1], **extra)  # fmt: skip
+                                           needs[1], lengths=lengths, **extra)  # fmt: skip
     return (grad_x if needs[0] else None, grad_state0 if needs[1] else None,
             grad_par if needs[2] else None)  # fmt: skip
 

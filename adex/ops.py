@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adex.fused import _with_lengths, fused_backward, per_neuron
+from adex.fused import fused_backward, per_neuron
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
 from adex.params import N_PARAMS
@@ -46,7 +46,7 @@ def scan_fwd(x: Tensor, state0: Tensor, packed: Tensor, spec: str, needs_grad: b
     v_seq, w_seq, ref_bits, checkpoints, i_seq)``, empty where the plan writes none."""
     s = ScanSpec.from_key(spec)
     out = adex_scan_fwd(x, state0, packed, s, s.plan(needs_grad, param_grad), t0_step,
-                        **_with_lengths(lengths))  # fmt: skip
+                        lengths=lengths)  # fmt: skip
     return (out.spikes, out.state, _or_empty(out.v_seq, x), _or_empty(out.w_seq, x),
             _or_empty(out.ref_bits, x, torch.uint8), _or_empty(out.checkpoints, x),
             _or_empty(out.i_seq, x))  # fmt: skip
@@ -105,7 +105,7 @@ def scan_bwd(
     saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x, i_seq)
     out = adex_scan_bwd(saved, packed, s, s.plan(needs_grad, param_grad), grad_spikes,
                         grad_v_seq, grad_w_seq, grad_state, x_dtype, T, t0_step, want_x,
-                        want_state0, grad_i_seq, **_with_lengths(lengths))  # fmt: skip
+                        want_state0, grad_i_seq, lengths=lengths)  # fmt: skip
     return (_or_empty(out.grad_x, state0, x_dtype), _or_empty(out.grad_state0, state0),
             _or_empty(out.grad_params, state0))  # fmt: skip
 
