@@ -334,6 +334,7 @@ ranks run it as a script: importing this test module would cost them seconds).""
 DDP_RANK = textwrap.dedent(
     """
     import os
+    import sys
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -349,7 +350,14 @@ DDP_RANK = textwrap.dedent(
     ddp_train(model, local)
     torch.save({k: v.detach() for k, v in model.module.state_dict().items()},
                os.path.join(os.environ["ADEX_OUT"], f"rank{rank}.pt"))
+    # both ranks reach here before either tears gloo down: a rank that closes its
+    # connections while the other is still inside a collective aborts that one
+    dist.barrier()
     dist.destroy_process_group()
+    # the result is on disk; skip the interpreter's teardown, where gloo's worker threads
+    # can abort the process (torch's shutdown, not adex: a loaded 2-core CI machine hit it)
+    sys.stdout.flush()
+    os._exit(0)
     """
 )
 
