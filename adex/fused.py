@@ -125,16 +125,19 @@ class FusedScan(torch.autograd.Function):
                             lengths=call.lengths)  # fmt: skip
         ctx.set_materialize_grads(False)
         ctx.call = call
+        # the learnable tensors too, unread: autograd's version check then refuses a backward
+        # after they changed in place (an optimizer step), as for any saved weight, where
+        # ``packed`` is the layer's buffer that holds them (see SpikingNeuron._share_learnable)
         ctx.save_for_backward(state0, packed, out.v_seq, out.w_seq, out.ref_bits,
                               out.checkpoints, x if plan.checkpoint_every or plan.read_i else None,
-                              out.i_seq)  # fmt: skip
+                              out.i_seq, *learnable)  # fmt: skip
         if spec.return_states:
             return out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq
         return out.spikes, out.state
 
     @staticmethod
     def backward(ctx, g_spikes, g_state, g_v_seq=None, g_w_seq=None, g_i_seq=None):
-        state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq = ctx.saved_tensors
+        state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq = ctx.saved_tensors[:8]
         saved = SavedForBackward(state0, v_seq, w_seq, ref_bits, checkpoints, x, i_seq)
         needs = ctx.needs_input_grad
         call = ctx.call

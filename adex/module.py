@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 import warnings
 from typing import Any, ClassVar, NamedTuple
 
@@ -67,6 +68,12 @@ class SynStateSequence(NamedTuple):
     I: Tensor
 
 
+def _same(a: tuple, b: tuple) -> bool:
+    """Whether two tuples hold the same objects (identity: ``==`` on tensors compares
+    values)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
 def _in_size_tuple(in_size: Any) -> tuple[int, ...]:
     try:
         size = (in_size,) if isinstance(in_size, int) else tuple(in_size)
@@ -84,8 +91,8 @@ class _RunState:
     it (finite by construction: not checked again unless something wrote to it since), and
     the step counter."""
 
-    __slots__ = ("checks", "init_values", "learn_rows", "loose", "packed", "packed_device",
-                 "state", "t_step", "trusted")  # fmt: skip
+    __slots__ = ("checked", "checks", "init_values", "learn_rows", "loose", "packed",
+                 "packed_device", "pending", "shared", "state", "t_step", "trusted")  # fmt: skip
 
     def __init__(self) -> None:
         self.init_values: dict = {}  # constant initial rows [C, 1, ...] per (dtype, device)
@@ -93,6 +100,13 @@ class _RunState:
         self.packed_device: torch.device | None = None
         self.checks = None  # the learnable parameters' constraints (LearnableChecks)
         self.learn_rows: Tensor | None = None  # their packed rows, [k] int64
+        # the learnable parameters that are views of their packed rows, and those rows'
+        # addresses (None: not shared, packed per call); see SpikingNeuron._share_learnable
+        self.shared: tuple[tuple[Tensor, ...], tuple[int, ...]] | None = None
+        # the learnable parameters (and their versions and addresses) whose constraints were
+        # last checked and held, and those of the check under way
+        self.checked: tuple | None = None
+        self.pending: tuple | None = None
         self.state: Tensor | None = None
         self.loose: list[Tensor | None] | None = None
         self.trusted: tuple[int, ...] | None = None
@@ -238,7 +252,7 @@ class SpikingNeuron(ParamAttributes):
         rows = torch.tensor(row_ids, dtype=torch.int64)
         self.register_buffer("_learn_rows", rows, persistent=False)
         self.register_buffer("_packed", torch.empty(0), persistent=False)
-        self._repack()
+        self._repack(share=True)
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -293,9 +307,10 @@ class SpikingNeuron(ParamAttributes):
                 values[key] = self._parameters.get(key, self._buffers.get(key))
         return values
 
-    def _repack(self) -> None:
+    def _repack(self, share: bool = False) -> None:
         """Pack the parameters (fixed values and the current learnable ones) once, as the
-        ``[11, N]`` fp32 base that every call starts from."""
+        ``[11, N]`` fp32 base that every call starts from; with ``share``, make the learnable
+        parameters views of their rows (:meth:`_share_learnable`)."""
         self._params_cache = self.params
         self._packed_versions = self._buffer_versions()
         n = self._params_cache.n_neurons()  # 1 when every value is a scalar
@@ -304,36 +319,86 @@ class SpikingNeuron(ParamAttributes):
         self._rt.packed, self._rt.packed_device = self._packed, self._packed.device
         self._rt.learn_rows = self._learn_rows
         self._rt.checks = LearnableChecks.of(self.learnable, self._packed.device)
+        self._rt.checked = None
+        shared = self._rt.shared
+        if not share and shared is not None:  # still the parameters shared before: again
+            share = _same(tuple(self._parameters[k] for k in self.learnable), shared[0])
+        self._rt.shared = self._share_learnable() if share else None
+
+    def _share_learnable(self) -> tuple[tuple[Tensor, ...], tuple[int, ...]] | None:
+        """Store each learnable parameter in its packed row (``param.data`` becomes a view
+        of it), so that the packed buffer always holds the current values and a call packs
+        nothing: an optimizer step, ``load_state_dict`` or a write through ``.data`` lands
+        there directly. Possible when every learnable parameter is fp32 on the buffer's
+        device and holds a whole row (per-neuron, or scalar with every parameter scalar);
+        otherwise (None) the rows are written into a copy of the buffer per call. Done at
+        construction, after ``.to()``, on an assignment through the parameter's attribute
+        and on a repack of the parameters shared before; a tensor swapped in otherwise
+        (``torch.func.functional_call``) is never rebound, it is packed per call."""
+        if not self.learnable:
+            return None
+        n = self._packed.shape[1]
+        params = tuple(self._parameters[k] for k in self.learnable)
+        for p in params:
+            if p.dtype != torch.float32 or p.device != self._packed.device:
+                return None
+            if p.numel() != n:  # a scalar among per-neuron rows: one value, not a row
+                return None
+        with torch.no_grad():
+            for k, p in zip(self.learnable, params, strict=True):
+                p.data = self._packed[PACKED_ROWS[k]].view(p.shape)
+        return params, tuple(p.data_ptr() for p in params)
 
     def _buffer_versions(self) -> tuple[int, ...]:
         return tuple(self._buffers[k]._version for k in self._param_buffers)
 
-    def _packed_for_call(self) -> tuple[Tensor | PackedParams, Tensor | None]:
+    def _packed_for_call(self, check_finite: bool) -> tuple[Tensor | PackedParams, Tensor | None]:
         """The packed parameters of this call and, with learnable parameters, their
-        constraint check (see :func:`adex.params.learnable_violations`; None while
-        compiling or without learnable parameters). Without learnable parameters the cached
-        ``[11, N]`` base; with them a :class:`PackedParams` whose values have the current
-        rows written in, not differentiably: the fused backward hands each its gradient."""
+        constraint check (see :func:`adex.params.learnable_violations`), or None: while
+        compiling, without learnable parameters, or with ``check_finite=False`` when the
+        learnable parameters are the ones last checked, at the same versions and addresses
+        (no optimizer step, in-place op or assignment since). Without learnable parameters
+        the cached ``[11, N]`` base; with them a :class:`PackedParams` whose values hold the
+        current learnable rows (the base itself where they are views of it), not
+        differentiably: the fused backward hands each its gradient. A caller whose check
+        passed calls :meth:`_params_checked`."""
         if self._param_buffers and not torch.compiler.is_compiling():
             if self._buffer_versions() != self._packed_versions:
                 self._repack()  # a parameter buffer changed in place (load_state_dict, fill_)
-        base = self._rt.packed
+        rt = self._rt
+        base = rt.packed
         if not self.learnable:
             return base, None
         learnable = tuple(self._parameters[k] for k in self.learnable)
-        compiling = torch.compiler.is_compiling()
-        # traced, the buffers themselves: torch.compile keeps module buffers' shapes static
-        # (plain tensor attributes get symbolic sizes, equated with any equal input size)
-        base, learn_rows = (
-            (self._packed, self._learn_rows) if compiling else (base, self._rt.learn_rows)
-        )
-        with torch.no_grad():
-            rows = learnable_rows(learnable, base.shape[1])
-            values = base.index_copy(0, learn_rows, rows)
-            violations = None
-            if not compiling:
-                violations = learnable_violations(rows, values, self._rt.checks)
-        return PackedParams(values, learn_rows, learnable), violations
+        if torch.compiler.is_compiling():
+            # traced, the buffers themselves: torch.compile keeps module buffers' shapes
+            # static (plain tensor attributes get symbolic sizes, equated with any equal
+            # input size)
+            with torch.no_grad():
+                rows = learnable_rows(learnable, self._packed.shape[1])
+                values = self._packed.index_copy(0, self._learn_rows, rows)
+            return PackedParams(values, self._learn_rows, learnable), None
+        ptrs = tuple(p.data_ptr() for p in learnable)
+        shared = rt.shared
+        if shared is not None and ptrs == shared[1] and _same(learnable, shared[0]):
+            values = base  # the learnable parameters are views of it: current
+        else:
+            with torch.no_grad():
+                values = base.index_copy(0, rt.learn_rows, learnable_rows(learnable, base.shape[1]))
+        versions = (tuple(p._version for p in learnable), ptrs)
+        checked = rt.checked
+        stale = checked is None or versions != checked[1] or not _same(learnable, checked[0])
+        violations = None
+        if check_finite or stale:
+            with torch.no_grad():
+                violations = learnable_violations(values, rt.checks)
+            rt.pending = (learnable, versions)
+        return PackedParams(values, rt.learn_rows, learnable), violations
+
+    def _params_checked(self) -> None:
+        """Record that the constraint check of the last :meth:`_packed_for_call` passed."""
+        if self._rt.pending is not None:
+            self._rt.checked, self._rt.pending = self._rt.pending, None
 
     def _apply(self, fn, recurse=True):
         kept = {k: getattr(self, k) for k in PARAM_KINDS if k in self._buffers}
@@ -341,7 +406,7 @@ class SpikingNeuron(ParamAttributes):
         device = self._packed.device
         for key, value in kept.items():
             self._buffers[key] = value.to(device)
-        self._repack()
+        self._repack(share=True)
         if self._rt.state is not None:
             self._rt.state = self._rt.state.to(device)
         if self._rt.loose is not None:
@@ -643,7 +708,7 @@ class SpikingNeuron(ParamAttributes):
         if spec is None:
             spec = self._spec.with_return_states(True)  # raises: checkpoint mode
         # learnable parameters: an optimizer step may have broken a constraint (violations)
-        packed, violations = self._packed_for_call()
+        packed, violations = self._packed_for_call(spec.check_finite)
         params = self._live_params if self.learnable else self._params_cache
         rt = self._rt
         if rt.packed_device != device:  # state and layer on different devices: packed
@@ -655,6 +720,8 @@ class SpikingNeuron(ParamAttributes):
                            lengths=lengths)  # fmt: skip
         except ExtraCheckError:
             self._raise_invalid_params()
+        if violations is not None:
+            self._params_checked()
         if return_states:  # V and w are the sequences' last rows (their gradient flows there)
             rows = [out.v_seq[-1]] + ([out.w_seq[-1]] if self.has_w else [])
             rows += [out.state[r] for r in (self._spec.t_row, self._spec.i_row) if r is not None]

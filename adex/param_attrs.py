@@ -74,7 +74,7 @@ class ParamAttributes(nn.Module):
                                  f"got {tuple(value.shape)}")  # fmt: skip
             self._validated_with(name, value.detach().to(torch.float64))
             self._parameters[name] = value
-            self._repack()
+            self._repack(share=True)
             return
         converted = _as_param(to_canonical(value, PARAM_KINDS[name], name), name, self.in_size)
         if learnable:

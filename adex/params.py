@@ -256,15 +256,14 @@ def learnable_rows(learnable: tuple[torch.Tensor, ...], n: int) -> torch.Tensor:
     return torch.stack([p.to(torch.float32).reshape(-1).expand(n) for p in learnable])
 
 
-def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
-                         checks: LearnableChecks) -> torch.Tensor:  # fmt: skip
-    """A 0-dim fp32 tensor, finite when the learnable rows ``[k, N]`` (in ``values``
-    ``[N_PARAMS, N]``) keep every model constraint (finite; tau, tau_w, delta_T, tau_syn > 0;
-    V_th > V_reset) and NaN or inf when one breaks: :meth:`AdExParams.validate`'s rules as a
-    few small ops, without a host sync."""
-    # log(v) is finite exactly when 0 < v < inf (positive rows); log(0 * v + 1) exactly when
-    # v is finite (the others)
-    total = torch.addcmul(checks.offset, rows, checks.scale).log_().sum()
+def learnable_violations(values: torch.Tensor, checks: LearnableChecks) -> torch.Tensor:
+    """A 0-dim fp32 tensor, finite when the packed parameters ``values`` ``[N_PARAMS, N]``
+    keep every constraint a learnable parameter can break (finite; tau, tau_w, delta_T,
+    tau_syn > 0; V_th > V_reset) and NaN or inf when one breaks: :meth:`AdExParams.validate`'s
+    rules as a few small ops over the whole packed tensor, without a host sync."""
+    # log(v) is finite exactly when 0 < v < inf (learnable positive rows); log(0 * v + 1)
+    # exactly when v is finite (the other rows; fixed ones are finite by construction)
+    total = torch.addcmul(checks.offset, values, checks.scale).log_().sum()
     if checks.ordered:
         r = PACKED_ROWS
         total = total + (values[r["V_th"]] - values[r["V_reset"]]).log().sum()
@@ -273,9 +272,9 @@ def learnable_violations(rows: torch.Tensor, values: torch.Tensor,
 
 class LearnableChecks(NamedTuple):
     """Which constraints the learnable parameters of a layer can break (fixed ones were
-    validated at construction): ``scale`` and ``offset`` ``[k, 1]`` are 1 and 0 for the
-    learnable rows that must stay > 0 (tau, tau_w, delta_T), 0 and 1 for the others;
-    ``ordered`` is True when V_th or V_reset is learnable."""
+    validated at construction): ``scale`` and ``offset`` ``[N_PARAMS, 1]`` are 1 and 0 in the
+    rows of learnable parameters that must stay > 0 (tau, tau_w, delta_T, tau_syn), 0 and 1 in
+    every other row; ``ordered`` is True when V_th or V_reset is learnable."""
 
     scale: torch.Tensor
     offset: torch.Tensor
@@ -283,9 +282,9 @@ class LearnableChecks(NamedTuple):
 
     @staticmethod
     def of(learnable: tuple[str, ...], device: torch.device) -> LearnableChecks:
-        """The checks for the learnable parameter names (in the order of their rows)."""
+        """The checks for the learnable parameter names."""
         positive = ("tau", "tau_w", "delta_T", "tau_syn")
-        scale = torch.tensor([float(k in positive) for k in learnable],
+        scale = torch.tensor([float(k in learnable and k in positive) for k in PARAM_KINDS],
                              device=device).reshape(-1, 1)  # fmt: skip
         ordered = "V_th" in learnable or "V_reset" in learnable
         return LearnableChecks(scale, 1.0 - scale, ordered)

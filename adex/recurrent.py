@@ -216,9 +216,11 @@ class Recurrent(nn.Module):
         if self._spikes is None or tuple(self._spikes.shape) != shape:
             raise RuntimeError("Recurrent: call init_state(batch_size) first")
         self._check_weight(self.weight, x.device)
-        packed, violations = nrn._packed_for_call()
+        packed, violations = nrn._packed_for_call(spec.check_finite)
         backend = _backend_for(spec.backend, x)
         self._check_call(x, state, spec, trusted, violations, packed)
+        if violations is not None:
+            nrn._params_checked()
         params = nrn._live_params() if nrn.learnable else nrn._params_cache
         if nrn._rt.packed_device != x.device:
             packed = None

@@ -180,8 +180,9 @@ class RecurrentScan(torch.autograd.Function):
         out = recurrent_scan_fwd(x, state0, s0, weight, packed, spec, plan, t0_step)
         ctx.set_materialize_grads(False)
         ctx.spec, ctx.plan, ctx.x_dtype, ctx.layer_packed = spec, plan, x.dtype, layer_packed
+        # the learnable tensors too, unread: autograd's version check (see FusedScan)
         ctx.save_for_backward(s0, weight, state0, packed, out.v_seq, out.w_seq, out.ref_bits,
-                              out.i_seq, out.u_seq)  # fmt: skip
+                              out.i_seq, out.u_seq, *learnable)  # fmt: skip
         return out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq
 
     @staticmethod
@@ -189,12 +190,13 @@ class RecurrentScan(torch.autograd.Function):
         needs = ctx.needs_input_grad
         layer_packed = ctx.layer_packed
         learn_grad = layer_packed is not None and any(needs[9:])
-        out = recurrent_backward(ctx.spec, ctx.plan, ctx.saved_tensors,
+        saved = ctx.saved_tensors[:9]
+        out = recurrent_backward(ctx.spec, ctx.plan, saved,
                                  (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq),
                                  (needs[0], needs[1], needs[2], needs[3]), ctx.x_dtype)  # fmt: skip
         grad_packed = None
         if needs[4]:
-            grad_packed = per_neuron(out.params, ctx.saved_tensors[3].shape[1])
+            grad_packed = per_neuron(out.params, saved[3].shape[1])
         grads = (out.x, out.s0, out.weight, out.state0, grad_packed, None, None, None, None)
         if layer_packed is not None:
             n_learn = len(needs[9:])

@@ -24,6 +24,10 @@ uninitialized, possibly NaN), which sets what each row times:
   requiring grad, for ``AdExIF(n, backend="triton")`` (fixed) and
   ``learnable=("tau", "b")``; ``init_state`` gives a finite state every call, so both
   ``check_finite`` settings are timed. Gradients accumulate across calls (no zeroing).
+  The learnable parameters do not change between these calls, so with
+  ``check_finite=False`` their constraint check runs once; the row "after an in-place
+  step" first bumps both parameters' versions (``add_(0.0)`` under no_grad, as an
+  optimizer step would; the two ops are in its time), so that the check runs every call.
 - baselines: ``torch.sigmoid(nn.Linear(n, n)(x)).sum().backward()`` on the same ``x`` shape
   (the training call's), and a trivial ``torch.library.custom_op`` returning
   ``torch.empty_like(x)`` called under ``torch.no_grad()`` (the no-grad forward's).
@@ -137,6 +141,15 @@ def build_cases(args) -> dict[str, tuple[Callable[[], object], bool]]:
                 layer(x_grad).sum().backward()
 
             cases[f"train_{kind}_cf{cf}"] = (train, True)
+            if kind == "learnable":  # as after an optimizer step: the versions moved
+
+                def stepped(layer=layer, train=train):
+                    with torch.no_grad():
+                        layer.tau.add_(0.0)
+                        layer.b.add_(0.0)
+                    train()
+
+                cases[f"train_stepped_cf{cf}"] = (stepped, True)
 
     lin = nn.Linear(N, N)
     cases["baseline_linear_sigmoid"] = (lambda: torch.sigmoid(lin(x)).sum().backward(), True)
@@ -246,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         ("  V/w setters alone", "setters_cfFalse", "setters_cfTrue"),
         ("training call, fixed", "train_fixed_cfFalse", "train_fixed_cfTrue"),
         ("training call, learnable (tau, b)", "train_learnable_cfFalse", "train_learnable_cfTrue"),
+        ("  after an in-place step", "train_stepped_cfFalse", "train_stepped_cfTrue"),
         ("baseline: Linear + sigmoid fwd+bwd", "baseline_linear_sigmoid", None),
         ("baseline: bare custom_op, no grad", "baseline_custom_op", None),
         (f"update(), T=1, {args.update_batch} x {args.update_neurons}", "update_T1", None),
