@@ -356,15 +356,16 @@ def _syn_loop(layer: adex.Recurrent, x: torch.Tensor):
 
 
 def test_synapse_under_compile_and_checkpoint():
-    """A synapse neuron in a fullgraph compile (the op pair) and in checkpoint mode: the
-    eager fused call's spikes and gradients (x, weight, tau_syn)."""
+    """A synapse neuron in a fullgraph compile (the op pair), in checkpoint mode, and in
+    checkpoint mode under a fullgraph compile (the segments' ``torch.utils.checkpoint``
+    traced): the eager fused call's spikes and gradients (x, weight, tau_syn)."""
     n, batch, T = 5, 2, 14
     x = make_x("AdExIF", T, batch, n) * 1.5
     runs = []
-    for mode in ("eager", "compiled", "checkpoint"):
+    for mode in ("eager", "compiled", "checkpoint", "compiled checkpoint"):
         layer = make_layer("AdExIF", n, tau_syn=1.0, learnable=("tau_syn",),
-                           checkpoint_every=4 if mode == "checkpoint" else None)  # fmt: skip
-        fn = torch.compile(layer, fullgraph=True) if mode == "compiled" else layer
+                           checkpoint_every=4 if "checkpoint" in mode else None)  # fmt: skip
+        fn = torch.compile(layer, fullgraph=True) if "compiled" in mode else layer
         layer.init_state(batch)
         xx = x.clone().requires_grad_()
         spikes = fn(xx)
