@@ -14,6 +14,18 @@ from adex.kernels.device_math import exprel, load_params
 
 
 @triton.jit
+def fp32_scalars(dt, sg0, sg1, sg2, sg3):
+    """The backward kernels' float arguments cast to fp32: ``(dt, sg0, sg1, sg2, sg3)``, the
+    time step (ms) and the surrogate's hyper-parameters."""
+    dt = tl.cast(dt, tl.float32)
+    sg0 = tl.cast(sg0, tl.float32)
+    sg1 = tl.cast(sg1, tl.float32)
+    sg2 = tl.cast(sg2, tl.float32)
+    sg3 = tl.cast(sg3, tl.float32)
+    return dt, sg0, sg1, sg2, sg3
+
+
+@triton.jit
 def load_bwd_params(par_ptr, o_n, m_n, N, dt):
     """The packed parameters of neurons ``o_n`` (masked by ``m_n``) and the factors the
     adjoint derives from them, with ``dt`` fp32 ms. Returns ``(R, tau, V_th, V_reset, V_rest,

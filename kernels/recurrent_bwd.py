@@ -4,8 +4,9 @@ by ``tl.dot`` each step.
 
 The per-step adjoint is the feed-forward backward's device functions (``step_factors``,
 ``step_adjoint``, ``step_param_grads``, ``reset_adjoint``) on a ``[BLOCK_B, BLOCK_N]``
-tile; the spike of step t gets the incoming spike gradient plus ``lambda_I(t+1) @ weight``
-(its surrogate carries both into V_t). The kernel writes ``lambda_I`` ``[T, B, N]`` fp32,
+tile, with the same loads and stores around the loop (``kernels/bwd_tile.py``); the spike
+of step t gets the incoming spike gradient plus ``lambda_I(t+1) @ weight`` (its surrogate
+carries both into V_t). The kernel writes ``lambda_I`` ``[T, B, N]`` fp32,
 the gradient of the total input current of each step (which is the gradient of x), and
 ``lambda_s(-1)``, the gradient of the carried spikes before the scan. The weight gradient
 ``sum_t lambda_I(t)^T s(t-1)`` is one matmul after the kernel (``adex.recurrent_fused``).
@@ -22,6 +23,7 @@ import triton
 import triton.language as tl
 
 from adex.kernels.bwd_tile import (
+    fp32_scalars,
     load_bwd_params,
     load_state_adjoints,
     store_param_grads,
@@ -37,7 +39,7 @@ from adex.kernels.step import (
     step_adjoint,
     step_factors,
     step_param_grads,
-    synapse_adjoint,
+    synapse_grads,
 )
 
 # Bytes per neuron-step (fp32): read V (4), read the spike gradient (4), write lambda_I (4),
@@ -81,6 +83,7 @@ def _reverse_adjoint(
         p_gw = gwseq_ptr + last + o_m
     if READ_W:
         p_wprev = wseq_ptr + last - M + o_m
+    p_gi, p_iprev, p_u = gisq_ptr, isq_ptr, usq_ptr  # the synapse's rows, where read
     if HAS_GISEQ:
         p_gi = gisq_ptr + last + o_m
     if READ_I:
@@ -125,14 +128,11 @@ def _reverse_adjoint(
             b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
         )
         if HAS_SYN:  # the membrane read I_t: through the synapse to the total input
+            b_gx, b_li, g_ts = synapse_grads(b_li, b_gx, g_ts, p_gi, p_iprev, p_u, b_i0, m_prev, m,
+                                             m, b_cs, b_dcs, HAS_GISEQ, READ_I, False)  # fmt: skip
             if HAS_GISEQ:
-                b_li += tl.load(p_gi, mask=m, other=0.0).to(tl.float32)
                 p_gi -= M
-            b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
             if READ_I:
-                b_iprev = tl.where(m_prev, tl.load(p_iprev, mask=m_prev, other=0.0), b_i0)
-                b_ut = tl.load(p_u, mask=m, other=0.0)
-                g_ts += b_lt * b_dcs * (b_ut - b_iprev)
                 p_iprev -= M
                 p_u -= M
         tl.store(p_gc, b_gx, mask=m)
@@ -201,11 +201,7 @@ def _recurrent_bwd_kernel(
 ):  # fmt: skip
     M = tl.cast(B, tl.int64) * N
     o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
-    dt = tl.cast(dt, tl.float32)
-    sg0 = tl.cast(sg0, tl.float32)
-    sg1 = tl.cast(sg1, tl.float32)
-    sg2 = tl.cast(sg2, tl.float32)
-    sg3 = tl.cast(sg3, tl.float32)
+    dt, sg0, sg1, sg2, sg3 = fp32_scalars(dt, sg0, sg1, sg2, sg3)
     (b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_cw,
      b_dcw) = load_bwd_params(par_ptr, o_n, m_n, N, dt)  # fmt: skip
     z = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)

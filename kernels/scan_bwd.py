@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from adex.kernels.bwd_tile import (
+    fp32_scalars,
     load_bwd_params,
     load_state_adjoints,
     store_param_grads,
@@ -25,7 +26,7 @@ from adex.kernels.step import (
     step_factors,
     step_param_grads,
     store_flag_bit,
-    synapse_adjoint,
+    synapse_grads,
     synapse_step,
 )
 from adex.params import ALL_PARAMS, N_PARAMS
@@ -188,6 +189,7 @@ def _adjoint_segment(
     if HAS_GSPK:
         b_u = (b_vnew - b_vth) * b_itheta
         b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
+    p_gi, p_iprev, p_xt = gisq_ptr, isq_ptr, x_ptr  # the synapse's rows, where read
     if HAS_GISEQ:
         p_gi = gisq_ptr + g_last + o_m
     if READ_I:
@@ -200,6 +202,7 @@ def _adjoint_segment(
         b_vprev = tl.load(p_vprev, mask=m_prev, other=b_v0)  # V0 at t = 0
         # the returned spike of step t and the per-step state outputs
         b_gsg = tl.zeros([BLOCK], dtype=tl.float32)
+        b_on = m_m
         if HAS_LEN:  # a step at or past the sample's length held the state: identity
             b_on = b_len > t0 + L - 1 - i
         if HAS_GSPK:
@@ -234,20 +237,12 @@ def _adjoint_segment(
             b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
         )
         if HAS_SYN:  # the membrane read I_t: through the synapse to x_t and I_{t-1}
+            b_gx, b_li, g_ts = synapse_grads(b_li, b_gx, g_ts, p_gi, p_iprev, p_xt, b_i0, m_prev,
+                                             m_m, b_on, b_cs, b_dcs, HAS_GISEQ, READ_I,
+                                             HAS_LEN)  # fmt: skip
             if HAS_GISEQ:
-                b_li += tl.load(p_gi, mask=m_m, other=0.0).to(tl.float32)
                 p_gi -= M
-            if HAS_LEN:
-                b_lih = b_li
-                b_li = tl.where(b_on, b_li, 0.0)
-            b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
-            if HAS_LEN:
-                b_li = tl.where(b_on, b_li, b_lih)
             if READ_I:
-                b_iprev = tl.load(p_iprev, mask=m_prev, other=0.0)
-                b_iprev = tl.where(m_prev, b_iprev, b_i0)
-                b_xt = to_fp32(tl.load(p_xt, mask=m_m, other=0.0))
-                g_ts += b_lt * b_dcs * (b_xt - b_iprev)
                 p_iprev -= M
                 p_xt -= M
         if WRITE_GX:
@@ -328,11 +323,7 @@ def _adex_scan_bwd_kernel(
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_m = o_m < M
     o_n = o_m % N
-    dt = tl.cast(dt, tl.float32)
-    sg0 = tl.cast(sg0, tl.float32)
-    sg1 = tl.cast(sg1, tl.float32)
-    sg2 = tl.cast(sg2, tl.float32)
-    sg3 = tl.cast(sg3, tl.float32)
+    dt, sg0, sg1, sg2, sg3 = fp32_scalars(dt, sg0, sg1, sg2, sg3)
     (b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_cw,
      b_dcw) = load_bwd_params(par_ptr, o_n, m_m, N, dt)  # fmt: skip
     b_itheta = 1.0 / b_theta  # the step functions' reset computes u with the same reciprocal
