@@ -4,8 +4,9 @@ by ``tl.dot`` each step.
 
 The per-step adjoint is the feed-forward backward's device functions (``step_factors``,
 ``step_adjoint``, ``step_param_grads``, ``reset_adjoint``) on a ``[BLOCK_B, BLOCK_N]``
-tile; the spike of step t gets the incoming spike gradient plus ``lambda_I(t+1) @ weight``
-(its surrogate carries both into V_t). The kernel writes ``lambda_I`` ``[T, B, N]`` fp32,
+tile, with the same loads and stores around the loop (``kernels/bwd_tile.py``); the spike
+of step t gets the incoming spike gradient plus ``lambda_I(t+1) @ weight`` (its surrogate
+carries both into V_t). The kernel writes ``lambda_I`` ``[T, B, N]`` fp32,
 the gradient of the total input current of each step (which is the gradient of x), and
 ``lambda_s(-1)``, the gradient of the carried spikes before the scan. The weight gradient
 ``sum_t lambda_I(t)^T s(t-1)`` is one matmul after the kernel (``adex.recurrent_fused``).
@@ -21,17 +22,24 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exprel, load_params, surrogate_grad
+from adex.kernels.bwd_tile import (
+    fp32_scalars,
+    load_bwd_params,
+    load_state_adjoints,
+    store_param_grads,
+    store_state_grads,
+    synapse_factors,
+)
+from adex.kernels.device_math import surrogate_grad
 from adex.kernels.recurrent_fwd import BLOCK_K, recurrent_config
 from adex.kernels.recurrent_tile import tile_matmul, tile_offsets
-from adex.kernels.scan_bwd import _store_param_grads
 from adex.kernels.step import (
     load_flag_bit,
     reset_adjoint,
     step_adjoint,
     step_factors,
     step_param_grads,
-    synapse_adjoint,
+    synapse_grads,
 )
 
 # Bytes per neuron-step (fp32): read V (4), read the spike gradient (4), write lambda_I (4),
@@ -39,80 +47,30 @@ from adex.kernels.step import (
 # per program-step.
 
 
-@triton.jit(do_not_specialize=["T"])
-def _recurrent_bwd_kernel(
-    vseq_ptr,  # [T, B, N] fp32 stored V of every step
-    state0_ptr,  # [C, B, N] fp32 state before the scan (V0; w0 for the tau_w gradient)
-    weight_ptr,  # [N, N] fp32 recurrent weight
-    par_ptr,  # [11, N] fp32 packed parameters
-    gspk_ptr,  # [T, B, N] grad of the spikes, or None
-    gstate_ptr,  # [C, B, N] grad of the final state (rows V, w), or None
-    gvseq_ptr,  # [T, B, N] grad of the returned V sequence (HAS_GVSEQ), or None
-    gwseq_ptr,  # [T, B, N] grad of the returned w sequence (HAS_GWSEQ), or None
-    ref_ptr,  # [cdiv(T, 8), B, N] uint8 refractory bits (HAS_REF)
-    wseq_ptr,  # [T, B, N] fp32 stored w (READ_W), else None
-    gpar_ptr,  # [10, B, N] out: fp32 per-element parameter gradients (PARAM_GRAD)
-    gcur_ptr,  # [T, B, N] out: fp32 gradient of each step's total input current
-    gstate0_ptr,  # [C, B, N] out: fp32 grad of the initial state (WRITE_GSTATE0), or None
-    gs0_ptr,  # [B, N] out: fp32 grad of the spikes before the scan (WRITE_GS0), or None
-    T, B, N,
-    dt, ceiling, tau_ref,  # ms (ceiling and tau_ref: unused, part of the plan's arguments)
-    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
+@triton.jit
+def _reverse_adjoint(
+    vseq_ptr, weight_ptr, gspk_ptr, gvseq_ptr, gwseq_ptr, ref_ptr, wseq_ptr,
+    gcur_ptr, isq_ptr, usq_ptr, gisq_ptr, T, B, N, M, o_m, m, o_b,
+    b_v0, b_w0, b_i0,  # the state before the scan (w read with READ_W, I with READ_I)
+    b_lv, b_lw, b_li,  # the adjoints of the final state (V, w, I)
+    g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b, g_ts,  # accumulators
+    b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_cw, b_dcw, b_cs,
+    b_dcs, dt, sg0, sg1, sg2, sg3,
     SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, HAS_W: tl.constexpr,
     HAS_EXP: tl.constexpr, HAS_REF: tl.constexpr, DETACH_RESET: tl.constexpr,
-    PARAM_GRAD: tl.constexpr, PARAM_MASK: tl.constexpr, READ_W: tl.constexpr,
-    RECOMPUTE: tl.constexpr,  # always False here (no checkpoint mode)
-    HAS_GSPK: tl.constexpr, HAS_GSTATE: tl.constexpr,
-    HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,
-    WRITE_GSTATE0: tl.constexpr, WRITE_GS0: tl.constexpr,
+    PARAM_GRAD: tl.constexpr, READ_W: tl.constexpr, HAS_GSPK: tl.constexpr,
+    HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr, HAS_SYN: tl.constexpr,
+    READ_I: tl.constexpr, HAS_GISEQ: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    isq_ptr=None,  # [T, B, N] fp32 stored synaptic current (READ_I), else None
-    usq_ptr=None,  # [T, B, N] fp32 stored total input the synapse filtered (READ_I)
-    gisq_ptr=None,  # [T, B, N] grad of the returned I sequence (HAS_GISEQ), or None
-    HAS_SYN: tl.constexpr = False,  # the synapse filters the total input (state row I)
-    READ_I: tl.constexpr = False,  # the tau_syn gradient: read the stored I and total input
-    HAS_GISEQ: tl.constexpr = False,
 ):  # fmt: skip
-    M = tl.cast(B, tl.int64) * N
-    o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
-    dt = tl.cast(dt, tl.float32)
-    sg0 = tl.cast(sg0, tl.float32)
-    sg1 = tl.cast(sg1, tl.float32)
-    sg2 = tl.cast(sg2, tl.float32)
-    sg3 = tl.cast(sg3, tl.float32)
-    (b_R, b_tau, b_tau_w, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b) = load_params(
-        par_ptr, o_n, m_n, N
-    )
-    b_theta = b_vth - b_vreset
-    b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
-    b_dcw = -(dt / (b_tau_w * b_tau_w)) * (1.0 - b_cw)  # d c_w / d tau_w
-
-    b_lv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)  # adjoint of the stored V
-    b_lw = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)  # adjoint of the stored w
-    if HAS_GSTATE:
-        b_lv += tl.load(gstate_ptr + o_m, mask=m, other=0.0).to(tl.float32)
-        if HAS_W:
-            b_lw += tl.load(gstate_ptr + M + o_m, mask=m, other=0.0).to(tl.float32)
+    """The adjoint recursion over all T steps, last first, on the program's tile: writes
+    ``lambda_I(t)`` (the rows of ``gcur_ptr``) and returns the adjoints of the state before
+    the scan, the parameter-gradient accumulators and, without PARAM_GRAD, ``lambda_I(0) @
+    weight`` (zeros with it): ``(lambda_V, lambda_w, lambda_I, g_R, ..., g_b, g_tau_syn,
+    rec)``."""
     z = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-    g_R, g_tau, g_tau_w, g_vth, g_vreset = z, z, z, z, z
-    g_vrest, g_vT, g_dT, g_a, g_b = z, z, z, z, z
-    b_v0 = tl.load(state0_ptr + o_m, mask=m, other=0.0)
-    b_w0 = z
-    if READ_W:
-        b_w0 = tl.load(state0_ptr + M + o_m, mask=m, other=0.0)
     b_wprev = z
     b_rec = z  # without PARAM_GRAD: lambda_I(t+1) @ weight, carried from step t+1
-    I_ROW = 1 + HAS_W + HAS_REF  # row of I in the state block (HAS_SYN)
-    g_ts = z
-    if HAS_SYN:
-        b_ts = tl.load(par_ptr + 10 * tl.cast(N, tl.int64) + o_n, mask=m_n, other=1.0)
-        b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn)
-        b_dcs = -(dt / (b_ts * b_ts)) * (1.0 - b_cs)  # d c_s / d tau_syn
-        b_li = z  # adjoint of the synaptic current
-        if HAS_GSTATE:
-            b_li += tl.load(gstate_ptr + I_ROW * M + o_m, mask=m, other=0.0).to(tl.float32)
-        if READ_I:
-            b_i0 = tl.load(state0_ptr + I_ROW * M + o_m, mask=m, other=0.0)
     last = tl.cast(T - 1, tl.int64) * M
     b_vnew = tl.load(vseq_ptr + last + o_m, mask=m, other=0.0)
     p_vprev = vseq_ptr + last - M + o_m
@@ -125,6 +83,7 @@ def _recurrent_bwd_kernel(
         p_gw = gwseq_ptr + last + o_m
     if READ_W:
         p_wprev = wseq_ptr + last - M + o_m
+    p_gi, p_iprev, p_u = gisq_ptr, isq_ptr, usq_ptr  # the synapse's rows, where read
     if HAS_GISEQ:
         p_gi = gisq_ptr + last + o_m
     if READ_I:
@@ -169,14 +128,11 @@ def _recurrent_bwd_kernel(
             b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
         )
         if HAS_SYN:  # the membrane read I_t: through the synapse to the total input
+            b_gx, b_li, g_ts = synapse_grads(b_li, b_gx, g_ts, p_gi, p_iprev, p_u, b_i0, m_prev, m,
+                                             m, b_cs, b_dcs, HAS_GISEQ, READ_I, False)  # fmt: skip
             if HAS_GISEQ:
-                b_li += tl.load(p_gi, mask=m, other=0.0).to(tl.float32)
                 p_gi -= M
-            b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
             if READ_I:
-                b_iprev = tl.where(m_prev, tl.load(p_iprev, mask=m_prev, other=0.0), b_i0)
-                b_ut = tl.load(p_u, mask=m, other=0.0)
-                g_ts += b_lt * b_dcs * (b_ut - b_iprev)
                 p_iprev -= M
                 p_u -= M
         tl.store(p_gc, b_gx, mask=m)
@@ -205,25 +161,83 @@ def _recurrent_bwd_kernel(
         )  # fmt: skip
         b_vnew = b_vprev
         p_vprev -= M
+    return (b_lv, b_lw, b_li, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b,
+            g_ts, b_rec)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["T"])
+def _recurrent_bwd_kernel(
+    vseq_ptr,  # [T, B, N] fp32 stored V of every step
+    state0_ptr,  # [C, B, N] fp32 state before the scan (V0; w0 for the tau_w gradient)
+    weight_ptr,  # [N, N] fp32 recurrent weight
+    par_ptr,  # [11, N] fp32 packed parameters
+    gspk_ptr,  # [T, B, N] grad of the spikes, or None
+    gstate_ptr,  # [C, B, N] grad of the final state (rows V, w), or None
+    gvseq_ptr,  # [T, B, N] grad of the returned V sequence (HAS_GVSEQ), or None
+    gwseq_ptr,  # [T, B, N] grad of the returned w sequence (HAS_GWSEQ), or None
+    ref_ptr,  # [cdiv(T, 8), B, N] uint8 refractory bits (HAS_REF)
+    wseq_ptr,  # [T, B, N] fp32 stored w (READ_W), else None
+    gpar_ptr,  # [10, B, N] out: fp32 per-element parameter gradients (PARAM_GRAD)
+    gcur_ptr,  # [T, B, N] out: fp32 gradient of each step's total input current
+    gstate0_ptr,  # [C, B, N] out: fp32 grad of the initial state (WRITE_GSTATE0), or None
+    gs0_ptr,  # [B, N] out: fp32 grad of the spikes before the scan (WRITE_GS0), or None
+    T, B, N,
+    dt, ceiling, tau_ref,  # ms (ceiling and tau_ref: unused, part of the plan's arguments)
+    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
+    SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, HAS_W: tl.constexpr,
+    HAS_EXP: tl.constexpr, HAS_REF: tl.constexpr, DETACH_RESET: tl.constexpr,
+    PARAM_GRAD: tl.constexpr, PARAM_MASK: tl.constexpr, READ_W: tl.constexpr,
+    RECOMPUTE: tl.constexpr,  # always False here (no checkpoint mode)
+    HAS_GSPK: tl.constexpr, HAS_GSTATE: tl.constexpr,
+    HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,
+    WRITE_GSTATE0: tl.constexpr, WRITE_GS0: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    isq_ptr=None,  # [T, B, N] fp32 stored synaptic current (READ_I), else None
+    usq_ptr=None,  # [T, B, N] fp32 stored total input the synapse filtered (READ_I)
+    gisq_ptr=None,  # [T, B, N] grad of the returned I sequence (HAS_GISEQ), or None
+    HAS_SYN: tl.constexpr = False,  # the synapse filters the total input (state row I)
+    READ_I: tl.constexpr = False,  # the tau_syn gradient: read the stored I and total input
+    HAS_GISEQ: tl.constexpr = False,
+):  # fmt: skip
+    M = tl.cast(B, tl.int64) * N
+    o_m, m, o_b, o_n, m_n = tile_offsets(tl.program_id(0), B, N, BLOCK_B, BLOCK_N)
+    dt, sg0, sg1, sg2, sg3 = fp32_scalars(dt, sg0, sg1, sg2, sg3)
+    (b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_cw,
+     b_dcw) = load_bwd_params(par_ptr, o_n, m_n, N, dt)  # fmt: skip
+    z = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+    b_lv, b_lw, b_li = load_state_adjoints(gstate_ptr, o_m, m, M, z, HAS_GSTATE, HAS_W,
+                                           HAS_REF, HAS_SYN)  # fmt: skip
+    g_R, g_tau, g_tau_w, g_vth, g_vreset = z, z, z, z, z
+    g_vrest, g_vT, g_dT, g_a, g_b, g_ts = z, z, z, z, z, z
+    b_v0 = tl.load(state0_ptr + o_m, mask=m, other=0.0)
+    b_w0 = z
+    if READ_W:
+        b_w0 = tl.load(state0_ptr + M + o_m, mask=m, other=0.0)
+    b_cs, b_dcs, b_i0 = 1.0, 0.0, z
+    if HAS_SYN:
+        b_cs, b_dcs = synapse_factors(par_ptr, o_n, m_n, N, dt)
+    if READ_I:
+        b_i0 = tl.load(state0_ptr + (1 + HAS_W + HAS_REF) * M + o_m, mask=m, other=0.0)
+    (b_lv, b_lw, b_li, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b, g_ts,
+     b_rec) = _reverse_adjoint(
+        vseq_ptr, weight_ptr, gspk_ptr, gvseq_ptr, gwseq_ptr, ref_ptr, wseq_ptr, gcur_ptr,
+        isq_ptr, usq_ptr, gisq_ptr, T, B, N, M, o_m, m, o_b, b_v0, b_w0, b_i0, b_lv, b_lw, b_li,
+        g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b, g_ts,
+        b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_cw, b_dcw,
+        b_cs, b_dcs, dt, sg0, sg1, sg2, sg3,
+        SURROGATE, HARD_RESET, HAS_W, HAS_EXP, HAS_REF, DETACH_RESET, PARAM_GRAD, READ_W,
+        HAS_GSPK, HAS_GVSEQ, HAS_GWSEQ, HAS_SYN, READ_I, HAS_GISEQ, BLOCK_B, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
     if WRITE_GS0:  # lambda_I(0) @ weight
         if PARAM_GRAD:
             b_rec = tile_matmul(gcur_ptr, weight_ptr, N, 1, o_b, B, N, BLOCK_B, BLOCK_N,
                                 BLOCK_K)  # fmt: skip
         tl.store(gs0_ptr + o_m, b_rec, mask=m)
     if WRITE_GSTATE0:
-        tl.store(gstate0_ptr + o_m, b_lv, mask=m)
-        if HAS_W:
-            tl.store(gstate0_ptr + M + o_m, b_lw, mask=m)
-        if HAS_REF:  # the last-spike time carries no gradient
-            tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m)
-        if HAS_SYN:
-            tl.store(gstate0_ptr + I_ROW * M + o_m, b_li, mask=m)
-    if PARAM_GRAD:
-        _store_param_grads(gpar_ptr, M, o_m, m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
-                           g_vT, g_dT, g_a, g_b, PARAM_MASK)  # fmt: skip
-        if HAS_SYN:
-            if PARAM_MASK & 1024:  # row 10: tau_syn (zeroed by the launcher otherwise)
-                tl.store(gpar_ptr + 10 * M + o_m, g_ts, mask=m)
+        store_state_grads(gstate0_ptr, o_m, m, M, b_lv, b_lw, b_li, HAS_W, HAS_REF, HAS_SYN)
+    if PARAM_GRAD:  # row 10 (tau_syn) with a synapse only: zeroed by the launcher otherwise
+        store_param_grads(gpar_ptr, M, o_m, m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
+                          g_vT, g_dT, g_a, g_b, g_ts, PARAM_MASK & (1023 + 1024 * HAS_SYN))  # fmt: skip
 
 
 class RecurrentBackwardOutputs(NamedTuple):

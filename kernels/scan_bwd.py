@@ -8,7 +8,15 @@ import torch
 import triton
 import triton.language as tl
 
-from adex.kernels.device_math import exprel, load_params, surrogate_grad, to_fp32
+from adex.kernels.bwd_tile import (
+    fp32_scalars,
+    load_bwd_params,
+    load_state_adjoints,
+    store_param_grads,
+    store_state_grads,
+    synapse_factors,
+)
+from adex.kernels.device_math import surrogate_grad, to_fp32
 from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages, without_defaults
 from adex.kernels.step import (
     integrate_step,
@@ -18,7 +26,7 @@ from adex.kernels.step import (
     step_factors,
     step_param_grads,
     store_flag_bit,
-    synapse_adjoint,
+    synapse_grads,
     synapse_step,
 )
 from adex.params import ALL_PARAMS, N_PARAMS
@@ -105,32 +113,169 @@ def _recompute_segment(
 
 
 @triton.jit
-def _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
-                       g_vT, g_dT, g_a, g_b, PARAM_MASK: tl.constexpr):  # fmt: skip
-    """Row k of the ``[N_PARAMS, M]`` per-element parameter gradients is parameter k's; only the
-    rows whose bit is set in PARAM_MASK are written (the compiler drops the others' terms
-    from the time loop)."""
-    M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
-    if PARAM_MASK & 1:
-        tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m_m)
-    if PARAM_MASK & 2:
-        tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m_m)
-    if PARAM_MASK & 4:
-        tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m_m)
-    if PARAM_MASK & 8:
-        tl.store(gpar_ptr + 3 * M + o_m, g_vth, mask=m_m)
-    if PARAM_MASK & 16:
-        tl.store(gpar_ptr + 4 * M + o_m, g_vreset, mask=m_m)
-    if PARAM_MASK & 32:
-        tl.store(gpar_ptr + 5 * M + o_m, g_vrest, mask=m_m)
-    if PARAM_MASK & 64:
-        tl.store(gpar_ptr + 6 * M + o_m, g_vT, mask=m_m)
-    if PARAM_MASK & 128:
-        tl.store(gpar_ptr + 7 * M + o_m, g_dT, mask=m_m)
-    if PARAM_MASK & 256:
-        tl.store(gpar_ptr + 8 * M + o_m, g_a, mask=m_m)
-    if PARAM_MASK & 512:
-        tl.store(gpar_ptr + 9 * M + o_m, g_b, mask=m_m)
+def _segment_start(
+    state0_ptr, x_ptr, ckpt_ptr, vseq_ptr, wseq_ptr, ref_ptr, isq_ptr, seg, t0, L, M, k0, o_m,
+    m_m, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_vcap, b_cw,
+    dt, tau_ref, b_cs, b_len,
+    HARD_RESET: tl.constexpr, HAS_W: tl.constexpr, HAS_EXP: tl.constexpr,
+    HAS_REF: tl.constexpr, HAS_SYN: tl.constexpr, HAS_LEN: tl.constexpr,
+    RECOMPUTE: tl.constexpr, READ_W: tl.constexpr, READ_I: tl.constexpr,
+    NUM_STAGES: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The state before segment ``seg`` (steps ``t0 .. t0 + L - 1``): ``(V, w, I)`` fp32
+    ``[BLOCK]`` (w read with READ_W, I with READ_I; zeros where not read). In RECOMPUTE
+    mode from the segment's checkpoint, after rerunning its forward into the scratch rows
+    (:func:`_recompute_segment`); else the initial state (one segment)."""
+    I_ROW = 1 + HAS_W + HAS_REF  # row of I in the state block (HAS_SYN)
+    b_w0 = tl.zeros([BLOCK], dtype=tl.float32)
+    b_i0 = tl.zeros([BLOCK], dtype=tl.float32)
+    if RECOMPUTE:
+        b_v0, b_w0 = _recompute_segment(
+            x_ptr, ckpt_ptr, vseq_ptr, wseq_ptr, ref_ptr, seg, t0, L, M, k0, o_m, m_m,
+            b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_vcap,
+            b_cw, dt, tau_ref, HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
+            READ_W, NUM_STAGES, BLOCK, isq_ptr, b_cs, HAS_SYN, READ_I, b_len, HAS_LEN,
+        )  # fmt: skip
+        if READ_I:  # I before the segment, from its checkpoint
+            p_c = ckpt_ptr + (tl.cast(seg, tl.int64) * (I_ROW + 1) + I_ROW) * M + o_m
+            b_i0 = tl.load(p_c, mask=m_m, other=0.0)
+    else:
+        b_v0 = tl.load(state0_ptr + o_m, mask=m_m, other=0.0)
+        if READ_W:
+            b_w0 = tl.load(state0_ptr + M + o_m, mask=m_m, other=0.0)
+        if READ_I:
+            b_i0 = tl.load(state0_ptr + I_ROW * M + o_m, mask=m_m, other=0.0)
+    return b_v0, b_w0, b_i0
+
+
+@triton.jit
+def _adjoint_segment(
+    vseq_ptr, gspk_ptr, gvseq_ptr, gwseq_ptr, ref_ptr, wseq_ptr, gx_ptr, x_ptr, isq_ptr,
+    gisq_ptr, t0, L, M, o_m, m_m, b_len, b_v0, b_w0, b_i0,
+    b_lv, b_lw, b_li,  # the adjoints of the state after the segment (V, w, I)
+    g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b, g_ts,  # accumulators
+    b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_itheta, b_cw,
+    b_dcw, b_cs, b_dcs, dt, sg0, sg1, sg2, sg3,
+    SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, HAS_W: tl.constexpr,
+    HAS_EXP: tl.constexpr, HAS_REF: tl.constexpr, DETACH_RESET: tl.constexpr,
+    PARAM_GRAD: tl.constexpr, READ_W: tl.constexpr, HAS_GSPK: tl.constexpr,
+    HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr, WRITE_GX: tl.constexpr,
+    HAS_SYN: tl.constexpr, READ_I: tl.constexpr, HAS_GISEQ: tl.constexpr,
+    HAS_LEN: tl.constexpr, NUM_STAGES: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The adjoint recursion over one segment, its steps last first: writes the segment's
+    rows of grad x and returns the adjoints of the state before it and the parameter-gradient
+    accumulators, ``(lambda_V, lambda_w, lambda_I, g_R, ..., g_b, g_tau_syn)``. The state
+    before each step is the stored V (and w, I) of the step before, ``b_v0`` (``b_w0``,
+    ``b_i0``) at the segment's first step."""
+    last = tl.cast(L - 1, tl.int64) * M  # last row of the segment in vseq/wseq
+    g_last = tl.cast(t0 + L - 1, tl.int64) * M  # its row in the [T, M] gradients
+    b_vnew = tl.load(vseq_ptr + last + o_m, mask=m_m, other=0.0)
+    p_vprev = vseq_ptr + last - M + o_m
+    if WRITE_GX:
+        p_gx = gx_ptr + g_last + o_m
+    if HAS_GSPK:
+        p_gs = gspk_ptr + g_last + o_m
+    if HAS_GVSEQ:
+        p_gv = gvseq_ptr + g_last + o_m
+    if HAS_GWSEQ:
+        p_gw = gwseq_ptr + g_last + o_m
+    if READ_W:
+        p_wprev = wseq_ptr + last - M + o_m
+    # u = (V_t - V_th)/theta and ds/dV = g(u)/theta for the returned spike of step t:
+    # carried from the reset of step t + 1, which computes them from the same V
+    b_u = tl.zeros([BLOCK], dtype=tl.float32)
+    b_sig = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_GSPK:
+        b_u = (b_vnew - b_vth) * b_itheta
+        b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
+    p_gi, p_iprev, p_xt = gisq_ptr, isq_ptr, x_ptr  # the synapse's rows, where read
+    if HAS_GISEQ:
+        p_gi = gisq_ptr + g_last + o_m
+    if READ_I:
+        p_iprev = isq_ptr + last - M + o_m
+        p_xt = x_ptr + g_last + o_m
+    b_wprev = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in tl.range(0, L, num_stages=NUM_STAGES):
+        # V before step t (stored V of step t-1, or V0 at t = 0)
+        m_prev = m_m & (o_m * 0 + i < L - 1)
+        b_vprev = tl.load(p_vprev, mask=m_prev, other=b_v0)  # V0 at t = 0
+        # the returned spike of step t and the per-step state outputs
+        b_gsg = tl.zeros([BLOCK], dtype=tl.float32)
+        b_on = m_m
+        if HAS_LEN:  # a step at or past the sample's length held the state: identity
+            b_on = b_len > t0 + L - 1 - i
+        if HAS_GSPK:
+            b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
+            if PARAM_GRAD:  # recomputed: two more carried values spill there (sm_90)
+                b_u = (b_vnew - b_vth) * b_itheta
+                b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
+            b_gsg = b_gs * b_sig
+            if HAS_LEN:  # its spike was the constant 0
+                b_gsg = tl.where(b_on, b_gsg, 0.0)
+            b_lv += b_gsg
+            p_gs -= M
+        if HAS_GVSEQ:
+            b_lv += tl.load(p_gv, mask=m_m, other=0.0).to(tl.float32)
+            p_gv -= M
+        if HAS_GWSEQ:
+            b_lw += tl.load(p_gw, mask=m_m, other=0.0).to(tl.float32)
+            p_gw -= M
+        (b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f, b_dvdv,
+         b_run) = step_factors(
+            b_vprev, b_vnew, b_tau, b_vth, b_vreset, b_vT, b_dT, b_theta, dt,
+            HARD_RESET, HAS_EXP,
+        )  # fmt: skip
+        if HAS_LEN:  # the step's terms get zero adjoints; the carried ones are restored
+            b_lvh, b_lwh = b_lv, b_lw
+            b_lv = tl.where(b_on, b_lv, 0.0)
+            b_lw = tl.where(b_on, b_lw, 0.0)
+        b_ref = tl.zeros([BLOCK], dtype=tl.int1)  # all false without HAS_REF
+        if HAS_REF:
+            b_ref = load_flag_bit(ref_ptr, L - 1 - i, M, o_m, m_m)
+        b_gx, b_lvr, b_lwr, b_big = step_adjoint(
+            b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
+        )
+        if HAS_SYN:  # the membrane read I_t: through the synapse to x_t and I_{t-1}
+            b_gx, b_li, g_ts = synapse_grads(b_li, b_gx, g_ts, p_gi, p_iprev, p_xt, b_i0, m_prev,
+                                             m_m, b_on, b_cs, b_dcs, HAS_GISEQ, READ_I,
+                                             HAS_LEN)  # fmt: skip
+            if HAS_GISEQ:
+                p_gi -= M
+            if READ_I:
+                p_iprev -= M
+                p_xt -= M
+        if WRITE_GX:
+            tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
+            p_gx -= M
+        if PARAM_GRAD:
+            if READ_W:
+                b_wprev = tl.load(p_wprev, mask=m_prev, other=b_w0)
+                p_wprev -= M
+            (g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a,
+             g_b) = step_param_grads(
+                g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b,
+                b_gsg, b_u, b_lw, b_big, b_lvr, b_lwr, b_ref, b_vprev, b_vnew, b_wprev,
+                b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f,
+                b_run, b_R, b_tau, b_vreset, b_vrest, b_dT, b_a, b_b, b_theta, b_cw,
+                b_dcw, dt, sg0, sg1, sg2, sg3,
+                SURROGATE, HARD_RESET, HAS_W, HAS_EXP, HAS_REF, DETACH_RESET, HAS_GSPK,
+                BLOCK,
+            )  # fmt: skip
+        b_lv, b_lw = reset_adjoint(
+            b_lvr, b_lwr, b_lw, b_vprev, b_uprev, b_vreset, b_b, b_theta, sg0, sg1, sg2,
+            sg3, SURROGATE, HARD_RESET, HAS_W, DETACH_RESET,
+        )  # fmt: skip
+        if HAS_GSPK and not PARAM_GRAD:  # the reset's own expressions: computed once
+            b_u = b_uprev
+            b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) * (1.0 / b_theta)
+        if HAS_LEN:
+            b_lv = tl.where(b_on, b_lv, b_lvh)
+            b_lw = tl.where(b_on, b_lw, b_lwh)
+        b_vnew = b_vprev
+        p_vprev -= M
+    return (b_lv, b_lw, b_li, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b,
+            g_ts)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["T", "K", "k0"])
@@ -178,42 +323,21 @@ def _adex_scan_bwd_kernel(
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_m = o_m < M
     o_n = o_m % N
-    dt = tl.cast(dt, tl.float32)
-    sg0 = tl.cast(sg0, tl.float32)
-    sg1 = tl.cast(sg1, tl.float32)
-    sg2 = tl.cast(sg2, tl.float32)
-    sg3 = tl.cast(sg3, tl.float32)
-    (b_R, b_tau, b_tau_w, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b) = load_params(
-        par_ptr, o_n, m_m, N
-    )
-    b_theta = b_vth - b_vreset
+    dt, sg0, sg1, sg2, sg3 = fp32_scalars(dt, sg0, sg1, sg2, sg3)
+    (b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_cw,
+     b_dcw) = load_bwd_params(par_ptr, o_n, m_m, N, dt)  # fmt: skip
     b_itheta = 1.0 / b_theta  # the step functions' reset computes u with the same reciprocal
-    b_cw = dt * exprel(-dt / b_tau_w) / b_tau_w
-
-    b_lv = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the stored V
-    b_lw = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the stored w
-    if HAS_GSTATE:
-        b_lv += tl.load(gstate_ptr + o_m, mask=m_m, other=0.0).to(tl.float32)
-        if HAS_W:
-            b_lw += tl.load(gstate_ptr + M + o_m, mask=m_m, other=0.0).to(tl.float32)
-    # d loss / d parameter, accumulated over time per element (order: packed rows)
-    z = tl.zeros([BLOCK], dtype=tl.float32)
-    g_R, g_tau, g_tau_w, g_vth, g_vreset = z, z, z, z, z
-    g_vrest, g_vT, g_dT, g_a, g_b = z, z, z, z, z
-    b_dcw = -(dt / (b_tau_w * b_tau_w)) * (1.0 - b_cw)  # d c_w / d tau_w
     b_vcap = b_vth + tl.cast(ceiling, tl.float32) * b_theta
     tau_ref = tl.cast(tau_ref, tl.float32)
-    b_wprev = tl.zeros([BLOCK], dtype=tl.float32)
-    I_ROW = 1 + HAS_W + HAS_REF  # row of I in the state block (HAS_SYN)
-    b_cs = 1.0
+    z = tl.zeros([BLOCK], dtype=tl.float32)
+    b_lv, b_lw, b_li = load_state_adjoints(gstate_ptr, o_m, m_m, M, z, HAS_GSTATE, HAS_W,
+                                           HAS_REF, HAS_SYN)  # fmt: skip
+    # d loss / d parameter, accumulated over time per element (order: packed rows)
+    g_R, g_tau, g_tau_w, g_vth, g_vreset = z, z, z, z, z
+    g_vrest, g_vT, g_dT, g_a, g_b, g_ts = z, z, z, z, z, z
+    b_cs, b_dcs = 1.0, 0.0
     if HAS_SYN:
-        b_ts = tl.load(par_ptr + 10 * tl.cast(N, tl.int64) + o_n, mask=m_m, other=1.0)
-        b_cs = dt * exprel(-dt / b_ts) / b_ts  # = 1 - exp(-dt/tau_syn)
-        b_dcs = -(dt / (b_ts * b_ts)) * (1.0 - b_cs)  # d c_s / d tau_syn
-        b_li = tl.zeros([BLOCK], dtype=tl.float32)  # adjoint of the synaptic current
-        if HAS_GSTATE:
-            b_li += tl.load(gstate_ptr + I_ROW * M + o_m, mask=m_m, other=0.0).to(tl.float32)
-    g_ts = z
+        b_cs, b_dcs = synapse_factors(par_ptr, o_n, m_m, N, dt)
     b_len = 0
     if HAS_LEN:
         b_len = tl.load(len_ptr + o_m // SPS, mask=m_m, other=0)
@@ -223,148 +347,28 @@ def _adex_scan_bwd_kernel(
         seg = n_seg - 1 - s  # segments last first; one segment [0, T) without RECOMPUTE
         t0 = seg * K
         L = tl.minimum(K, T - t0)
-        # the state before the segment: V (and w for the tau_w gradient)
-        if RECOMPUTE:
-            b_v0, b_w0 = _recompute_segment(
-                x_ptr, ckpt_ptr, vseq_ptr, wseq_ptr, ref_ptr, seg, t0, L, M, k0, o_m, m_m,
-                b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_vcap,
-                b_cw, dt, tau_ref, HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
-                READ_W, NUM_STAGES, BLOCK, isq_ptr, b_cs, HAS_SYN, READ_I, b_len, HAS_LEN,
-            )  # fmt: skip
-            if READ_I:  # I before the segment, from its checkpoint
-                p_c = ckpt_ptr + (tl.cast(seg, tl.int64) * (I_ROW + 1) + I_ROW) * M + o_m
-                b_i0 = tl.load(p_c, mask=m_m, other=0.0)
-        else:
-            b_v0 = tl.load(state0_ptr + o_m, mask=m_m, other=0.0)
-            if READ_W:
-                b_w0 = tl.load(state0_ptr + M + o_m, mask=m_m, other=0.0)
-            if READ_I:
-                b_i0 = tl.load(state0_ptr + I_ROW * M + o_m, mask=m_m, other=0.0)
-
-        last = tl.cast(L - 1, tl.int64) * M  # last row of the segment in vseq/wseq
-        g_last = tl.cast(t0 + L - 1, tl.int64) * M  # its row in the [T, M] gradients
-        b_vnew = tl.load(vseq_ptr + last + o_m, mask=m_m, other=0.0)
-        p_vprev = vseq_ptr + last - M + o_m
-        if WRITE_GX:
-            p_gx = gx_ptr + g_last + o_m
-        if HAS_GSPK:
-            p_gs = gspk_ptr + g_last + o_m
-        if HAS_GVSEQ:
-            p_gv = gvseq_ptr + g_last + o_m
-        if HAS_GWSEQ:
-            p_gw = gwseq_ptr + g_last + o_m
-        if READ_W:
-            p_wprev = wseq_ptr + last - M + o_m
-        # u = (V_t - V_th)/theta and ds/dV = g(u)/theta for the returned spike of step t:
-        # carried from the reset of step t + 1, which computes them from the same V
-        b_u = tl.zeros([BLOCK], dtype=tl.float32)
-        b_sig = tl.zeros([BLOCK], dtype=tl.float32)
-        if HAS_GSPK:
-            b_u = (b_vnew - b_vth) * b_itheta
-            b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
-        if HAS_GISEQ:
-            p_gi = gisq_ptr + g_last + o_m
-        if READ_I:
-            p_iprev = isq_ptr + last - M + o_m
-            p_xt = x_ptr + g_last + o_m
-        for i in tl.range(0, L, num_stages=NUM_STAGES):
-            # V before step t (stored V of step t-1, or V0 at t = 0)
-            m_prev = m_m & (o_m * 0 + i < L - 1)
-            b_vprev = tl.load(p_vprev, mask=m_prev, other=b_v0)  # V0 at t = 0
-            # the returned spike of step t and the per-step state outputs
-            b_gsg = tl.zeros([BLOCK], dtype=tl.float32)
-            if HAS_LEN:  # a step at or past the sample's length held the state: identity
-                b_on = b_len > t0 + L - 1 - i
-            if HAS_GSPK:
-                b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
-                if PARAM_GRAD:  # recomputed: two more carried values spill there (sm_90)
-                    b_u = (b_vnew - b_vth) * b_itheta
-                    b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
-                b_gsg = b_gs * b_sig
-                if HAS_LEN:  # its spike was the constant 0
-                    b_gsg = tl.where(b_on, b_gsg, 0.0)
-                b_lv += b_gsg
-                p_gs -= M
-            if HAS_GVSEQ:
-                b_lv += tl.load(p_gv, mask=m_m, other=0.0).to(tl.float32)
-                p_gv -= M
-            if HAS_GWSEQ:
-                b_lw += tl.load(p_gw, mask=m_m, other=0.0).to(tl.float32)
-                p_gw -= M
-            (b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f, b_dvdv,
-             b_run) = step_factors(
-                b_vprev, b_vnew, b_tau, b_vth, b_vreset, b_vT, b_dT, b_theta, dt,
-                HARD_RESET, HAS_EXP,
-            )  # fmt: skip
-            if HAS_LEN:  # the step's terms get zero adjoints; the carried ones are restored
-                b_lvh, b_lwh = b_lv, b_lw
-                b_lv = tl.where(b_on, b_lv, 0.0)
-                b_lw = tl.where(b_on, b_lw, 0.0)
-            b_ref = tl.zeros([BLOCK], dtype=tl.int1)  # all false without HAS_REF
-            if HAS_REF:
-                b_ref = load_flag_bit(ref_ptr, L - 1 - i, M, o_m, m_m)
-            b_gx, b_lvr, b_lwr, b_big = step_adjoint(
-                b_lv, b_lw, b_ref, b_p, b_dvdv, b_R, b_tau, b_a, b_cw, HAS_W, HAS_REF
-            )
-            if HAS_SYN:  # the membrane read I_t: through the synapse to x_t and I_{t-1}
-                if HAS_GISEQ:
-                    b_li += tl.load(p_gi, mask=m_m, other=0.0).to(tl.float32)
-                    p_gi -= M
-                if HAS_LEN:
-                    b_lih = b_li
-                    b_li = tl.where(b_on, b_li, 0.0)
-                b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gx, b_cs)
-                if HAS_LEN:
-                    b_li = tl.where(b_on, b_li, b_lih)
-                if READ_I:
-                    b_iprev = tl.load(p_iprev, mask=m_prev, other=0.0)
-                    b_iprev = tl.where(m_prev, b_iprev, b_i0)
-                    b_xt = to_fp32(tl.load(p_xt, mask=m_m, other=0.0))
-                    g_ts += b_lt * b_dcs * (b_xt - b_iprev)
-                    p_iprev -= M
-                    p_xt -= M
-            if WRITE_GX:
-                tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=m_m)
-                p_gx -= M
-            if PARAM_GRAD:
-                if READ_W:
-                    b_wprev = tl.load(p_wprev, mask=m_prev, other=b_w0)
-                    p_wprev -= M
-                (g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a,
-                 g_b) = step_param_grads(
-                    g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b,
-                    b_gsg, b_u, b_lw, b_big, b_lvr, b_lwr, b_ref, b_vprev, b_vnew, b_wprev,
-                    b_vr, b_sprev, b_uprev, b_z, b_e, b_slope, b_jac, b_zj, b_phi, b_p, b_f,
-                    b_run, b_R, b_tau, b_vreset, b_vrest, b_dT, b_a, b_b, b_theta, b_cw,
-                    b_dcw, dt, sg0, sg1, sg2, sg3,
-                    SURROGATE, HARD_RESET, HAS_W, HAS_EXP, HAS_REF, DETACH_RESET, HAS_GSPK,
-                    BLOCK,
-                )  # fmt: skip
-            b_lv, b_lw = reset_adjoint(
-                b_lvr, b_lwr, b_lw, b_vprev, b_uprev, b_vreset, b_b, b_theta, sg0, sg1, sg2,
-                sg3, SURROGATE, HARD_RESET, HAS_W, DETACH_RESET,
-            )  # fmt: skip
-            if HAS_GSPK and not PARAM_GRAD:  # the reset's own expressions: computed once
-                b_u = b_uprev
-                b_sig = surrogate_grad(b_uprev, sg0, sg1, sg2, sg3, SURROGATE) * (1.0 / b_theta)
-            if HAS_LEN:
-                b_lv = tl.where(b_on, b_lv, b_lvh)
-                b_lw = tl.where(b_on, b_lw, b_lwh)
-            b_vnew = b_vprev
-            p_vprev -= M
+        b_v0, b_w0, b_i0 = _segment_start(
+            state0_ptr, x_ptr, ckpt_ptr, vseq_ptr, wseq_ptr, ref_ptr, isq_ptr, seg, t0, L, M,
+            k0, o_m, m_m, b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta,
+            b_vcap, b_cw, dt, tau_ref, b_cs, b_len, HARD_RESET, HAS_W, HAS_EXP, HAS_REF,
+            HAS_SYN, HAS_LEN, RECOMPUTE, READ_W, READ_I, NUM_STAGES, BLOCK,
+        )  # fmt: skip
+        (b_lv, b_lw, b_li, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b,
+         g_ts) = _adjoint_segment(
+            vseq_ptr, gspk_ptr, gvseq_ptr, gwseq_ptr, ref_ptr, wseq_ptr, gx_ptr, x_ptr,
+            isq_ptr, gisq_ptr, t0, L, M, o_m, m_m, b_len, b_v0, b_w0, b_i0, b_lv, b_lw, b_li,
+            g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT, g_dT, g_a, g_b, g_ts,
+            b_R, b_tau, b_vth, b_vreset, b_vrest, b_vT, b_dT, b_a, b_b, b_theta, b_itheta,
+            b_cw, b_dcw, b_cs, b_dcs, dt, sg0, sg1, sg2, sg3,
+            SURROGATE, HARD_RESET, HAS_W, HAS_EXP, HAS_REF, DETACH_RESET, PARAM_GRAD, READ_W,
+            HAS_GSPK, HAS_GVSEQ, HAS_GWSEQ, WRITE_GX, HAS_SYN, READ_I, HAS_GISEQ, HAS_LEN,
+            NUM_STAGES, BLOCK,
+        )  # fmt: skip
     if WRITE_GSTATE0:
-        tl.store(gstate0_ptr + o_m, b_lv, mask=m_m)
-        if HAS_W:
-            tl.store(gstate0_ptr + M + o_m, b_lw, mask=m_m)
-        if HAS_REF:  # the last-spike time carries no gradient
-            tl.store(gstate0_ptr + (1 + HAS_W) * M + o_m, b_lv * 0.0, mask=m_m)
-        if HAS_SYN:
-            tl.store(gstate0_ptr + I_ROW * M + o_m, b_li, mask=m_m)
+        store_state_grads(gstate0_ptr, o_m, m_m, M, b_lv, b_lw, b_li, HAS_W, HAS_REF, HAS_SYN)
     if PARAM_GRAD:
-        _store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
-                           g_vT, g_dT, g_a, g_b, PARAM_MASK)  # fmt: skip
-        if PARAM_MASK & 1024:  # row 10: tau_syn (zero without HAS_SYN)
-            tl.store(gpar_ptr + 10 * tl.cast(M, tl.int64) + o_m, g_ts, mask=m_m)
+        store_param_grads(gpar_ptr, M, o_m, m_m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
+                          g_vT, g_dT, g_a, g_b, g_ts, PARAM_MASK)  # fmt: skip
 
 
 class BackwardOutputs(NamedTuple):

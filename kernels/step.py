@@ -17,6 +17,7 @@ from adex.kernels.device_math import (
     reset_spiked,
     spike,
     surrogate_grad,
+    to_fp32,
 )
 
 
@@ -337,3 +338,41 @@ def synapse_adjoint(
     total adjoint of ``I_t`` (for the tau_syn gradient)."""
     b_lt = b_li + b_gm
     return b_lt * b_cs, b_lt - b_lt * b_cs, b_lt
+
+
+@triton.jit
+def synapse_grads(
+    b_li,  # [BLOCK] adjoint of I_t carried from step t+1
+    b_gm,  # [BLOCK] gradient of the membrane step's input current I_t (step_adjoint's)
+    g_ts,  # [BLOCK] accumulator of d loss / d tau_syn (READ_I)
+    p_gi,  # this step's row of the incoming gradient of the I sequence (HAS_GISEQ), or None
+    p_iprev,  # the stored I_{t-1} (READ_I), or None
+    p_in,  # this step's stored input of the synapse, x_t or the total input (READ_I), or None
+    b_i0,  # [BLOCK] fp32 I before the scan or segment: I_{t-1} where m_prev is false
+    m_prev,  # [BLOCK] int1: I_{t-1} is stored (the lanes of m, not at the first step)
+    m,  # [BLOCK] int1 in-range lanes
+    b_on,  # [BLOCK] int1: step t is before the sample's length (HAS_LEN)
+    b_cs, b_dcs,  # 1 - exp(-dt / tau_syn) and its derivative in tau_syn (1/ms)
+    HAS_GISEQ: tl.constexpr,
+    READ_I: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+):  # fmt: skip
+    """One step of the synapse's backward: the incoming gradient of I_t added to its
+    adjoint, :func:`synapse_adjoint` (a held step past the sample's length, HAS_LEN, keeps
+    the carried adjoint and passes none) and, with READ_I, the step's ``d loss / d tau_syn``
+    term. Returns ``(grad_input_t, lambda_I_{t-1}, g_ts)``. The caller moves the pointers to
+    the previous row."""
+    if HAS_GISEQ:
+        b_li += tl.load(p_gi, mask=m, other=0.0).to(tl.float32)
+    if HAS_LEN:
+        b_lih = b_li
+        b_li = tl.where(b_on, b_li, 0.0)
+    b_gx, b_li, b_lt = synapse_adjoint(b_li, b_gm, b_cs)
+    if HAS_LEN:
+        b_li = tl.where(b_on, b_li, b_lih)
+    if READ_I:
+        b_iprev = tl.load(p_iprev, mask=m_prev, other=0.0)
+        b_iprev = tl.where(m_prev, b_iprev, b_i0)
+        b_in = to_fp32(tl.load(p_in, mask=m, other=0.0))
+        g_ts += b_lt * b_dcs * (b_in - b_iprev)
+    return b_gx, b_li, g_ts
