@@ -232,8 +232,8 @@ def _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, 
     """One neuron's adjoint of one step: updates ``lv[j]``, ``lw[j]``, ``li[j]`` and, with
     ``param_grad``, ``g[:, j]``; writes ``gx_b[j]``. A held step (``on_b[j]`` false) is
     the identity: its own terms see zero adjoints and the carried ones pass unchanged.
-    Straight-line code. (A plain-model copy without the synapse's and the lengths' selects
-    was measured no faster and doubled this loop's compile time: not kept.)"""
+    Straight-line code. (A plain-model copy without the synapse's and the lengths' selects,
+    as the forward has, was measured no faster and lengthened the compile: not kept.)"""
     hard, has_w, has_exp, _, detach, _, _, has_gspk = flags[:8]
     has_syn, read_i = flags[14], flags[15]
     vth, vreset, vrest = pb[3, j], pb[4, j], pb[5, j]
