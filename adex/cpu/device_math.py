@@ -60,12 +60,19 @@ def exprel_derivative(z: float, value: float) -> float:
     return p if abs(z) < _SERIES_RADIUS else far
 
 
+@njit(inline="always", **JIT)
+def relu_grad(au: float, alpha: float, width: float) -> float:
+    """ReluGrad's ``g(u) = max(alpha * width - alpha * |u|, 0)`` from ``au = |u|`` (the
+    models' default surrogate: the backward evaluates it in a vectorized loop)."""
+    return max(alpha * width - alpha * au, 0.0)
+
+
 @njit(**JIT)
 def surrogate_grad(u: float, p0: float, p1: float, p2: float, p3: float, kind: int) -> float:
     """``g(u)`` of ``adex.surrogate`` kind ``kind`` with hyper-parameters p0..p3."""
     au = abs(u)
     if kind == 0:  # ReluGrad(alpha, width)
-        return max(p0 * p1 - p0 * au, 0.0)
+        return relu_grad(au, p0, p1)
     if kind == 1:  # Sigmoid(alpha)
         s = 1.0 / (1.0 + math.exp(-p0 * u))
         return p0 * s * (1.0 - s)
@@ -119,20 +126,22 @@ def surrogate_grad(u: float, p0: float, p1: float, p2: float, p3: float, kind: i
 
 
 @njit(inline="always", **JIT)
-def reset(v: float, v_th: float, v_reset: float, theta: float, hard: bool):
-    """BrainPy's reset from the stored (pre-reset) V: ``(V', spike of V, u)`` (selects,
-    no control flow)."""
-    u = (v - v_th) / theta
-    s = 1.0 if u >= 0.0 else 0.0
+def reset(v: float, v_th: float, v_reset: float, theta: float, itheta: float, hard: bool):
+    """BrainPy's reset from the stored (pre-reset) V: ``(V', spike of V, u)`` with the
+    spike ``V >= V_th`` and ``u = (V - V_th) * (1/theta)`` (``itheta``: the neuron's
+    precomputed reciprocal, as the Triton kernels hoist it); selects, no control flow."""
+    u = (v - v_th) * itheta
+    s = 1.0 if v >= v_th else 0.0
     v_hard = v - (v - v_reset) * s
     v_soft = v - theta * s
     return (v_hard if hard else v_soft), s, u
 
 
 @njit(inline="always", **JIT)
-def exp_term(v_r: float, v_T: float, delta_T: float):
-    """``z = (V' - V_T)/delta_T``, ``E = exp(min(z, 20))`` and JAX's slope of the clamp."""
-    z = (v_r - v_T) / delta_T
+def exp_term(v_r: float, v_T: float, i_delta_T: float):
+    """``z = (V' - V_T) * (1/delta_T)`` (``i_delta_T``: the precomputed reciprocal), ``E =
+    exp(min(z, 20))`` and JAX's slope of the clamp."""
+    z = (v_r - v_T) * i_delta_T
     e = fast_exp(min(z, EXP_CLAMP))
     slope = 1.0 if z < EXP_CLAMP else (0.5 if z == EXP_CLAMP else 0.0)
     return z, e, slope

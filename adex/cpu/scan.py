@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from adex.cpu.device_math import JIT, exprel, surrogate_grad
+from adex.cpu.device_math import JIT, exprel, relu_grad, surrogate_grad
 from adex.cpu.step import (
     integrate_step,
     reset_adjoint,
@@ -35,7 +35,11 @@ BLOCK = 64
 """Neurons per parallel work item (a multiple of the cache line in float32 and float64)."""
 
 TAU_SYN = 10  # packed row of tau_syn
-THETA, VCAP, CW, DCW, CS, DCS = 11, 12, 13, 14, 15, 16  # derived rows of the block parameters
+# derived rows of the block parameters: theta, the runaway ceiling, c_w and d c_w/d tau_w,
+# c_s and d c_s/d tau_syn, and the loop-invariant reciprocals the Triton kernels hoist
+THETA, VCAP, CW, DCW, CS, DCS = 11, 12, 13, 14, 15, 16
+ITAU, DTITAU, IDT, ITHETA, RITAU, IRTAU = 17, 18, 19, 20, 21, 22
+N_ROWS = 23
 N_GRADS = 11  # parameter gradients accumulated per neuron: the packed rows, tau_syn last
 NO_LENGTH = 1 << 62  # the length of a sample without lengths: it never holds
 
@@ -69,12 +73,13 @@ def _block_lengths(lens, sps, lo, hi):
 
 @njit(**JIT)
 def _block_params(par, lo, hi, dt, ceiling):
-    """``[17, hi - lo]`` float64: the eleven packed parameters of neurons ``lo..hi-1`` of
-    the flattened state (neuron ``m % N``), then theta, the runaway ceiling, ``c_w = 1 -
-    exp(-dt/tau_w)``, ``d c_w / d tau_w``, ``c_s = 1 - exp(-dt/tau_syn)`` and ``d c_s / d
-    tau_syn``."""
+    """``[N_ROWS, hi - lo]`` float64: the eleven packed parameters of neurons ``lo..hi-1``
+    of the flattened state (neuron ``m % N``), then theta, the runaway ceiling, ``c_w = 1 -
+    exp(-dt/tau_w)``, ``d c_w / d tau_w``, ``c_s = 1 - exp(-dt/tau_syn)``, ``d c_s / d
+    tau_syn``, 1/tau, dt/tau, 1/delta_T, 1/theta, R/tau and 1/(R tau) (as the Triton
+    kernels compute them: ``dt * (1/tau)``, ``R * (1/tau)``, ``(1/R) * (1/tau)``)."""
     n_par = par.shape[1]
-    pb = np.empty((17, hi - lo))
+    pb = np.empty((N_ROWS, hi - lo))
     for m in range(lo, hi):
         j, n = m - lo, m % n_par
         for k in range(TAU_SYN + 1):
@@ -89,7 +94,40 @@ def _block_params(par, lo, hi, dt, ceiling):
         pb[DCW, j] = -(dt / (tau_w * tau_w)) * (1.0 - cw)
         pb[CS, j] = cs
         pb[DCS, j] = -(dt / (tau_s * tau_s)) * (1.0 - cs)
+        itau = 1.0 / pb[1, j]
+        pb[ITAU, j] = itau
+        pb[DTITAU, j] = dt * itau
+        pb[IDT, j] = 1.0 / pb[7, j]
+        pb[ITHETA, j] = 1.0 / theta
+        pb[RITAU, j] = pb[0, j] * itau
+        pb[IRTAU, j] = (1.0 / pb[0, j]) * itau
     return pb
+
+
+@njit(inline="always", **JIT)
+def _forward_neuron(v, w, ts, i, xt, length, t, t_now, pb, j, tau_ref, dt, hard, has_w,
+                    has_exp, has_ref, has_syn, gated):  # fmt: skip
+    """One step ``t`` of neuron ``j`` of the block (parameters ``pb[:, j]``) from its V, w,
+    last-spike time ``ts``, synaptic current ``i``, input ``xt`` and sample length:
+    returns ``(V, w, I, refractory, ran)``. ``gated`` (a compile-time constant at each
+    call): the synapse and the sample length are read; without it the step is the plain
+    model's (no I, every step runs) and their selects compile away. Scalars in and out:
+    an inlined function that writes the block's rows itself keeps LLVM from vectorizing
+    the loop that calls it."""
+    on = (t < length) if gated else True
+    syn = has_syn if gated else False
+    i_new = i + pb[CS, j] * (xt - i)  # the synapse first: I_t
+    i_new = i_new if on & syn else i
+    vn, wn, vr, wr = integrate_step(
+        v, w, i_new if syn else xt, pb[0, j], pb[3, j], pb[4, j], pb[5, j], pb[6, j],
+        pb[7, j], pb[8, j], pb[9, j], pb[THETA, j], pb[VCAP, j], pb[CW, j], dt, pb[ITAU, j],
+        pb[DTITAU, j], pb[IDT, j], hard, has_w, has_exp,
+    )  # fmt: skip
+    # BrainPy's float test on t = float(k) * dt, in the storage dtype
+    ref = has_ref & ((t_now - ts) < tau_ref)
+    vn = vr if ref else vn
+    wn = wr if ref else wn
+    return (vn if on else v), (wn if on else w), i_new, ref, on
 
 
 @njit(**JIT)
@@ -104,7 +142,8 @@ def _run_steps(x, t_first, L, lo, hi, pb, len_b, times, tau_ref, dt, hard, has_w
 
     The block's state is copied into contiguous local rows (storage dtype) for the run; each
     step is one branch-free loop over the block's neurons (the flags only select values, so
-    LLVM vectorizes it), then one loop per optional output, its flag tested outside it."""
+    LLVM vectorizes it; two copies, with and without the synapse and lengths, the choice
+    made outside the loops), then one loop per optional output, its flag tested outside it."""
     nb, C = hi - lo, state.shape[0]
     rows = _local_rows(C, has_w, has_ref, has_syn)
     # local rows V, w, last-spike time, I (a zero row where the model has none: the rows
@@ -114,6 +153,7 @@ def _run_steps(x, t_first, L, lo, hi, pb, len_b, times, tau_ref, dt, hard, has_w
         for j in range(nb):
             loc[rows[c], j] = state[c, lo + j]
     v_b, w_b, ts_b, i_b = loc[0], loc[1], loc[2], loc[3]
+    gated = has_syn | (len_b[0] != NO_LENGTH)  # the synapse or sample lengths (nb >= 1)
     wn_b = np.empty(nb)
     ref_b = np.zeros(nb, dtype=np.bool_)
     on_b = np.zeros(nb, dtype=np.bool_)
@@ -124,24 +164,16 @@ def _run_steps(x, t_first, L, lo, hi, pb, len_b, times, tau_ref, dt, hard, has_w
                     ckpt[t // K, c, lo + j] = loc[rows[c], j]
         r = t - row0
         t_now = times[t]
-        for j in range(nb):
-            on = t < len_b[j]
-            xt = x[t, lo + j]
-            i_new = i_b[j] + pb[CS, j] * (xt - i_b[j])  # the synapse first: I_t
-            i_b[j] = i_new if on else i_b[j]
-            vn, wn, vr, wr = integrate_step(
-                v_b[j], w_b[j], i_b[j] if has_syn else xt, pb[0, j], pb[1, j], pb[3, j],
-                pb[4, j], pb[5, j], pb[6, j], pb[7, j], pb[8, j], pb[9, j], pb[THETA, j],
-                pb[VCAP, j], pb[CW, j], dt, hard, has_w, has_exp,
-            )  # fmt: skip
-            # BrainPy's float test on t = float(k) * dt, in the storage dtype
-            ref = has_ref & ((t_now - ts_b[j]) < tau_ref)
-            vn = vr if ref else vn
-            v_b[j] = vn if on else v_b[j]
-            wn = wr if ref else wn
-            wn_b[j] = wn if on else w_b[j]
-            ref_b[j] = ref
-            on_b[j] = on
+        if gated:
+            for j in range(nb):
+                v_b[j], wn_b[j], i_b[j], ref_b[j], on_b[j] = _forward_neuron(
+                    v_b[j], w_b[j], ts_b[j], i_b[j], x[t, lo + j], len_b[j], t, t_now, pb, j,
+                    tau_ref, dt, hard, has_w, has_exp, has_ref, has_syn, True)  # fmt: skip
+        else:
+            for j in range(nb):
+                v_b[j], wn_b[j], i_b[j], ref_b[j], on_b[j] = _forward_neuron(
+                    v_b[j], w_b[j], ts_b[j], i_b[j], x[t, lo + j], len_b[j], t, t_now, pb, j,
+                    tau_ref, dt, hard, has_w, has_exp, has_ref, has_syn, False)  # fmt: skip
         if has_w:
             for j in range(nb):
                 w_b[j] = wn_b[j]
@@ -200,22 +232,25 @@ def _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, 
     """One neuron's adjoint of one step: updates ``lv[j]``, ``lw[j]``, ``li[j]`` and, with
     ``param_grad``, ``g[:, j]``; writes ``gx_b[j]``. A held step (``on_b[j]`` false) is
     the identity: its own terms see zero adjoints and the carried ones pass unchanged.
-    Straight-line code."""
+    Straight-line code. (A plain-model copy without the synapse's and the lengths' selects,
+    as the forward has, was measured no faster and lengthened the compile: not kept.)"""
     hard, has_w, has_exp, _, detach, _, _, has_gspk = flags[:8]
     has_syn, read_i = flags[14], flags[15]
-    R, tau, vth, vreset, vrest = pb[0, j], pb[1, j], pb[3, j], pb[4, j], pb[5, j]
+    vth, vreset, vrest = pb[3, j], pb[4, j], pb[5, j]
     vT, dT, a, b = pb[6, j], pb[7, j], pb[8, j], pb[9, j]
-    theta, cw, cs = pb[THETA, j], pb[CW, j], pb[CS, j]
+    theta, cw, cs, itheta = pb[THETA, j], pb[CW, j], pb[CS, j], pb[ITHETA, j]
     vnew, vprev = vn_b[j], vp_b[j]
     on = on_b[j]
     lv0, lw0, li0 = lv[j], lw[j], li[j]
     lvj = lv0 if on else 0.0
     lwj = lw0 if on else 0.0
-    u = (vnew - vth) / theta
+    u = (vnew - vth) * itheta
     gsg = sgu_b[j]  # the returned spike's dL/dV_t, added to lv already
-    fac = step_factors(vprev, vnew, tau, vth, vreset, vT, dT, theta, dt, hard, has_exp)
+    fac = step_factors(vprev, vnew, vth, vreset, vT, dT, theta, dt, pb[ITAU, j],
+                       pb[DTITAU, j], pb[IDT, j], itheta, hard, has_exp)  # fmt: skip
     ref = ref_b[j]
-    gxv, lvr, lwr, big = step_adjoint(lvj, lwj, ref, fac[9], fac[11], R, tau, a, cw, has_w)
+    gxv, lvr, lwr, big = step_adjoint(lvj, lwj, ref, fac[9], fac[11], pb[RITAU, j], a, cw,
+                                      has_w)  # fmt: skip
     # the membrane read I_t: through the synapse to x_t and I_{t-1}
     lt = (li0 if on else 0.0) + gxv
     li[j] = (lt - lt * cs) if on else li0
@@ -223,13 +258,28 @@ def _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, 
     gpre = sgp_b[j]
     if param_grad:
         step_param_grads(g, j, gsg, u, lwj, big, lvr, lwr, ref, vprev, vnew, wp_b[j], fac,
-                         R, tau, vreset, vrest, dT, a, b, theta, cw, pb[DCW, j], dt, gpre,
-                         hard, has_w, has_exp, detach, has_gspk)  # fmt: skip
+                         pb[1, j], vreset, vrest, dT, a, b, cw, pb[DCW, j], dt, gpre,
+                         (pb[ITAU, j], pb[IDT, j], itheta, pb[IRTAU, j]), hard, has_w,
+                         has_exp, detach, has_gspk)  # fmt: skip
         g[TAU_SYN, j] += lt * pb[DCS, j] * (xt_b[j] - ip_b[j]) if read_i else 0.0
-    lvn, lwn = reset_adjoint(lvr, lwr, lwj, vprev, vreset, b, theta, gpre, hard, has_w,
-                             detach)  # fmt: skip
+    lvn, lwn = reset_adjoint(lvr, lwr, lwj, vprev, vreset, b, theta, itheta, gpre, hard,
+                             has_w, detach)  # fmt: skip
     lv[j] = lvn if on else lv0
     lw[j] = lwn if on else lw0
+
+
+@njit(inline="always", **JIT)
+def _surrogate_row(v_b, pb, nb, sg, kind, out):
+    """``out[j] = g(u_j)`` with ``u_j = (v_b[j] - V_th) * (1/theta)`` for the block's
+    neurons: ReluGrad (kind 0, the models' default) in a vectorized loop, the other kinds
+    through the scalar switch."""
+    if kind == 0:
+        for j in range(nb):
+            out[j] = relu_grad(abs((v_b[j] - pb[3, j]) * pb[ITHETA, j]), sg[0], sg[1])
+    else:
+        for j in range(nb):
+            u = (v_b[j] - pb[3, j]) * pb[ITHETA, j]
+            out[j] = surrogate_grad(u, sg[0], sg[1], sg[2], sg[3], kind)
 
 
 @njit(**JIT)
@@ -240,18 +290,18 @@ def _adjoint_rows(rows_v, rows_w, rows_r, rows_i, x, t0, L, lo, hi, pb, len_b, v
     (updated in place), accumulating the parameter gradients into ``g`` ``[11, hi - lo]``.
 
     Per step: the block's stored V before/after, w and I before, x, refractory flags,
-    whether the step ran (``len_b``) and surrogate values g(u_t), g(u_{t-1}) (the surrogate
-    kind is a runtime switch: its own scalar loop) go into contiguous local rows, the
-    incoming gradients are added, then one branch-free loop over the neurons (vectorized by
-    LLVM) runs the adjoint, with or without the parameter gradients (two loops, the flag
-    tested outside them)."""
+    whether the step ran (``len_b``) and surrogate values g(u_t), g(u_{t-1}) go into
+    contiguous local rows (g(u_t) is the previous iteration's g(u_{t-1}) of the same V,
+    computed once), the incoming gradients are added, then one branch-free loop over the
+    neurons (vectorized by LLVM) runs the adjoint, with or without the parameter gradients
+    (two loops, the flag tested outside them)."""
     has_ref, detach, param_grad, read_w = flags[3], flags[4], flags[5], flags[6]
     has_gspk, has_gv, has_gw, write_gx = flags[7:11]
     read_i, has_gi = flags[15], flags[16]
     nb = hi - lo
     vn_b, vp_b, wp_b = np.empty(nb), np.empty(nb), np.zeros(nb)
     ip_b, xt_b = np.zeros(nb), np.zeros(nb)
-    sgu_b, sgp_b, gx_b = np.zeros(nb), np.zeros(nb), np.empty(nb)
+    sgu_b, sgp_b, gn_b, gx_b = np.zeros(nb), np.zeros(nb), np.zeros(nb), np.empty(nb)
     ref_b = np.zeros(nb, dtype=np.bool_)
     on_b = np.zeros(nb, dtype=np.bool_)
     for i in range(L - 1, -1, -1):
@@ -270,16 +320,15 @@ def _adjoint_rows(rows_v, rows_w, rows_r, rows_i, x, t0, L, lo, hi, pb, len_b, v
         if has_ref:
             for j in range(nb):
                 ref_b[j] = ((rows_r[i >> 3, lo + j] >> (i & 7)) & 1) != 0
-        for j in range(nb):  # scalar: the surrogate's switch on kind
-            theta = pb[THETA, j]
-            if has_gspk:  # the returned spike of step t (the constant 0 of a held step)
-                u = (vn_b[j] - pb[3, j]) / theta
-                sgu_b[j] = gspk[t, lo + j] * surrogate_grad(u, sg[0], sg[1], sg[2], sg[3],
-                                                            kind) / theta  # fmt: skip
-                sgu_b[j] = sgu_b[j] if on_b[j] else 0.0
-            if not detach:
-                up = (vp_b[j] - pb[3, j]) / theta
-                sgp_b[j] = surrogate_grad(up, sg[0], sg[1], sg[2], sg[3], kind)
+        if has_gspk:  # the returned spike of step t (the constant 0 of a held step)
+            if i == L - 1:  # g(u_t): the last iteration's g(u_{t-1}) of the same V otherwise
+                _surrogate_row(vn_b, pb, nb, sg, kind, gn_b)
+            else:  # (copied: swapping the two rows kept LLVM from vectorizing the adjoint)
+                gn_b[:] = sgp_b
+            for j in range(nb):
+                sgu_b[j] = gspk[t, lo + j] * (gn_b[j] * pb[ITHETA, j]) if on_b[j] else 0.0
+        if has_gspk or not detach:
+            _surrogate_row(vp_b, pb, nb, sg, kind, sgp_b)
         if has_gspk:
             for j in range(nb):
                 lv[j] += sgu_b[j]
