@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adex.cpu import buffers
 from adex.cpu.scan import scan_backward, scan_forward
 from adex.params import ALL_PARAMS
 
@@ -84,14 +85,14 @@ def cpu_scan_fwd(x: Tensor, state0: Tensor, packed: Tensor, spec, plan, t0_step:
     M = x.numel() // T
     C = state0.shape[0]
     nd = torch.empty(0, dtype=dtype).numpy().dtype
-    spikes = torch.empty(x.shape, dtype=dtype)
+    spikes = buffers.empty(x.shape, dtype)
     state = torch.empty_like(state0)
-    v_seq = torch.empty(x.shape, dtype=dtype) if plan.store_v else None
-    w_seq = torch.empty(x.shape, dtype=dtype) if plan.store_w else None
-    i_seq = torch.empty(x.shape, dtype=dtype) if plan.store_i else None
+    v_seq = buffers.empty(x.shape, dtype) if plan.store_v else None
+    w_seq = buffers.empty(x.shape, dtype) if plan.store_w else None
+    i_seq = buffers.empty(x.shape, dtype) if plan.store_i else None
     ref_bits = torch.zeros(((T + 7) // 8, *S), dtype=torch.uint8) if plan.store_ref else None
     K = plan.checkpoint_every
-    ckpt = torch.empty((-(-T // K), C, *S), dtype=dtype) if K else None
+    ckpt = buffers.empty((-(-T // K), C, *S), dtype) if K else None
     tau_ref, dt, ceiling = _scalars(spec, dtype)
     flat = (T, M)
     lens, sps = _lengths(lengths, M)
@@ -114,6 +115,17 @@ def _rows(t: Tensor | None, nd: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     if t is None:
         return np.empty((0,) * len(shape), dtype=nd)
     return t.detach().contiguous().numpy().reshape(shape)
+
+
+def _step_rows(g: Tensor | None, nd: np.dtype, flat: tuple[int, int]) -> np.ndarray:
+    """An incoming ``[T, *S]`` gradient as ``flat`` ``(T, M)`` numpy, or as its one
+    ``(1, M)`` row where it is the same at every step (stride 0 over T: the gradient of a
+    ``sum``/``mean`` over the whole output or over time), which the kernel reads for every
+    step (a row per step is never materialized); empty where absent."""
+    if g is not None and g.shape[0] > 1 and g.stride(0) == 0:
+        g = g[:1]
+        flat = (1, flat[1])
+    return _rows(g, nd, flat)
 
 
 def cpu_scan_bwd(saved: CpuForward, state0: Tensor, x: Tensor | None, packed: Tensor, spec,
@@ -146,10 +158,10 @@ def cpu_scan_bwd(saved: CpuForward, state0: Tensor, x: Tensor | None, packed: Te
     g_spikes, g_state, g_vseq, g_wseq, g_iseq = grads
     K = plan.checkpoint_every
     want_x, want_s0 = wants
-    grad_x = torch.empty((T, *S), dtype=dtype) if want_x else None
+    grad_x = buffers.empty((T, *S), dtype) if want_x else None
     grad_s0 = torch.empty_like(state0) if want_s0 else None
     P = packed.shape[0]
-    grad_par = torch.empty((P, *S), dtype=dtype) if plan.param_grad else None
+    grad_par = buffers.empty((P, *S), dtype) if plan.param_grad else None
     rows = min(K, T) if K else 0
     tau_ref, dt, ceiling = _scalars(spec, dtype)
     sg = np.array(spec.surrogate.params, dtype=np.float64)
@@ -164,8 +176,8 @@ def cpu_scan_bwd(saved: CpuForward, state0: Tensor, x: Tensor | None, packed: Te
         _rows(saved.ref_bits, np.uint8, (-(-T // 8), M)),
         _rows(saved.i_seq if plan.read_i and not K else None, nd, flat),
         _rows(state0, nd, (C, M)), _rows(packed, nd, tuple(packed.shape)),
-        _rows(g_spikes, nd, flat), _rows(g_vseq, nd, flat), _rows(g_wseq, nd, flat),
-        _rows(g_iseq, nd, flat), _rows(g_state, nd, (C, M)),
+        _step_rows(g_spikes, nd, flat), _step_rows(g_vseq, nd, flat),
+        _step_rows(g_wseq, nd, flat), _step_rows(g_iseq, nd, flat), _rows(g_state, nd, (C, M)),
         _rows(x if K or plan.read_i else None, nd, flat),
         _rows(saved.checkpoints, nd, (-(-T // max(K, 1)), C, M)),
         step_times(T, t0_step, dt, dtype).numpy(), tau_ref, dt, ceiling, sg,

@@ -298,6 +298,9 @@ def _adjoint_rows(rows_v, rows_w, rows_r, rows_i, x, t0, L, lo, hi, pb, len_b, v
     has_ref, detach, param_grad, read_w = flags[3], flags[4], flags[5], flags[6]
     has_gspk, has_gv, has_gw, write_gx = flags[7:11]
     read_i, has_gi = flags[15], flags[16]
+    # an incoming gradient given as one (1, M) row is the same at every step (row 0)
+    s_spk, s_v = int(gspk.shape[0] > 1), int(gv.shape[0] > 1)
+    s_w, s_i = int(gw.shape[0] > 1), int(gi.shape[0] > 1)
     nb = hi - lo
     vn_b, vp_b, wp_b = np.empty(nb), np.empty(nb), np.zeros(nb)
     ip_b, xt_b = np.zeros(nb), np.zeros(nb)
@@ -326,7 +329,7 @@ def _adjoint_rows(rows_v, rows_w, rows_r, rows_i, x, t0, L, lo, hi, pb, len_b, v
             else:  # (copied: swapping the two rows kept LLVM from vectorizing the adjoint)
                 gn_b[:] = sgp_b
             for j in range(nb):
-                sgu_b[j] = gspk[t, lo + j] * (gn_b[j] * pb[ITHETA, j]) if on_b[j] else 0.0
+                sgu_b[j] = gspk[t * s_spk, lo + j] * (gn_b[j] * pb[ITHETA, j]) if on_b[j] else 0.0
         if has_gspk or not detach:
             _surrogate_row(vp_b, pb, nb, sg, kind, sgp_b)
         if has_gspk:
@@ -334,13 +337,13 @@ def _adjoint_rows(rows_v, rows_w, rows_r, rows_i, x, t0, L, lo, hi, pb, len_b, v
                 lv[j] += sgu_b[j]
         if has_gv:
             for j in range(nb):
-                lv[j] += gv[t, lo + j]
+                lv[j] += gv[t * s_v, lo + j]
         if has_gw:
             for j in range(nb):
-                lw[j] += gw[t, lo + j]
+                lw[j] += gw[t * s_w, lo + j]
         if has_gi:
             for j in range(nb):
-                li[j] += gi[t, lo + j]
+                li[j] += gi[t * s_i, lo + j]
         if param_grad:
             for j in range(nb):
                 _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, pb,
@@ -374,7 +377,8 @@ def scan_backward(vseq, wseq, rbits, iseq, state0, par, gspk, gv, gw, gi, gstate
     """The BPTT backward of :func:`scan_forward`. ``flags``: (hard, has_w, has_exp, has_ref,
     detach_reset, param_grad, read_w, has_gspk, has_gv, has_gw, write_gx, has_gstate,
     write_gstate0, recompute, has_syn, read_i, has_gi). Incoming gradients
-    ``gspk``/``gv``/``gw``/``gi`` ``[T, M]``, ``gstate`` ``[C, M]``; outputs ``gx``
+    ``gspk``/``gv``/``gw``/``gi`` ``[T, M]`` (or ``[1, M]``: one row for every step),
+    ``gstate`` ``[C, M]``; outputs ``gx``
     ``[T, M]``, ``gstate0`` ``[C, M]``, ``gpar`` ``[11, M]`` (rows outside ``param_mask``
     zero). ``lens``/``sps``: the forward's sample lengths (or empty). With recompute, each
     K-step segment is rerun from ``ckpt`` into the scratch ``scr_*`` (``[C, M]``, ``[K,
