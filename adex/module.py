@@ -91,8 +91,9 @@ class _RunState:
     it (finite by construction: not checked again unless something wrote to it since), and
     the step counter."""
 
-    __slots__ = ("checked", "checks", "init_values", "learn_rows", "loose", "packed",
-                 "packed_device", "pending", "shared", "state", "t_step", "trusted")  # fmt: skip
+    __slots__ = ("checked", "checks", "init_values", "learn_row_ids", "learn_rows", "loose",
+                 "packed", "packed_device", "pending", "shared", "state", "t_step",
+                 "trusted")  # fmt: skip
 
     def __init__(self) -> None:
         self.init_values: dict = {}  # constant initial rows [C, 1, ...] per (dtype, device)
@@ -100,6 +101,7 @@ class _RunState:
         self.packed_device: torch.device | None = None
         self.checks = None  # the learnable parameters' constraints (LearnableChecks)
         self.learn_rows: Tensor | None = None  # their packed rows, [k] int64
+        self.learn_row_ids: tuple[int, ...] = ()  # the same rows as ints
         # the learnable parameters that are views of their packed rows, and those rows'
         # addresses (None: not shared, packed per call); see SpikingNeuron._share_learnable
         self.shared: tuple[tuple[Tensor, ...], tuple[int, ...]] | None = None
@@ -318,6 +320,7 @@ class SpikingNeuron(ParamAttributes):
             self._packed = self._params_cache.packed(n, self._packed.device).detach()
         self._rt.packed, self._rt.packed_device = self._packed, self._packed.device
         self._rt.learn_rows = self._learn_rows
+        self._rt.learn_row_ids = tuple(PACKED_ROWS[k] for k in self.learnable)
         self._rt.checks = LearnableChecks.of(self.learnable, self._packed.device)
         self._rt.checked = None
         shared = self._rt.shared
@@ -377,7 +380,7 @@ class SpikingNeuron(ParamAttributes):
             with torch.no_grad():
                 rows = learnable_rows(learnable, self._packed.shape[1])
                 values = self._packed.index_copy(0, self._learn_rows, rows)
-            return PackedParams(values, self._learn_rows, learnable), None
+            return PackedParams(values, self._learn_rows, learnable, rt.learn_row_ids), None
         ptrs = tuple(p.data_ptr() for p in learnable)
         shared = rt.shared
         if shared is not None and ptrs == shared[1] and _same(learnable, shared[0]):
@@ -393,7 +396,7 @@ class SpikingNeuron(ParamAttributes):
             with torch.no_grad():
                 violations = learnable_violations(values, rt.checks)
             rt.pending = (learnable, versions)
-        return PackedParams(values, rt.learn_rows, learnable), violations
+        return PackedParams(values, rt.learn_rows, learnable, rt.learn_row_ids), violations
 
     def _params_checked(self) -> None:
         """Record that the constraint check of the last :meth:`_packed_for_call` passed."""

@@ -216,26 +216,27 @@ class PackedParams(NamedTuple):
             ``values``' device).
         learnable: the k learnable tensors (shape ``()`` or ``in_size``, any float dtype),
             in ``rows`` order.
+        row_ids: the same k rows as Python ints (read on the host without a device sync).
     """
 
     values: torch.Tensor
     rows: torch.Tensor
     learnable: tuple[torch.Tensor, ...]
+    row_ids: tuple[int, ...]
 
     def grads(self, grad_elements: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The learnable tensors' gradients from the per-element parameter gradients
         ``[N_PARAMS, *S]`` of the fused backward (summed over the batch, and over the neurons
-        for a scalar parameter)."""
-        k, n = len(self.learnable), self.values.shape[1]
-        rows = grad_elements.index_select(0, self.rows)
-        if n == 1 and all(p.dim() == 0 for p in self.learnable):  # scalars: one sum
-            sums = rows.reshape(k, -1).sum(1).unbind(0)
-            return tuple(g if g.dtype == p.dtype else g.to(p.dtype)
-                         for g, p in zip(sums, self.learnable, strict=True))  # fmt: skip
-        per_neuron = rows.reshape(k, -1, n).sum(1)
+        for a scalar parameter): per parameter, its row's sum (a view and one reduction)."""
+        n = self.values.shape[1]
         out = []
-        for g, p in zip(per_neuron.unbind(0), self.learnable, strict=True):
-            g = g.reshape(p.shape) if p.numel() == n else g.sum().reshape(p.shape)
+        for r, p in zip(self.row_ids, self.learnable, strict=True):
+            row = grad_elements.select(0, r)
+            if n == 1:  # every parameter one value: one sum
+                g = row.sum() if p.dim() == 0 else row.sum().reshape(p.shape)
+            else:  # per neuron, summed over the batch (and then the neurons for a scalar)
+                g = row.reshape(-1, n).sum(0)
+                g = g.view(p.shape) if p.numel() == n else g.sum().reshape(p.shape)
             out.append(g if g.dtype == p.dtype else g.to(p.dtype))
         return tuple(out)
 
