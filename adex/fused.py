@@ -10,6 +10,7 @@ Both autograd paths save the same tensors and run the same :func:`fused_backward
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -81,7 +82,7 @@ def fused_scan(
                           out[6] if states and spec.has_syn else None)  # fmt: skip
     if needs_grad:
         call = _Call(spec, plan, lengths, t0_step, layer_packed, x.dtype, x.shape[0])
-        out = FusedScan.apply(x, state0, packed, call, *learnable)
+        out = eager_apply(FusedScan, x, state0, packed, call, *learnable)
         if not spec.return_states:
             return ScanOutput(out[0], out[1], None, None, None)
         return ScanOutput(*out)
@@ -89,6 +90,32 @@ def fused_scan(
     if not spec.return_states:
         return ScanOutput(out.spikes, out.state, None, None, None)
     return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
+
+
+def _direct_apply(function: type[torch.autograd.Function]) -> Callable | None:
+    """``function``'s C entry of ``apply`` (``torch._C._FunctionBase.apply`` bound to it),
+    or None where this torch lacks it."""
+    entry = getattr(torch._C, "_FunctionBase", None)
+    entry = None if entry is None else entry.__dict__.get("apply")
+    return None if entry is None else entry.__get__(None, function)
+
+
+_DIRECT: dict[type, Callable | bool] = {}
+
+
+def eager_apply(function: type[torch.autograd.Function], x: Tensor, *args):
+    """``function.apply(x, *args)`` for adex's own Functions (no ``setup_context``, ``x``
+    the one tensor from outside), less the Python wrapper's per-call work where no functorch
+    transform is active: that wrapper binds default arguments (there are none), and unwraps
+    tensors left over from a finished ``torch.func`` transform, of which only ``x`` can be
+    one (the state and parameters are the layer's): it is unwrapped here. Under a transform
+    (or without the C entry), the full ``apply``."""
+    direct = _DIRECT.get(function)
+    if direct is None:  # (False: this torch has no C entry)
+        direct = _DIRECT[function] = _direct_apply(function) or False
+    if direct is False or torch._C._are_functorch_transforms_active():
+        return function.apply(x, *args)
+    return direct(torch._C._functorch.unwrap_if_dead(x), *args)
 
 
 def _through_ops() -> bool:

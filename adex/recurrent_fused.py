@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from adex.fused import _present, fused_scan, per_neuron
+from adex.fused import _present, eager_apply, fused_scan, per_neuron
 from adex.kernels.recurrent_bwd import recurrent_scan_bwd
 from adex.kernels.recurrent_fwd import recurrent_scan_fwd
 from adex.params import PACKED_ROWS, AdExParams, PackedParams
@@ -86,9 +86,10 @@ def fused_recurrent_scan(x: Tensor, s0: Tensor, weight: Tensor, state0: Tensor,
     else:
         values = packed.expand(packed.shape[0], N).contiguous()  # scalars: a column per neuron
         if needs_grad:
-            spikes, state, v_seq, w_seq, i_seq = RecurrentScan.apply(
-                x3, s3, weight, state3, values, spec, plan, t0_step, layer_packed, *learnable
-            )
+            spikes, state, v_seq, w_seq, i_seq = eager_apply(
+                RecurrentScan, x3, s3, weight, state3, values, spec, plan, t0_step,
+                layer_packed, *learnable,
+            )  # fmt: skip
         else:
             out = recurrent_scan_fwd(x3, state3, s3, weight, values, spec, plan, t0_step)
             spikes, state, v_seq, w_seq, i_seq = (*out[:4], out.i_seq)

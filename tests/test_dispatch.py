@@ -76,3 +76,42 @@ def test_eager_path_equals_custom_ops(cls, kwargs, grad, monkeypatch):
     assert eager.keys() == ops.keys()
     for name in eager:
         assert torch.equal(eager[name], ops[name]), f"{name}: eager path != custom ops"
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), CASES[:4])
+def test_direct_apply_equals_the_full_apply(cls, kwargs, monkeypatch):
+    """The eager Function call without ``apply``'s Python wrapper (``eager_apply``) gives
+    bitwise the outputs and gradients of the full ``FusedScan.apply``."""
+    assert adex.fused._direct_apply(adex.fused.FusedScan) is not None  # this torch has it
+    direct = _run(cls, kwargs, False, monkeypatch, True, True)
+    monkeypatch.setattr(adex.fused, "_DIRECT", {adex.fused.FusedScan: False})
+    full = _run(cls, kwargs, False, monkeypatch, True, True)
+    assert direct.keys() == full.keys()
+    for name in direct:
+        assert torch.equal(direct[name], full[name]), f"{name}: direct apply != apply"
+
+
+def test_a_tensor_left_by_a_finished_torch_func_transform_is_accepted():
+    """A tensor that escaped a ``torch.func`` transform (a dead functorch wrapper) is
+    unwrapped, as ``Function.apply`` does: the same spikes and gradients as its plain
+    values."""
+    escaped = []
+
+    def keep(x):
+        escaped.append(x * 1.0)
+        return x.sum()
+
+    gen = torch.Generator().manual_seed(3)
+    values = (torch.rand(40, 3, 6, generator=gen) * 40 + 20).to(DEVICE)
+    torch.func.grad(keep)(values)
+    assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
+    results = []
+    for x in (escaped[0], values.clone()):
+        layer = adex.AdExIF(6, dt=0.5, backend="triton", learnable=("tau",)).to(DEVICE)
+        layer.init_state(3)
+        spikes = layer(x)
+        spikes.sum().backward()
+        results.append((spikes.detach(), layer.tau.grad))
+    assert results[0][0].sum() > 0, "test data: no spikes"
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
