@@ -392,9 +392,8 @@ class SpikingNeuron(ParamAttributes):
         checked = rt.checked
         stale = checked is None or versions != checked[1] or not _same(learnable, checked[0])
         violations = None
-        if check_finite or stale:
-            with torch.no_grad():
-                violations = learnable_violations(values, rt.checks)
+        if check_finite or stale:  # (values records no graph: the base, or made under no_grad)
+            violations = learnable_violations(values, rt.checks)
             rt.pending = (learnable, versions)
         return PackedParams(values, rt.learn_rows, learnable, rt.learn_row_ids), violations
 

@@ -244,3 +244,16 @@ def test_assignments_keep_the_parameters_in_the_buffer():
     layer.b = nn.Parameter(torch.tensor(2.0))  # a new parameter through the attribute
     assert layer.b.untyped_storage().data_ptr() == layer._packed.untyped_storage().data_ptr()
     fresh_equal(layer, x, "triton", V_th=-50.0, tau=6.0, b=2.0)
+
+
+@pytest.mark.parametrize("layout", ["shared", "copied"])
+def test_the_constraint_check_records_no_graph(layout):
+    """The per-call constraint check reads the packed values, which never require grad
+    (the buffer itself, or its copy made without a graph): it adds no autograd node."""
+    tau = 10.0 if layout == "shared" else torch.full((4,), 10.0, dtype=torch.float64)
+    layer = adex.AdExIF(4, tau=tau, learnable=("tau", "b"), backend="reference")
+    assert (layer._rt.shared is not None) == (layout == "shared")
+    packed, violations = layer._packed_for_call(True)
+    assert not packed.values.requires_grad
+    assert violations is not None and violations.grad_fn is None
+    assert not violations.requires_grad and torch.isfinite(violations)
