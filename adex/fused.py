@@ -20,6 +20,7 @@ from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
 from adex.params import AdExParams, PackedParams
 from adex.spec import Plan, ScanOutput, ScanSpec
+from adex.step_rows import per_step_or_row
 
 
 def fused_scan(
@@ -197,7 +198,8 @@ def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: 
             "the fused scan ran without saving V (no input required grad at call time); "
             "cannot backpropagate through it"
         )
-    g_spikes, g_state, g_v_seq, g_w_seq = (_present(g) for g in grads[:4])
+    g_state, g_v_seq, g_w_seq = (_present(g) for g in grads[1:4])
+    g_spikes = _present(per_step_or_row(grads[0]))  # [1, *S]: the same at every step
     extra = {}
     if spec.has_syn:  # the synaptic-current sequence's gradient
         extra["grad_i_seq"] = _present(grads[4]) if len(grads) > 4 else None

@@ -123,8 +123,10 @@ class Config:
             checkpoint: K > 0: checkpoint mode (forward writes checkpoints, backward
             recomputes K-step segments). spike_dtype: the forward's spike dtype (None: x's;
             uint8 only without grad). stages: ``num_stages`` of the time loops
-            (``kernels/launch.py`` GPU_STAGES; None: unannotated). Models other than AdExIF,
-            no-grad, checkpoint, uint8 spikes and stages need today's kernel generation.
+            (``kernels/launch.py`` GPU_STAGES; None: unannotated). gspk_row: the backward's
+            spike gradient is one row for every step (``GSPK_ROW``: a sum, mean or rate
+            readout). Models other than AdExIF, no-grad, checkpoint, uint8 spikes, stages and
+            gspk_row need today's kernel generation.
     """
 
     name: str
@@ -137,6 +139,7 @@ class Config:
     checkpoint: int = 0
     spike_dtype: torch.dtype | None = None
     stages: int | None = None
+    gspk_row: bool = False
 
 
 CONFIGS = (
@@ -196,6 +199,8 @@ def launch_args(kernel: Any, cfg: Config) -> tuple[tuple, dict]:
         read_w = cfg.param_grad and bool(cfg.param_mask & (1 << 2))
         kwargs["READ_W"] = read_w = read_w and MODELS[cfg.model]["HAS_W"]
         kwargs["wseq_ptr"] = kwargs["wseq_ptr"] if read_w else None
+    if cfg.gspk_row:  # one [M] row of spike gradient for every step
+        kwargs.update(gspk_ptr=_empty(1, M, dtype=cfg.x_dtype), GSPK_ROW=True)
     kwargs.update(NUM_STAGES=cfg.stages, BLOCK=BLOCK, num_warps=NUM_WARPS)
     kwargs.update(enable_fp_fusion=FP_FUSION)
     return args, kwargs

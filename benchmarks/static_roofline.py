@@ -77,6 +77,15 @@ def _variants() -> tuple[sc.Config, ...]:
         c(f"AdExIF bwd fp32 checkpoint K={K}", "bwd", F32, checkpoint=K),
         c(f"AdExIF bwd fp32 tau,b checkpoint K={K}", "bwd", F32, True, TAU_B, checkpoint=K),
         c("AdExIF bwd fp32 GPU_STAGES=2", "bwd", F32, stages=2),
+        c("AdExIF bwd fp32 spike grad one row", "bwd", F32, gspk_row=True),
+        c(
+            "AdExIF bwd fp32 learnable tau,b spike grad one row",
+            "bwd",
+            F32,
+            True,
+            TAU_B,
+            gspk_row=True,
+        ),
     ]
     for model in ("AdExIFRef", "ExpIF", "ExpIFRef", "LIF"):
         rows += [
@@ -142,11 +151,13 @@ def model_bytes(cfg: sc.Config) -> float:
     flags = sc.MODELS[cfg.model]
     learnable = flags["HAS_W"] and cfg.param_grad and bool(cfg.param_mask & TAU_W)
     mode = "bwd" if cfg.kernel == "bwd" else "fwd" if cfg.needs_grad else "fwd_nograd"
-    return bytes_model.bytes_per_neuron_step(
+    total = bytes_model.bytes_per_neuron_step(
         mode, cfg.x_dtype, learnable=learnable, refractory=flags["HAS_REF"],
         spike_dtype=cfg.spike_dtype, checkpoint_every=cfg.checkpoint or None,
         has_w=flags["HAS_W"],
     )  # fmt: skip
+    # a spike gradient of one row is read once per neuron, not once per step
+    return total - bytes_model.spike_bytes(cfg.x_dtype) if cfg.gspk_row else total
 
 
 def step_loads(cfg: sc.Config) -> int:

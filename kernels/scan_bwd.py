@@ -161,7 +161,8 @@ def _adjoint_segment(
     PARAM_GRAD: tl.constexpr, READ_W: tl.constexpr, HAS_GSPK: tl.constexpr,
     HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr, WRITE_GX: tl.constexpr,
     HAS_SYN: tl.constexpr, READ_I: tl.constexpr, HAS_GISEQ: tl.constexpr,
-    HAS_LEN: tl.constexpr, NUM_STAGES: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_LEN: tl.constexpr, GSPK_ROW: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     """The adjoint recursion over one segment, its steps last first: writes the segment's
     rows of grad x and returns the adjoints of the state before it and the parameter-gradient
@@ -175,7 +176,10 @@ def _adjoint_segment(
     if WRITE_GX:
         p_gx = gx_ptr + g_last + o_m
     if HAS_GSPK:
-        p_gs = gspk_ptr + g_last + o_m
+        if GSPK_ROW:  # one row, the same at every step: read again (from the cache)
+            p_gs = gspk_ptr + o_m
+        else:
+            p_gs = gspk_ptr + g_last + o_m
     if HAS_GVSEQ:
         p_gv = gvseq_ptr + g_last + o_m
     if HAS_GWSEQ:
@@ -207,6 +211,8 @@ def _adjoint_segment(
             b_on = b_len > t0 + L - 1 - i
         if HAS_GSPK:
             b_gs = tl.load(p_gs, mask=m_m, other=0.0).to(tl.float32)
+            if not GSPK_ROW:
+                p_gs -= M
             if PARAM_GRAD:  # recomputed: two more carried values spill there (sm_90)
                 b_u = (b_vnew - b_vth) * b_itheta
                 b_sig = surrogate_grad(b_u, sg0, sg1, sg2, sg3, SURROGATE) * b_itheta
@@ -214,7 +220,6 @@ def _adjoint_segment(
             if HAS_LEN:  # its spike was the constant 0
                 b_gsg = tl.where(b_on, b_gsg, 0.0)
             b_lv += b_gsg
-            p_gs -= M
         if HAS_GVSEQ:
             b_lv += tl.load(p_gv, mask=m_m, other=0.0).to(tl.float32)
             p_gv -= M
@@ -283,7 +288,7 @@ def _adex_scan_bwd_kernel(
     vseq_ptr,  # [T, M] fp32 stored V of every step (forward output); RECOMPUTE: [K, M] scratch
     state0_ptr,  # [C, M] fp32 state before the scan (V0; w0 read for parameter gradients)
     par_ptr,  # [N_PARAMS, N] fp32 packed parameters
-    gspk_ptr,  # [T, M] grad of spikes, or None
+    gspk_ptr,  # [T, M] grad of spikes ([M] with GSPK_ROW), or None
     gvseq_ptr,  # [T, M] grad of the V sequence, or None
     gwseq_ptr,  # [T, M] grad of the w sequence, or None
     gstate_ptr,  # [C, M] grad of the final state (rows V, w), or None
@@ -319,6 +324,7 @@ def _adex_scan_bwd_kernel(
     len_ptr=None,  # [batch] int32 steps each sample ran (HAS_LEN): later steps pass no gradient
     SPS=1,  # elements per sample, M // batch (HAS_LEN)
     HAS_LEN: tl.constexpr = False,
+    GSPK_ROW: tl.constexpr = False,  # gspk_ptr is one [M] row, the same at every step
 ):  # fmt: skip
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m_m = o_m < M
@@ -362,7 +368,7 @@ def _adex_scan_bwd_kernel(
             b_cw, b_dcw, b_cs, b_dcs, dt, sg0, sg1, sg2, sg3,
             SURROGATE, HARD_RESET, HAS_W, HAS_EXP, HAS_REF, DETACH_RESET, PARAM_GRAD, READ_W,
             HAS_GSPK, HAS_GVSEQ, HAS_GWSEQ, WRITE_GX, HAS_SYN, READ_I, HAS_GISEQ, HAS_LEN,
-            NUM_STAGES, BLOCK,
+            GSPK_ROW, NUM_STAGES, BLOCK,
         )  # fmt: skip
     if WRITE_GSTATE0:
         store_state_grads(gstate0_ptr, o_m, m_m, M, b_lv, b_lw, b_li, HAS_W, HAS_REF, HAS_SYN)
@@ -436,7 +442,8 @@ def adex_scan_bwd(
         packed_params: ``[N_PARAMS, N]`` fp32.
         spec, plan: the ``adex.spec.ScanSpec`` and the ``Plan`` the forward ran with.
         grad_spikes, grad_v_seq, grad_w_seq: contiguous ``[T, *S]`` incoming gradients of
-            the forward's outputs, or None where zero.
+            the forward's outputs, or None where zero; ``grad_spikes`` may be one
+            ``[1, *S]`` row, the same at every step.
         grad_state: contiguous ``[C, *S]`` incoming gradient of the final state, or None.
         x_dtype: dtype of the returned ``grad_x``.
         T: number of steps. t0_step: global step of ``x[0]`` (checkpoint mode recomputes
@@ -485,6 +492,8 @@ def adex_scan_bwd(
         extra.update(gisq_ptr=grad_i_seq, HAS_GISEQ=True)
     if lengths is not None:
         extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    if grad_spikes is not None and grad_spikes.shape[0] != T:  # one row for every step
+        extra["GSPK_ROW"] = True
     # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
     _adex_scan_bwd_kernel.run(
         grid=(programs,), warmup=False, vseq_ptr=v_seq, state0_ptr=state0,

@@ -13,6 +13,7 @@ from torch import Tensor
 from adex.cpu import buffers
 from adex.cpu.scan import scan_backward, scan_forward
 from adex.params import ALL_PARAMS
+from adex.step_rows import per_step_or_row
 
 
 class CpuForward(NamedTuple):
@@ -118,14 +119,11 @@ def _rows(t: Tensor | None, nd: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _step_rows(g: Tensor | None, nd: np.dtype, flat: tuple[int, int]) -> np.ndarray:
-    """An incoming ``[T, *S]`` gradient as ``flat`` ``(T, M)`` numpy, or as its one
-    ``(1, M)`` row where it is the same at every step (stride 0 over T: the gradient of a
-    ``sum``/``mean`` over the whole output or over time), which the kernel reads for every
-    step (a row per step is never materialized); empty where absent."""
-    if g is not None and g.shape[0] > 1 and g.stride(0) == 0:
-        g = g[:1]
-        flat = (1, flat[1])
-    return _rows(g, nd, flat)
+    """An incoming ``[T, *S]`` gradient as ``(T, M)`` numpy, or as one ``(1, M)`` row
+    where it is the same at every step (:func:`adex.step_rows.per_step_or_row`), which
+    the kernel reads for every step; empty where absent."""
+    g = per_step_or_row(g)
+    return _rows(g, nd, flat if g is None else (g.shape[0], flat[1]))
 
 
 def cpu_scan_bwd(saved: CpuForward, state0: Tensor, x: Tensor | None, packed: Tensor, spec,
