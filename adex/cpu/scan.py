@@ -24,6 +24,16 @@ from numba import njit, prange
 
 from adex.cpu.device_math import JIT, exprel, relu_grad, surrogate_grad
 from adex.cpu.step import (
+    DELTA_T,
+    R_,
+    TAU,
+    TAU_W,
+    V_RESET,
+    V_REST,
+    V_T,
+    V_TH,
+    A,
+    B,
     integrate_step,
     reset_adjoint,
     step_adjoint,
@@ -227,45 +237,61 @@ def scan_forward(x, state0, par, times, tau_ref, dt, ceiling, hard, has_w, has_e
 
 
 @njit(inline="always", **JIT)
-def _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, pb, lv, lw,
-                    li, g, gx_b, dt, flags, param_grad):  # fmt: skip
-    """One neuron's adjoint of one step: updates ``lv[j]``, ``lw[j]``, ``li[j]`` and, with
-    ``param_grad``, ``g[:, j]``; writes ``gx_b[j]``. A held step (``on_b[j]`` false) is
-    the identity: its own terms see zero adjoints and the carried ones pass unchanged.
-    Straight-line code. (A plain-model copy without the synapse's and the lengths' selects,
-    as the forward has, was measured no faster and lengthened the compile: not kept.)"""
+def _neuron_params(pb, j):
+    """The parameters of neuron ``j`` of the block that its adjoint reads, as one tuple (in
+    :func:`_adjoint_neuron`'s order): tau, V_th, V_reset, V_rest, V_T, delta_T, a, b, theta,
+    c_w, d c_w/d tau_w, c_s, d c_s/d tau_syn, 1/tau, dt/tau, 1/delta_T, 1/theta, R/tau and
+    1/(R tau). Straight-line loads only: numba's pruning removes the reference count it
+    takes on ``pb`` (no branch between the two updates)."""
+    return (pb[1, j], pb[3, j], pb[4, j], pb[5, j], pb[6, j], pb[7, j], pb[8, j], pb[9, j],
+            pb[THETA, j], pb[CW, j], pb[DCW, j], pb[CS, j], pb[DCS, j], pb[ITAU, j],
+            pb[DTITAU, j], pb[IDT, j], pb[ITHETA, j], pb[RITAU, j], pb[IRTAU, j])  # fmt: skip
+
+
+@njit(inline="always", **JIT)
+def _adjoint_neuron(vprev, vnew, wprev, ref, on, gsg, gpre, iprev, xt, lv0, lw0, li0, prm, dt,
+                    flags):  # fmt: skip
+    """One neuron's adjoint of one step from its stored V before (``vprev``) and after
+    (``vnew``), w and I before, x, refractory flag, whether the step ran (``on``), the
+    returned spike's dL/dV_t ``gsg`` (added to ``lv0`` already), g(u_{t-1}) ``gpre``, the
+    adjoints ``lv0``/``lw0``/``li0`` of V_t, w_t, I_t and its parameters ``prm``
+    (:func:`_neuron_params`). Returns ``(lambda_V_{t-1}, lambda_w_{t-1}, lambda_I_{t-1},
+    grad x_t, d, d_syn)``: ``d`` the step's terms of the ten packed parameters' gradients
+    (:func:`adex.cpu.step.step_param_grads`), ``d_syn`` tau_syn's; a caller without
+    parameter gradients drops them and LLVM removes their arithmetic. A held step (``on``
+    false) is the identity: its own terms see zero adjoints and the carried ones pass
+    unchanged. Straight-line code, scalars and tuples in and out, no arrays: numba counts
+    the references of an inlined function's array arguments on every call, and among the
+    branches of the conditional expressions those updates outlive numba's pruning of them
+    until after LLVM's loop vectorizer has run, so the loop would be vectorized only where
+    the module is optimized a second time (linked into the kernel that calls it). A process
+    that compiles the kernels runs each function's own once-optimized code (the linked
+    copies resolve to it), one that loads them from the cache runs the kernel's copy: with
+    arrays passed here, a freshly compiled backward ran about 4x slower than a cached one.
+    (A plain-model copy without the synapse's and the lengths' selects, as the forward has,
+    was measured no faster and lengthened the compile: not kept.)"""
     hard, has_w, has_exp, _, detach, _, _, has_gspk = flags[:8]
     has_syn, read_i = flags[14], flags[15]
-    vth, vreset, vrest = pb[3, j], pb[4, j], pb[5, j]
-    vT, dT, a, b = pb[6, j], pb[7, j], pb[8, j], pb[9, j]
-    theta, cw, cs, itheta = pb[THETA, j], pb[CW, j], pb[CS, j], pb[ITHETA, j]
-    vnew, vprev = vn_b[j], vp_b[j]
-    on = on_b[j]
-    lv0, lw0, li0 = lv[j], lw[j], li[j]
+    tau, vth, vreset, vrest, vT, dT, a, b, theta, cw, dcw, cs, dcs = prm[:13]
+    itau, dtitau, idt, itheta, ritau, irtau = prm[13:]
     lvj = lv0 if on else 0.0
     lwj = lw0 if on else 0.0
     u = (vnew - vth) * itheta
-    gsg = sgu_b[j]  # the returned spike's dL/dV_t, added to lv already
-    fac = step_factors(vprev, vnew, vth, vreset, vT, dT, theta, dt, pb[ITAU, j],
-                       pb[DTITAU, j], pb[IDT, j], itheta, hard, has_exp)  # fmt: skip
-    ref = ref_b[j]
-    gxv, lvr, lwr, big = step_adjoint(lvj, lwj, ref, fac[9], fac[11], pb[RITAU, j], a, cw,
-                                      has_w)  # fmt: skip
+    fac = step_factors(vprev, vnew, vth, vreset, vT, dT, theta, dt, itau, dtitau, idt, itheta,
+                       hard, has_exp)  # fmt: skip
+    gxv, lvr, lwr, big = step_adjoint(lvj, lwj, ref, fac[9], fac[11], ritau, a, cw, has_w)
     # the membrane read I_t: through the synapse to x_t and I_{t-1}
     lt = (li0 if on else 0.0) + gxv
-    li[j] = (lt - lt * cs) if on else li0
-    gx_b[j] = lt * cs if has_syn else gxv
-    gpre = sgp_b[j]
-    if param_grad:
-        step_param_grads(g, j, gsg, u, lwj, big, lvr, lwr, ref, vprev, vnew, wp_b[j], fac,
-                         pb[1, j], vreset, vrest, dT, a, b, cw, pb[DCW, j], dt, gpre,
-                         (pb[ITAU, j], pb[IDT, j], itheta, pb[IRTAU, j]), hard, has_w,
-                         has_exp, detach, has_gspk)  # fmt: skip
-        g[TAU_SYN, j] += lt * pb[DCS, j] * (xt_b[j] - ip_b[j]) if read_i else 0.0
+    li_new = (lt - lt * cs) if on else li0
+    gx = lt * cs if has_syn else gxv
+    d = step_param_grads(gsg, u, lwj, big, lvr, lwr, ref, vprev, vnew, wprev, fac, tau,
+                         vreset, vrest, dT, a, b, cw, dcw, dt, gpre,
+                         (itau, idt, itheta, irtau), hard, has_w, has_exp, detach,
+                         has_gspk)  # fmt: skip
+    d_syn = lt * dcs * (xt - iprev) if read_i else 0.0
     lvn, lwn = reset_adjoint(lvr, lwr, lwj, vprev, vreset, b, theta, itheta, gpre, hard,
                              has_w, detach)  # fmt: skip
-    lv[j] = lvn if on else lv0
-    lw[j] = lwn if on else lw0
+    return (lvn if on else lv0), (lwn if on else lw0), li_new, gx, d, d_syn
 
 
 @njit(inline="always", **JIT)
@@ -346,12 +372,25 @@ def _adjoint_rows(rows_v, rows_w, rows_r, rows_i, x, t0, L, lo, hi, pb, len_b, v
                 li[j] += gi[t * s_i, lo + j]
         if param_grad:
             for j in range(nb):
-                _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, pb,
-                                lv, lw, li, g, gx_b, dt, flags, True)  # fmt: skip
+                lv[j], lw[j], li[j], gx_b[j], d, d_syn = _adjoint_neuron(
+                    vp_b[j], vn_b[j], wp_b[j], ref_b[j], on_b[j], sgu_b[j], sgp_b[j], ip_b[j],
+                    xt_b[j], lv[j], lw[j], li[j], _neuron_params(pb, j), dt, flags)  # fmt: skip
+                g[R_, j] += d[R_]
+                g[TAU, j] += d[TAU]
+                g[TAU_W, j] += d[TAU_W]
+                g[V_TH, j] += d[V_TH]
+                g[V_RESET, j] += d[V_RESET]
+                g[V_REST, j] += d[V_REST]
+                g[V_T, j] += d[V_T]
+                g[DELTA_T, j] += d[DELTA_T]
+                g[A, j] += d[A]
+                g[B, j] += d[B]
+                g[TAU_SYN, j] += d_syn
         else:
             for j in range(nb):
-                _adjoint_neuron(j, vp_b, vn_b, wp_b, ref_b, on_b, sgu_b, sgp_b, ip_b, xt_b, pb,
-                                lv, lw, li, g, gx_b, dt, flags, False)  # fmt: skip
+                lv[j], lw[j], li[j], gx_b[j], _, _ = _adjoint_neuron(
+                    vp_b[j], vn_b[j], wp_b[j], ref_b[j], on_b[j], sgu_b[j], sgp_b[j], ip_b[j],
+                    xt_b[j], lv[j], lw[j], li[j], _neuron_params(pb, j), dt, flags)  # fmt: skip
         if write_gx:
             for j in range(nb):
                 gx[t, lo + j] = gx_b[j]

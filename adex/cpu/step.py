@@ -90,16 +90,19 @@ def reset_adjoint(lvr, lwr, lw, vprev, vreset, b, theta, itheta, gpre, hard, has
 
 
 @njit(inline="always", **JIT)
-def step_param_grads(g, j, gsg, u, lw, big, lvr, lwr, ref, vprev, vnew, wprev, fac,
-                     tau, vreset, vrest, dT, a, b, cw, dcw, dt, gpre, inv, hard, has_w,
-                     has_exp, detach, has_gspk):  # fmt: skip
-    """Add one step's direct dependence on the ten parameters to ``g[:, j]`` (packed-row
-    order): the returned spike, the exponential-Euler V, the w update and the reset.
-    ``fac``: the tuple of :func:`step_factors`; ``gpre``: g(u_{t-1}); ``inv``: the tuple
-    (1/tau, 1/delta_T, 1/theta, 1/(R tau)) (one argument: a call of more than 30 would
-    compile to ``*args``, which numba cannot inline). Every term is computed and the ones
-    that do not apply are selected away (not multiplied by 0: exprel(dt J) may be inf where
-    they do not apply)."""
+def step_param_grads(gsg, u, lw, big, lvr, lwr, ref, vprev, vnew, wprev, fac, tau, vreset,
+                     vrest, dT, a, b, cw, dcw, dt, gpre, inv, hard, has_w, has_exp, detach,
+                     has_gspk):  # fmt: skip
+    """One step's direct dependence on the ten parameters: the ten terms (packed-row order)
+    the caller adds to its gradient rows (the returned spike, the exponential-Euler V, the w
+    update and the reset). ``fac``: the tuple of :func:`step_factors`; ``gpre``:
+    g(u_{t-1}); ``inv``: the tuple (1/tau, 1/delta_T, 1/theta, 1/(R tau)) (a call of more
+    than 30 arguments would compile to ``*args``, which numba cannot inline). Scalars in,
+    a tuple of scalars out: the caller writes its gradient rows itself (an inlined function
+    given arrays keeps LLVM from vectorizing the loop that calls it, see
+    :mod:`adex.cpu.scan`). Every term is computed and the ones that do not apply are
+    selected away (not multiplied by 0: exprel(dt J) may be inf where they do not apply).
+    The tau term is negated as a whole (``g - t`` is ``g + (-t)`` in IEEE arithmetic)."""
     vr, sprev, uprev, z, e, slope, jac, zj, phi, p, f, _, run = fac
     itau, idT, itheta, irtau = inv
     d_vth = -gsg * (1.0 + u) if has_gspk else 0.0  # u = (V - V_th)/(V_th - V_reset)
@@ -112,26 +115,24 @@ def step_param_grads(g, j, gsg, u, lw, big, lvr, lwr, ref, vprev, vnew, wprev, f
     inet = inet - dT * e if has_exp else inet
     d_vt = -big * em * (acc * idT + p) * itau
     d_dt = big * (p * (e - em * z) - acc * em * z * idT) * itau
-    g[V_T, j] += d_vt if on & has_exp else 0.0
-    g[DELTA_T, j] += d_dt if on & has_exp else 0.0
-    g[R_, j] += big * p * inet * irtau if on else 0.0
-    g[TAU, j] -= big * (acc * jac + p * f) * itau if on else 0.0
+    g_vt = d_vt if on & has_exp else 0.0
+    g_dt = d_dt if on & has_exp else 0.0
+    g_r = big * p * inet * irtau if on else 0.0
+    g_tau = -(big * (acc * jac + p * f) * itau if on else 0.0)
     d_vrest = big * p * itau if on else 0.0
     d_vth += big if has_exp & run & upd else 0.0  # a runaway step stored V_new = V_th
     wr = wprev + b * sprev
     w_on = has_w & upd
-    g[A, j] += lw * cw * (vnew - vrest) if w_on else 0.0
+    g_a = lw * cw * (vnew - vrest) if w_on else 0.0
     d_vrest -= lw * cw * a if w_on else 0.0
-    g[TAU_W, j] += lw * dcw * (a * (vnew - vrest) - wr) if w_on else 0.0
-    g[V_REST, j] += d_vrest
+    g_tau_w = lw * dcw * (a * (vnew - vrest) - wr) if w_on else 0.0
     # the reset at the start of this step: V' and w' depend on V_th, V_reset, b
     gp = 0.0 if detach else gpre
     k = (vprev - vreset) * gp * itheta
     d_vth += lvr * k * (1.0 + uprev) if hard else lvr * (gp * (1.0 + uprev) - sprev)
     d_vreset += lvr * (sprev - k * uprev) if hard else lvr * (sprev - gp * uprev)
-    g[B, j] += lwr * sprev if has_w else 0.0
+    g_b = lwr * sprev if has_w else 0.0
     bg = lwr * b * gp * itheta
     d_vth -= bg * (1.0 + uprev) if has_w else 0.0
     d_vreset += bg * uprev if has_w else 0.0
-    g[V_TH, j] += d_vth
-    g[V_RESET, j] += d_vreset
+    return g_r, g_tau, g_tau_w, d_vth, d_vreset, d_vrest, g_vt, g_dt, g_a, g_b
