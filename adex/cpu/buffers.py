@@ -92,8 +92,8 @@ def cache_limit() -> int:
 
 
 def set_cache_limit(nbytes: int) -> None:
-    """Keep at most ``nbytes`` of idle buffers (0: no cache; idle buffers above the new
-    limit are released now)."""
+    """Keep at most ``nbytes`` of idle buffers (0: no cache; where the idle buffers exceed
+    the new limit, all of them are released now)."""
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
         raise ValueError(f"the cache limit must be an int >= 0 (bytes), got {nbytes!r}")
     with _LOCK:
