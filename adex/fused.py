@@ -18,7 +18,7 @@ from torch import Tensor
 
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
-from adex.params import AdExParams, PackedParams
+from adex.params import AdExParams, PackedParams, per_neuron_grads
 from adex.spec import Plan, ScanOutput, ScanSpec
 from adex.step_rows import per_step_or_row
 
@@ -176,11 +176,18 @@ class FusedScan(torch.autograd.Function):
             call.spec, call.plan, saved, packed, (needs[0], needs[1], needs[2] or learn_grad),
             call.x_dtype, call.T, call.t0_step, out_grads, adex_scan_bwd, call.lengths,
         )  # fmt: skip
-        grad_packed = per_neuron(grad_elements, packed.shape[1]) if needs[2] else None
+        grad_packed = None
+        if needs[2]:
+            grad_packed = per_neuron_grads(grad_elements, packed.shape[1], call.spec.param_mask)
         grads = (grad_x, grad_state0, grad_packed, None)
         if layer_packed is not None:
-            learn = layer_packed.grads(grad_elements) if learn_grad else (None,) * len(needs[4:])
-            grads += tuple(g if need else None for g, need in zip(learn, needs[4:], strict=True))
+            wanted = needs[4:]
+            if not learn_grad:
+                return grads + (None,) * len(wanted)
+            learn = layer_packed.grads(grad_elements)
+            if all(wanted):
+                return grads + learn
+            grads += tuple(g if need else None for g, need in zip(learn, wanted, strict=True))
         return grads
 
 
@@ -208,12 +215,6 @@ def fused_backward(spec: ScanSpec, plan: Plan, saved: SavedForBackward, packed: 
                                            needs[1], lengths=lengths, **extra)  # fmt: skip
     return (grad_x if needs[0] else None, grad_state0 if needs[1] else None,
             grad_par if needs[2] else None)  # fmt: skip
-
-
-def per_neuron(grad_elements: Tensor, n: int) -> Tensor:
-    """Per-element parameter gradients ``[N_PARAMS, *S]`` as the packed ``[N_PARAMS, N]``
-    gradient, summed over the batch."""
-    return grad_elements.reshape(grad_elements.shape[0], -1, n).sum(1)
 
 
 def _present(grad: Tensor | None) -> Tensor | None:

@@ -20,6 +20,7 @@ from adex.params import (
     AdExParams,
     LearnableChecks,
     PackedParams,
+    grad_rows,
     learnable_rows,
     learnable_violations,
 )
@@ -91,17 +92,17 @@ class _RunState:
     it (finite by construction: not checked again unless something wrote to it since), and
     the step counter."""
 
-    __slots__ = ("checked", "checks", "init_values", "learn_row_ids", "learn_rows", "loose",
+    __slots__ = ("checked", "checks", "init_values", "learn_rows", "learn_slots", "loose",
                  "packed", "packed_device", "pending", "shared", "state", "t_step",
                  "trusted")  # fmt: skip
 
     def __init__(self) -> None:
-        self.init_values: dict = {}  # constant initial rows [C, 1, ...] per (dtype, device)
+        self.init_values: dict = {}  # constant initial states [C, *S], expanded, per key
         self.packed: Tensor | None = None  # the packed-parameter buffer, without __getattr__
         self.packed_device: torch.device | None = None
         self.checks = None  # the learnable parameters' constraints (LearnableChecks)
         self.learn_rows: Tensor | None = None  # their packed rows, [k] int64
-        self.learn_row_ids: tuple[int, ...] = ()  # the same rows as ints
+        self.learn_slots: tuple[int, ...] = ()  # their rows in the compact gradients
         # the learnable parameters that are views of their packed rows, and those rows'
         # addresses (None: not shared, packed per call); see SpikingNeuron._share_learnable
         self.shared: tuple[tuple[Tensor, ...], tuple[int, ...]] | None = None
@@ -320,7 +321,8 @@ class SpikingNeuron(ParamAttributes):
             self._packed = self._params_cache.packed(n, self._packed.device).detach()
         self._rt.packed, self._rt.packed_device = self._packed, self._packed.device
         self._rt.learn_rows = self._learn_rows
-        self._rt.learn_row_ids = tuple(PACKED_ROWS[k] for k in self.learnable)
+        compact = grad_rows(self._spec.param_mask)
+        self._rt.learn_slots = tuple(compact.index(PACKED_ROWS[k]) for k in self.learnable)
         self._rt.checks = LearnableChecks.of(self.learnable, self._packed.device)
         self._rt.checked = None
         shared = self._rt.shared
@@ -372,7 +374,7 @@ class SpikingNeuron(ParamAttributes):
         base = rt.packed
         if not self.learnable:
             return base, None
-        learnable = tuple(self._parameters[k] for k in self.learnable)
+        learnable = tuple([self._parameters[k] for k in self.learnable])
         if torch.compiler.is_compiling():
             # traced, the buffers themselves: torch.compile keeps module buffers' shapes
             # static (plain tensor attributes get symbolic sizes, equated with any equal
@@ -380,22 +382,27 @@ class SpikingNeuron(ParamAttributes):
             with torch.no_grad():
                 rows = learnable_rows(learnable, self._packed.shape[1])
                 values = self._packed.index_copy(0, self._learn_rows, rows)
-            return PackedParams(values, self._learn_rows, learnable, rt.learn_row_ids), None
-        ptrs = tuple(p.data_ptr() for p in learnable)
-        shared = rt.shared
-        if shared is not None and ptrs == shared[1] and _same(learnable, shared[0]):
+            return PackedParams(values, self._learn_rows, learnable, rt.learn_slots), None
+        # the parameters' addresses and versions: what an assignment or in-place op moves
+        key = (*[p.data_ptr() for p in learnable], *[p._version for p in learnable])
+        checked = rt.checked  # (parameters, key, PackedParams or None) last checked and held
+        fresh = checked is not None and key == checked[1] and _same(learnable, checked[0])
+        if fresh and checked[2] is not None:  # views of the base, unchanged: the same call
+            violations = learnable_violations(base, rt.checks) if check_finite else None
+            return checked[2], violations
+        shared, k = rt.shared, len(learnable)
+        if shared is not None and key[:k] == shared[1] and _same(learnable, shared[0]):
             values = base  # the learnable parameters are views of it: current
         else:
             with torch.no_grad():
                 values = base.index_copy(0, rt.learn_rows, learnable_rows(learnable, base.shape[1]))
-        versions = (tuple(p._version for p in learnable), ptrs)
-        checked = rt.checked
-        stale = checked is None or versions != checked[1] or not _same(learnable, checked[0])
+        packed = PackedParams(values, rt.learn_rows, learnable, rt.learn_slots)
         violations = None
-        if check_finite or stale:  # (values records no graph: the base, or made under no_grad)
+        if check_finite or not fresh:  # (values records no graph: the base, or under no_grad)
             violations = learnable_violations(values, rt.checks)
-            rt.pending = (learnable, versions)
-        return PackedParams(values, rt.learn_rows, learnable, rt.learn_row_ids), violations
+            # a copy is made again per call (a .data write moves no version)
+            rt.pending = (learnable, key, packed if values is base else None)
+        return packed, violations
 
     def _params_checked(self) -> None:
         """Record that the constraint check of the last :meth:`_packed_for_call` passed."""
@@ -490,17 +497,21 @@ class SpikingNeuron(ParamAttributes):
         device = self._rt.packed_device if device is None else torch.device(device)
         constants = self._init_constants
         if constants is not None:  # one small copy, no initializer calls
-            # the rows are cached per (dtype, device, rank), not while torch.compile traces
-            # (a cache filled by the trace fails its guard at the next call: a recompile)
+            # the rows, expanded (a view: no memory), are cached per (dtype, device, shape),
+            # not while torch.compile traces (a cache filled by the trace fails its guard at
+            # the next call: a recompile)
             compiling = torch.compiler.is_compiling()
-            key = (dtype, device, len(shape))
-            values = None if compiling else self._rt.init_values.get(key)
-            if values is None:
+            key = (dtype, device, shape)
+            cache = self._rt.init_values
+            expanded = None if compiling else cache.get(key)
+            if expanded is None:
                 values = torch.tensor(constants, dtype=dtype, device=device)
-                values = values.view(-1, *([1] * len(shape)))
+                expanded = values.view(-1, *([1] * len(shape))).expand(len(constants), *shape)
                 if not compiling:
-                    self._rt.init_values[key] = values
-            self._rt.state = values.expand(len(constants), *shape).contiguous()
+                    if len(cache) >= 8:  # a few batch sizes at a time
+                        cache.clear()
+                    cache[key] = expanded
+            self._rt.state = expanded.contiguous()
         else:
             rows = [make_state(init, shape, kind, name, dtype, device) for (init, _), kind, name
                     in zip(self._inits, ("voltage", "current"), ("V_initializer", "w_initializer"),

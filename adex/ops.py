@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adex.fused import fused_backward, per_neuron
+from adex.fused import fused_backward
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
 from adex.kernels.scan_fwd import adex_scan_fwd
-from adex.params import N_PARAMS
+from adex.params import grad_rows, per_neuron_grads
 from adex.spec import ScanSpec
 
 _FwdOut = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -115,7 +115,8 @@ def _(state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, grad_spikes, grad_
       grad_w_seq, grad_state, spec, needs_grad, param_grad, x_dtype, T, t0_step, want_x,
       want_state0, i_seq=None, grad_i_seq=None, lengths=None):  # fmt: skip
     S = state0.shape[1:]
-    grad_par = state0.new_empty((N_PARAMS, *S) if param_grad else (0,), dtype=torch.float32)
+    rows = len(grad_rows(ScanSpec.from_key(spec).param_mask))  # compact: the mask's rows
+    grad_par = state0.new_empty((rows, *S) if param_grad else (0,), dtype=torch.float32)
     grad_x = state0.new_empty((T, *S) if want_x else (0,), dtype=x_dtype)
     grad_state0 = state0.new_empty(state0.shape if want_state0 else (0,), dtype=torch.float32)
     return grad_x, grad_state0, grad_par
@@ -151,12 +152,15 @@ def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, _g_ckpt, g_i_seq
     state0, packed, v_seq, w_seq, ref_bits, checkpoints, x, i_seq, lengths = ctx.saved_tensors
     saved = SavedForBackward(state0, _or_none(v_seq), _or_none(w_seq), _or_none(ref_bits),
                              _or_none(checkpoints), x, _or_none(i_seq))  # fmt: skip
+    spec = ScanSpec.from_key(ctx.spec)
     grad_x, grad_state0, grad_elements = fused_backward(
-        ScanSpec.from_key(ctx.spec), ctx.plan, saved, packed, ctx.needs_input_grad[:3],
+        spec, ctx.plan, saved, packed, ctx.needs_input_grad[:3],
         ctx.x_dtype, ctx.T, ctx.t0_step, (g_spikes, g_state, g_v_seq, g_w_seq, g_i_seq),
         _launch_op, lengths,
     )  # fmt: skip
-    grad_packed = None if grad_elements is None else per_neuron(grad_elements, packed.shape[1])
+    grad_packed = None
+    if grad_elements is not None:
+        grad_packed = per_neuron_grads(grad_elements, packed.shape[1], spec.param_mask)
     return grad_x, grad_state0, grad_packed, None, None, None, None, None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,6 +37,32 @@ N_PARAMS = len(PARAM_KINDS)
 ALL_PARAMS = (1 << N_PARAMS) - 1
 """A parameter mask (bit k: the parameter in packed row k, ``PARAM_KINDS`` order) of all of
 them."""
+
+
+@cache
+def grad_rows(param_mask: int) -> tuple[int, ...]:
+    """The packed rows whose gradients a backward with ``param_mask`` computes, in order:
+    row i of its compact per-element parameter gradients ``[len, *S]`` is packed row
+    ``grad_rows(param_mask)[i]`` (no memory for the rows without a gradient)."""
+    return tuple(k for k in range(N_PARAMS) if param_mask >> k & 1)
+
+
+def full_param_grads(grads: torch.Tensor, param_mask: int) -> torch.Tensor:
+    """Compact parameter gradients ``[len(grad_rows(param_mask)), ...]`` as the packed
+    layout's ``[N_PARAMS, ...]``, zero in the rows outside ``param_mask``."""
+    if param_mask == ALL_PARAMS:
+        return grads
+    rows = torch.tensor(grad_rows(param_mask), dtype=torch.int64, device=grads.device)
+    return grads.new_zeros((N_PARAMS, *grads.shape[1:])).index_copy_(0, rows, grads)
+
+
+def per_neuron_grads(grad_elements: torch.Tensor, n: int, param_mask: int) -> torch.Tensor:
+    """A backward's compact per-element parameter gradients ``[k, *S]`` (the rows of
+    ``param_mask``) as the packed ``[N_PARAMS, N]`` gradient, summed over the batch (zero in
+    the rows outside the mask)."""
+    summed = grad_elements.reshape(grad_elements.shape[0], -1, n).sum(1)
+    return full_param_grads(summed, param_mask)
+
 
 UNUSED_TAU_SYN = 1.0
 """The packed ``tau_syn`` row of a model without a synapse (``tau_syn=None``): a valid value
@@ -216,26 +243,33 @@ class PackedParams(NamedTuple):
             ``values``' device).
         learnable: the k learnable tensors (shape ``()`` or ``in_size``, any float dtype),
             in ``rows`` order.
-        row_ids: the same k rows as Python ints (read on the host without a device sync).
+        grad_slots: for each learnable tensor, its row in the backward's compact
+            per-element gradients (see :func:`grad_rows`; the layer's ``param_mask`` holds
+            exactly the learnable rows).
     """
 
     values: torch.Tensor
     rows: torch.Tensor
     learnable: tuple[torch.Tensor, ...]
-    row_ids: tuple[int, ...]
+    grad_slots: tuple[int, ...]
 
     def grads(self, grad_elements: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The learnable tensors' gradients from the per-element parameter gradients
-        ``[N_PARAMS, *S]`` of the fused backward (summed over the batch, and over the neurons
-        for a scalar parameter): per parameter, its row's sum (a view and one reduction)."""
+        """The learnable tensors' gradients from the compact per-element parameter
+        gradients ``[k', *S]`` of the fused backward (one row per learnable packed row),
+        summed over the batch, and over the neurons for a scalar parameter: one reduction
+        for all of them, then a view each."""
         n = self.values.shape[1]
+        k = grad_elements.shape[0]
+        if n == 1:  # every parameter one value: [k'] sums
+            sums = grad_elements.reshape(k, -1).sum(1).unbind(0)
+        else:  # per neuron, summed over the batch: [k', n]
+            sums = grad_elements.reshape(k, -1, n).sum(1).unbind(0)
         out = []
-        for r, p in zip(self.row_ids, self.learnable, strict=True):
-            row = grad_elements.select(0, r)
-            if n == 1:  # every parameter one value: one sum
-                g = row.sum() if p.dim() == 0 else row.sum().reshape(p.shape)
-            else:  # per neuron, summed over the batch (and then the neurons for a scalar)
-                g = row.reshape(-1, n).sum(0)
+        for slot, p in zip(self.grad_slots, self.learnable, strict=True):
+            g = sums[slot]
+            if n == 1:
+                g = g if p.dim() == 0 else g.reshape(p.shape)
+            else:  # a scalar among per-neuron rows: summed over the neurons too
                 g = g.view(p.shape) if p.numel() == n else g.sum().reshape(p.shape)
             out.append(g if g.dtype == p.dtype else g.to(p.dtype))
         return tuple(out)

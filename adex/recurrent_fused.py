@@ -17,10 +17,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from adex.fused import _present, eager_apply, fused_scan, per_neuron
+from adex.fused import _present, eager_apply, fused_scan
 from adex.kernels.recurrent_bwd import recurrent_scan_bwd
 from adex.kernels.recurrent_fwd import recurrent_scan_fwd
-from adex.params import PACKED_ROWS, AdExParams, PackedParams
+from adex.params import PACKED_ROWS, AdExParams, PackedParams, per_neuron_grads
 from adex.recurrent_reference import recurrent_step_loop
 from adex.spec import Plan, ScanOutput, ScanSpec
 
@@ -197,7 +197,7 @@ class RecurrentScan(torch.autograd.Function):
                                  (needs[0], needs[1], needs[2], needs[3]), ctx.x_dtype)  # fmt: skip
         grad_packed = None
         if needs[4]:
-            grad_packed = per_neuron(out.params, saved[3].shape[1])
+            grad_packed = per_neuron_grads(out.params, saved[3].shape[1], ctx.spec.param_mask)
         grads = (out.x, out.s0, out.weight, out.state0, grad_packed, None, None, None, None)
         if layer_packed is not None:
             n_learn = len(needs[9:])

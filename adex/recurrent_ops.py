@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adex.fused import per_neuron
 from adex.kernels.recurrent_fwd import recurrent_scan_fwd
 from adex.ops import _or_empty, _or_none
+from adex.params import grad_rows, per_neuron_grads
 from adex.recurrent_fused import recurrent_backward
 from adex.spec import ScanSpec
 
@@ -91,7 +91,8 @@ def recurrent_bwd(
     """The fused recurrent backward (:func:`adex.recurrent_fused.recurrent_backward`) from
     the forward's saved tensors and the incoming gradients (None where absent). Returns
     ``(grad_x, grad_s0, grad_weight, grad_state0, grad_params)``, each empty where not
-    wanted (``grad_params`` ``[N_PARAMS, B, N]`` per element, without ``param_grad``)."""
+    wanted (``grad_params`` ``[k, B, N]`` per element, the rows of the spec's ``param_mask``,
+    without ``param_grad``)."""
     s = ScanSpec.from_key(spec)
     saved = (s0, weight, state0, packed, v_seq, w_seq, ref_bits, i_seq, u_seq)
     out = recurrent_backward(s, s.plan(needs_grad, param_grad), saved,
@@ -114,7 +115,7 @@ def _(s0, weight, state0, packed, v_seq, w_seq, ref_bits, grad_spikes, grad_stat
         f32(s0.shape, want_s0),
         f32(weight.shape, want_weight),
         f32(state0.shape, want_state0),
-        f32((packed.shape[0], *s0.shape), param_grad),
+        f32((len(grad_rows(ScanSpec.from_key(spec).param_mask)), *s0.shape), param_grad),
     )
 
 
@@ -137,7 +138,8 @@ def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, g_i_seq, _g_u):
     )  # fmt: skip
     grad_packed = None
     if want_packed and ctx.param_grad:
-        grad_packed = per_neuron(grad_elements, packed.shape[1])
+        grad_packed = per_neuron_grads(grad_elements, packed.shape[1],
+                                 ScanSpec.from_key(ctx.spec).param_mask)  # fmt: skip
     return (grad_x if want_x else None, grad_s0 if want_s0 else None,
             grad_weight if want_weight else None, grad_state0 if want_state0 else None,
             grad_packed, None, None, None, None)  # fmt: skip

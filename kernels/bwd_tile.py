@@ -88,29 +88,41 @@ def store_state_grads(gstate0_ptr, o_m, m, M, b_lv, b_lw, b_li, HAS_W: tl.conste
 @triton.jit
 def store_param_grads(gpar_ptr, M, o_m, m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest, g_vT,
                       g_dT, g_a, g_b, g_ts, PARAM_MASK: tl.constexpr):  # fmt: skip
-    """Row k of the ``[N_PARAMS, M]`` per-element parameter gradients is parameter k's (row
-    10: tau_syn, ``g_ts``); only the rows whose bit is set in PARAM_MASK are written (the
-    compiler drops the others' terms from the time loop)."""
+    """The per-element gradients of the parameters whose bit k is set in PARAM_MASK (packed
+    row k; bit 10: tau_syn, ``g_ts``), one compact row each in packed-row order: the
+    ``[popcount(PARAM_MASK), M]`` output holds no row for a parameter without a gradient (the
+    compiler drops its terms from the time loop)."""
     M = tl.cast(M, tl.int64)  # row offsets k * M pass 2^31 for M >= 2^28 elements
+    # R_k: the output row of packed row k, the number of mask bits below bit k
+    R1: tl.constexpr = PARAM_MASK & 1
+    R2: tl.constexpr = R1 + ((PARAM_MASK >> 1) & 1)
+    R3: tl.constexpr = R2 + ((PARAM_MASK >> 2) & 1)
+    R4: tl.constexpr = R3 + ((PARAM_MASK >> 3) & 1)
+    R5: tl.constexpr = R4 + ((PARAM_MASK >> 4) & 1)
+    R6: tl.constexpr = R5 + ((PARAM_MASK >> 5) & 1)
+    R7: tl.constexpr = R6 + ((PARAM_MASK >> 6) & 1)
+    R8: tl.constexpr = R7 + ((PARAM_MASK >> 7) & 1)
+    R9: tl.constexpr = R8 + ((PARAM_MASK >> 8) & 1)
+    R10: tl.constexpr = R9 + ((PARAM_MASK >> 9) & 1)
     if PARAM_MASK & 1:
-        tl.store(gpar_ptr + 0 * M + o_m, g_R, mask=m)
+        tl.store(gpar_ptr + o_m, g_R, mask=m)
     if PARAM_MASK & 2:
-        tl.store(gpar_ptr + 1 * M + o_m, g_tau, mask=m)
+        tl.store(gpar_ptr + R1 * M + o_m, g_tau, mask=m)
     if PARAM_MASK & 4:
-        tl.store(gpar_ptr + 2 * M + o_m, g_tau_w, mask=m)
+        tl.store(gpar_ptr + R2 * M + o_m, g_tau_w, mask=m)
     if PARAM_MASK & 8:
-        tl.store(gpar_ptr + 3 * M + o_m, g_vth, mask=m)
+        tl.store(gpar_ptr + R3 * M + o_m, g_vth, mask=m)
     if PARAM_MASK & 16:
-        tl.store(gpar_ptr + 4 * M + o_m, g_vreset, mask=m)
+        tl.store(gpar_ptr + R4 * M + o_m, g_vreset, mask=m)
     if PARAM_MASK & 32:
-        tl.store(gpar_ptr + 5 * M + o_m, g_vrest, mask=m)
+        tl.store(gpar_ptr + R5 * M + o_m, g_vrest, mask=m)
     if PARAM_MASK & 64:
-        tl.store(gpar_ptr + 6 * M + o_m, g_vT, mask=m)
+        tl.store(gpar_ptr + R6 * M + o_m, g_vT, mask=m)
     if PARAM_MASK & 128:
-        tl.store(gpar_ptr + 7 * M + o_m, g_dT, mask=m)
+        tl.store(gpar_ptr + R7 * M + o_m, g_dT, mask=m)
     if PARAM_MASK & 256:
-        tl.store(gpar_ptr + 8 * M + o_m, g_a, mask=m)
+        tl.store(gpar_ptr + R8 * M + o_m, g_a, mask=m)
     if PARAM_MASK & 512:
-        tl.store(gpar_ptr + 9 * M + o_m, g_b, mask=m)
+        tl.store(gpar_ptr + R9 * M + o_m, g_b, mask=m)
     if PARAM_MASK & 1024:  # zero without a synapse
-        tl.store(gpar_ptr + 10 * M + o_m, g_ts, mask=m)
+        tl.store(gpar_ptr + R10 * M + o_m, g_ts, mask=m)

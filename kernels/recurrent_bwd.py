@@ -41,6 +41,7 @@ from adex.kernels.step import (
     step_param_grads,
     synapse_grads,
 )
+from adex.params import grad_rows
 
 # Bytes per neuron-step (fp32): read V (4), read the spike gradient (4), write lambda_I (4),
 # as the feed-forward backward; on chip, lambda_I(t) read back and the weight (from L1/L2)
@@ -177,7 +178,7 @@ def _recurrent_bwd_kernel(
     gwseq_ptr,  # [T, B, N] grad of the returned w sequence (HAS_GWSEQ), or None
     ref_ptr,  # [cdiv(T, 8), B, N] uint8 refractory bits (HAS_REF)
     wseq_ptr,  # [T, B, N] fp32 stored w (READ_W), else None
-    gpar_ptr,  # [10, B, N] out: fp32 per-element parameter gradients (PARAM_GRAD)
+    gpar_ptr,  # [popcount(PARAM_MASK), B, N] out: fp32 per-element parameter gradients
     gcur_ptr,  # [T, B, N] out: fp32 gradient of each step's total input current
     gstate0_ptr,  # [C, B, N] out: fp32 grad of the initial state (WRITE_GSTATE0), or None
     gs0_ptr,  # [B, N] out: fp32 grad of the spikes before the scan (WRITE_GS0), or None
@@ -235,9 +236,9 @@ def _recurrent_bwd_kernel(
         tl.store(gs0_ptr + o_m, b_rec, mask=m)
     if WRITE_GSTATE0:
         store_state_grads(gstate0_ptr, o_m, m, M, b_lv, b_lw, b_li, HAS_W, HAS_REF, HAS_SYN)
-    if PARAM_GRAD:  # row 10 (tau_syn) with a synapse only: zeroed by the launcher otherwise
+    if PARAM_GRAD:  # (the tau_syn row is zero without a synapse)
         store_param_grads(gpar_ptr, M, o_m, m, g_R, g_tau, g_tau_w, g_vth, g_vreset, g_vrest,
-                          g_vT, g_dT, g_a, g_b, g_ts, PARAM_MASK & (1023 + 1024 * HAS_SYN))  # fmt: skip
+                          g_vT, g_dT, g_a, g_b, g_ts, PARAM_MASK)  # fmt: skip
 
 
 class RecurrentBackwardOutputs(NamedTuple):
@@ -248,7 +249,8 @@ class RecurrentBackwardOutputs(NamedTuple):
             ``x_t + s_{t-1} @ weight.T`` (the gradient of x, before the cast to x's dtype).
         grad_state0: ``[C, B, N]`` fp32 gradient of the initial state, or None.
         grad_s0: ``[B, N]`` fp32 gradient of the spikes before the scan, or None.
-        grad_params: ``[10, B, N]`` fp32 per-element parameter gradients, or None.
+        grad_params: ``[len(grad_rows(spec.param_mask)), B, N]`` fp32 per-element gradients
+            of the parameters in the spec's ``param_mask`` (packed-row order), or None.
     """
 
     grad_current: torch.Tensor
@@ -293,8 +295,9 @@ def recurrent_scan_bwd(v_seq: torch.Tensor, w_seq: torch.Tensor | None,
     grad_s0 = torch.empty((B, N), dtype=torch.float32, device=device) if want_s0 else None
     grad_par = None
     if plan.param_grad:
-        # rows the kernel does not write are zero: those outside param_mask
-        grad_par = torch.zeros((packed_params.shape[0], B, N), dtype=torch.float32, device=device)
+        # one row per parameter of the spec's param_mask (adex.params.grad_rows), each written
+        rows = len(grad_rows(spec.param_mask))
+        grad_par = torch.empty((rows, B, N), dtype=torch.float32, device=device)
     block_b, block_n, num_warps, programs = recurrent_config(B, N, device)
     _recurrent_bwd_kernel[(programs,)](
         vseq_ptr=v_seq, state0_ptr=state0, weight_ptr=weight, par_ptr=packed_params,

@@ -29,7 +29,7 @@ from adex.kernels.step import (
     synapse_grads,
     synapse_step,
 )
-from adex.params import ALL_PARAMS, N_PARAMS
+from adex.params import grad_rows
 
 # Bytes per neuron-step (fp32 I/O): read V (4; the next step's V is carried in registers),
 # read grad spikes (4), write grad x (4): 12 B; 8 B with bf16/fp16 spikes and x.
@@ -295,7 +295,7 @@ def _adex_scan_bwd_kernel(
     ref_ptr,  # [cdiv(T, 8), M] uint8 refractory bits of the forward (HAS_REF); RECOMPUTE:
     # [cdiv(K, 8), M] scratch
     wseq_ptr,  # [T, M] fp32 stored w of every step (READ_W); RECOMPUTE: [K, M]
-    gpar_ptr,  # [N_PARAMS, M] out: fp32 per-element parameter gradients, or None
+    gpar_ptr,  # [popcount(PARAM_MASK), M] out: fp32 per-element parameter gradients, or None
     gx_ptr,  # [T, M] out: grad of x, x's dtype, or None (not wanted)
     gstate0_ptr,  # [C, M] out: fp32 grad of the initial state (zero last-spike-time row),
     # or None (not wanted)
@@ -385,9 +385,11 @@ class BackwardOutputs(NamedTuple):
             not wanted).
         grad_state0: ``[C, *S]`` fp32 gradient of the initial state (the last-spike-time
             row is zero: it carries no gradient; None when not wanted).
-        grad_params: ``[N_PARAMS, *S]`` fp32 per-element parameter gradients (summing over the
-            batch dims gives the gradient of the packed parameters; the rows outside the
-            spec's ``param_mask`` are zero), or None.
+        grad_params: ``[len(grad_rows(spec.param_mask)), *S]`` fp32 per-element gradients
+            of the parameters in the spec's ``param_mask``, one row each in packed-row order
+            (all ``N_PARAMS`` rows for every parameter; summing over the batch dims gives
+            the gradient of those packed rows; ``adex.params.full_param_grads`` spreads them
+            over the packed layout), or None.
     """
 
     grad_x: torch.Tensor | None
@@ -476,14 +478,18 @@ def adex_scan_bwd(
         i_seq = None
         if plan.read_i:
             i_seq = torch.empty((rows, M), dtype=torch.float32, device=device)
-    grad_x = torch.empty((T, *S), dtype=x_dtype, device=device) if want_x else None
-    grad_state0 = None
-    if want_state0:
-        grad_state0 = torch.empty(state0.shape, dtype=torch.float32, device=device)
+    grad_x = None
+    if want_x:  # (empty_like of a stored [T, *S] sequence costs the host less than empty)
+        seq = saved.v_seq
+        if seq is None:
+            grad_x = torch.empty((T, *S), dtype=x_dtype, device=device)
+        else:
+            grad_x = torch.empty_like(seq, dtype=None if x_dtype == torch.float32 else x_dtype)
+    grad_state0 = torch.empty_like(state0) if want_state0 else None  # fp32, contiguous
     grad_par = None
-    if plan.param_grad:  # rows outside the spec's param_mask are not written: zero
-        alloc = torch.empty if spec.param_mask == ALL_PARAMS else torch.zeros
-        grad_par = alloc((N_PARAMS, *S), dtype=torch.float32, device=device)
+    if plan.param_grad:  # one row per parameter of the spec's param_mask, each written
+        rows = len(grad_rows(spec.param_mask))
+        grad_par = torch.empty((rows, *S), dtype=torch.float32, device=device)
     block, num_warps, programs = block_config(M, device)
     extra = {}  # the optional arguments, where not the kernel's defaults
     if i_seq is not None:

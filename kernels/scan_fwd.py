@@ -208,9 +208,11 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     spike_dtype = spec.spike_dtype  # (None: x's; empty_like without a dtype costs less)
     spikes = torch.empty_like(x) if spike_dtype is None else torch.empty_like(x, dtype=spike_dtype)
     state = torch.empty_like(state0)  # fp32 [C, *S], contiguous
-    v_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_v else None
-    w_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_w else None
-    i_seq = torch.empty(x.shape, dtype=torch.float32, device=device) if plan.store_i else None
+    # fp32 [T, *S] sequences, contiguous like x (empty_like costs the host less than empty)
+    seq_dtype = None if x.dtype == torch.float32 else torch.float32
+    v_seq = torch.empty_like(x, dtype=seq_dtype) if plan.store_v else None
+    w_seq = torch.empty_like(x, dtype=seq_dtype) if plan.store_w else None
+    i_seq = torch.empty_like(x, dtype=seq_dtype) if plan.store_i else None
     ref_bits = None
     if plan.store_ref:  # 1 bit per neuron-step
         ref_bits = torch.empty(((T + 7) // 8, *S), dtype=torch.uint8, device=device)

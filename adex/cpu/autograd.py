@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from adex.cpu.launch import CpuForward, cpu_scan_bwd, cpu_scan_fwd
-from adex.params import AdExParams, PackedParams
+from adex.params import AdExParams, PackedParams, per_neuron_grads
 from adex.spec import Plan, ScanOutput, ScanSpec
 
 
@@ -107,5 +107,5 @@ class CpuScan(torch.autograd.Function):
                                                  (needs[0], needs[1]), lengths)  # fmt: skip
         grad_packed = None
         if needs[2] and grad_par is not None:
-            grad_packed = grad_par.reshape(packed.shape[0], -1, packed.shape[1]).sum(1)
+            grad_packed = per_neuron_grads(grad_par, packed.shape[1], ctx.spec.param_mask)
         return grad_x, grad_s0, grad_packed, None, None, None, None

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from adex.cpu import buffers
 from adex.cpu.scan import scan_backward, scan_forward
-from adex.params import ALL_PARAMS
+from adex.params import ALL_PARAMS, grad_rows
 from adex.step_rows import per_step_or_row
 
 
@@ -158,7 +158,7 @@ def cpu_scan_bwd(saved: CpuForward, state0: Tensor, x: Tensor | None, packed: Te
     want_x, want_s0 = wants
     grad_x = buffers.empty((T, *S), dtype) if want_x else None
     grad_s0 = torch.empty_like(state0) if want_s0 else None
-    P = packed.shape[0]
+    P = len(grad_rows(spec.param_mask))  # compact rows: one per parameter of the mask
     grad_par = buffers.empty((P, *S), dtype) if plan.param_grad else None
     rows = min(K, T) if K else 0
     tau_ref, dt, ceiling = _scalars(spec, dtype)

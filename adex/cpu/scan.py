@@ -418,8 +418,9 @@ def scan_backward(vseq, wseq, rbits, iseq, state0, par, gspk, gv, gw, gi, gstate
     write_gstate0, recompute, has_syn, read_i, has_gi). Incoming gradients
     ``gspk``/``gv``/``gw``/``gi`` ``[T, M]`` (or ``[1, M]``: one row for every step),
     ``gstate`` ``[C, M]``; outputs ``gx``
-    ``[T, M]``, ``gstate0`` ``[C, M]``, ``gpar`` ``[11, M]`` (rows outside ``param_mask``
-    zero). ``lens``/``sps``: the forward's sample lengths (or empty). With recompute, each
+    ``[T, M]``, ``gstate0`` ``[C, M]``, ``gpar`` ``[popcount(param_mask), M]`` (one row per
+    parameter of ``param_mask``, in packed-row order). ``lens``/``sps``: the forward's
+    sample lengths (or empty). With recompute, each
     K-step segment is rerun from ``ckpt`` into the scratch ``scr_*`` (``[C, M]``, ``[K,
     M]``, ``[cdiv(K, 8), M]``) first (``no_spk``: an empty ``[0, 0]`` array, the
     recomputation's spikes)."""
@@ -477,6 +478,9 @@ def scan_backward(vseq, wseq, rbits, iseq, state0, par, gspk, gv, gw, gi, gstate
                     gstate0[1 + has_w, m] = 0.0
                 if has_syn:
                     gstate0[i_row, m] = li[j]
-            if param_grad:
-                for k in range(gpar.shape[0]):
-                    gpar[k, m] = g[k, j] if (param_mask >> k) & 1 else 0.0
+            if param_grad:  # compact rows: the parameters of param_mask, in row order
+                row = 0
+                for k in range(N_GRADS):
+                    if (param_mask >> k) & 1:
+                        gpar[row, m] = g[k, j]
+                        row += 1
