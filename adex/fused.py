@@ -10,6 +10,7 @@ Both autograd paths save the same tensors and run the same :func:`fused_backward
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -68,7 +69,11 @@ def fused_scan(
             return ScanOutput(out.spikes, out.state, None, None, None)
         return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
     if learnable:
-        param_grad = grad_on and any(p.requires_grad for p in learnable)
+        # (the C getter where torch.compile does not trace: it cannot trace attrgetter)
+        needs = (
+            (p.requires_grad for p in learnable) if through_ops else map(_REQUIRES_GRAD, learnable)
+        )
+        param_grad = grad_on and any(needs)
     else:
         param_grad = grad_on and packed.requires_grad
     needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
@@ -91,6 +96,9 @@ def fused_scan(
     if not spec.return_states:
         return ScanOutput(out.spikes, out.state, None, None, None)
     return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
 def _direct_apply(function: type[torch.autograd.Function]) -> Callable | None:

@@ -69,6 +69,9 @@ class SynStateSequence(NamedTuple):
     I: Tensor
 
 
+_VERSION = operator.attrgetter("_version")  # (eager only: torch.compile does not trace it)
+
+
 def _same(a: tuple, b: tuple) -> bool:
     """Whether two tuples hold the same objects (identity: ``==`` on tensors compares
     values)."""
@@ -92,9 +95,9 @@ class _RunState:
     it (finite by construction: not checked again unless something wrote to it since), and
     the step counter."""
 
-    __slots__ = ("checked", "checks", "init_values", "learn_rows", "learn_slots", "loose",
-                 "packed", "packed_device", "pending", "shared", "state", "t_step",
-                 "trusted")  # fmt: skip
+    __slots__ = ("checked", "checks", "init_values", "learn_in_order", "learn_rows",
+                 "learn_slots", "loose", "packed", "packed_device", "pending", "shared",
+                 "state", "t_step", "trusted")  # fmt: skip
 
     def __init__(self) -> None:
         self.init_values: dict = {}  # constant initial states [C, *S], expanded, per key
@@ -103,6 +106,7 @@ class _RunState:
         self.checks = None  # the learnable parameters' constraints (LearnableChecks)
         self.learn_rows: Tensor | None = None  # their packed rows, [k] int64
         self.learn_slots: tuple[int, ...] = ()  # their rows in the compact gradients
+        self.learn_in_order = True  # the slots are 0, 1, ... (the names in packed order)
         # the learnable parameters that are views of their packed rows, and those rows'
         # addresses (None: not shared, packed per call); see SpikingNeuron._share_learnable
         self.shared: tuple[tuple[Tensor, ...], tuple[int, ...]] | None = None
@@ -323,6 +327,7 @@ class SpikingNeuron(ParamAttributes):
         self._rt.learn_rows = self._learn_rows
         compact = grad_rows(self._spec.param_mask)
         self._rt.learn_slots = tuple(compact.index(PACKED_ROWS[k]) for k in self.learnable)
+        self._rt.learn_in_order = self._rt.learn_slots == tuple(range(len(self.learnable)))
         self._rt.checks = LearnableChecks.of(self.learnable, self._packed.device)
         self._rt.checked = None
         shared = self._rt.shared
@@ -384,7 +389,7 @@ class SpikingNeuron(ParamAttributes):
                 values = self._packed.index_copy(0, self._learn_rows, rows)
             return PackedParams(values, self._learn_rows, learnable, rt.learn_slots), None
         # the parameters' addresses and versions: what an assignment or in-place op moves
-        key = (*[p.data_ptr() for p in learnable], *[p._version for p in learnable])
+        key = (*map(Tensor.data_ptr, learnable), *map(_VERSION, learnable))
         checked = rt.checked  # (parameters, key, PackedParams or None) last checked and held
         fresh = checked is not None and key == checked[1] and _same(learnable, checked[0])
         if fresh and checked[2] is not None:  # views of the base, unchanged: the same call
@@ -396,7 +401,9 @@ class SpikingNeuron(ParamAttributes):
         else:
             with torch.no_grad():
                 values = base.index_copy(0, rt.learn_rows, learnable_rows(learnable, base.shape[1]))
-        packed = PackedParams(values, rt.learn_rows, learnable, rt.learn_slots)
+        direct = rt.learn_in_order and all(p.dim() == 0 and p.dtype == torch.float32
+                                           for p in learnable)  # fmt: skip
+        packed = PackedParams(values, rt.learn_rows, learnable, rt.learn_slots, direct)
         violations = None
         if check_finite or not fresh:  # (values records no graph: the base, or under no_grad)
             violations = learnable_violations(values, rt.checks)
@@ -643,6 +650,17 @@ class SpikingNeuron(ParamAttributes):
         versions = self._rt.trusted
         return versions is not None and versions == self._state_versions()
 
+    def _state_for_call(self, x_dtype: torch.dtype) -> tuple[Tensor, bool]:
+        """The state block of a call and whether it is trusted (:meth:`_state_trusted`,
+        read before :meth:`_require_state` stacks assigned rows)."""
+        state = self._rt.state
+        if state is None or torch.compiler.is_compiling():
+            trusted = self._state_trusted()
+            return self._require_state(x_dtype), trusted
+        versions = self._rt.trusted  # (as _state_trusted, for a state block adex holds)
+        trusted = versions is not None and not state.is_inference()
+        return state, trusted and versions == (state._version,)
+
     def _require_state(self, x_dtype: torch.dtype) -> Tensor:
         """The state block, stacked from assigned rows where needed."""
         if self._rt.state is not None:
@@ -766,8 +784,7 @@ class SpikingNeuron(ParamAttributes):
         state, in ``x``'s dtype (or ``spike_dtype``); advances ``V`` and ``w``. ``x`` (mA)
         broadcasts to the state shape."""
         x_dtype = x.dtype if isinstance(x, Tensor) else torch.float32
-        trusted = self._state_trusted()
-        state = self._require_state(x_dtype)
+        state, trusted = self._state_for_call(x_dtype)
         x = self._input(x, tuple(state.shape[1:]), state.device, ())
         return self._run(x.unsqueeze(0), state, False, trusted).spikes[0]
 
@@ -795,8 +812,7 @@ class SpikingNeuron(ParamAttributes):
         truncated BPTT).
         """
         x_dtype = x_seq.dtype if isinstance(x_seq, Tensor) else torch.float32
-        trusted = self._state_trusted()
-        state = self._require_state(x_dtype)
+        state, trusted = self._state_for_call(x_dtype)
         state_shape = tuple(state.shape[1:])
         if not isinstance(x_seq, Tensor):
             x_seq = to_canonical(x_seq, "current", "x_seq")

@@ -246,12 +246,15 @@ class PackedParams(NamedTuple):
         grad_slots: for each learnable tensor, its row in the backward's compact
             per-element gradients (see :func:`grad_rows`; the layer's ``param_mask`` holds
             exactly the learnable rows).
+        direct: every learnable tensor is a 0-dim float32 tensor and ``grad_slots`` is
+            ``0, 1, ...``: their gradients are the compact rows' sums as they come.
     """
 
     values: torch.Tensor
     rows: torch.Tensor
     learnable: tuple[torch.Tensor, ...]
     grad_slots: tuple[int, ...]
+    direct: bool = False
 
     def grads(self, grad_elements: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The learnable tensors' gradients from the compact per-element parameter
@@ -259,11 +262,14 @@ class PackedParams(NamedTuple):
         summed over the batch, and over the neurons for a scalar parameter: one reduction
         for all of them, then a view each."""
         n = self.values.shape[1]
-        k = grad_elements.shape[0]
         if n == 1:  # every parameter one value: [k'] sums
-            sums = grad_elements.reshape(k, -1).sum(1).unbind(0)
+            d = grad_elements.dim()  # (a sum over dims () would sum over all of them)
+            sums = grad_elements.sum(tuple(range(1, d))) if d > 1 else grad_elements
+            sums = sums.unbind(0)
+            if self.direct:  # each a 0-dim float32 tensor, in slot order: the sums themselves
+                return sums
         else:  # per neuron, summed over the batch: [k', n]
-            sums = grad_elements.reshape(k, -1, n).sum(1).unbind(0)
+            sums = grad_elements.reshape(grad_elements.shape[0], -1, n).sum(1).unbind(0)
         out = []
         for slot, p in zip(self.grad_slots, self.learnable, strict=True):
             g = sums[slot]
