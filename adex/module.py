@@ -833,7 +833,8 @@ class SpikingNeuron(ParamAttributes):
             )
         if batch_first:
             x_seq = x_seq.transpose(0, 1)
-        x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
+        if x_seq.shape[1:] != state_shape or x_seq.dtype not in FLOAT_DTYPES:  # else as is
+            x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
         if lengths is not None:
             lengths = check_lengths(lengths, x_seq.shape[0], state_shape, x_seq.device)
         out = self._run(x_seq, state, return_states, trusted, lengths)

@@ -21,15 +21,19 @@ uninitialized, possibly NaN), which sets what each row times:
   public ``layer.V`` / ``layer.w`` setters (a finite state each call, which is then checked):
   setters + forward are timed, the setters alone too, and the row is the difference.
 - training call: ``layer.init_state(batch)``, ``layer(x).sum().backward()`` with ``x``
-  requiring grad, for ``AdExIF(n, backend="triton")`` (fixed) and
-  ``learnable=("tau", "b")``; ``init_state`` gives a finite state every call, so both
-  ``check_finite`` settings are timed. Gradients accumulate across calls (no zeroing).
+  requiring grad (a layer inside a network: the call also computes the input's gradient),
+  for ``AdExIF(n, backend="triton")`` (fixed) and ``learnable=("tau", "b")``; and for the
+  learnable model with ``x`` not requiring grad (a first layer on data: parameter gradients
+  only). ``init_state`` gives a finite state every call, so both ``check_finite`` settings
+  are timed. Gradients accumulate across calls (no zeroing).
   The learnable parameters do not change between these calls, so with
   ``check_finite=False`` their constraint check runs once; the row "after an in-place
   step" first bumps both parameters' versions (``add_(0.0)`` under no_grad, as an
   optimizer step would; the two ops are in its time), so that the check runs every call.
-- baselines: ``torch.sigmoid(nn.Linear(n, n)(x)).sum().backward()`` on the same ``x`` shape
-  (the training call's), and a trivial ``torch.library.custom_op`` returning
+- baselines: ``torch.sigmoid(nn.Linear(n, n)(x)).sum().backward()`` on the same ``x`` as
+  the training call it is compared with, doing the same gradient work: with ``x`` requiring
+  grad for the training calls above (it then computes the input's gradient too), without
+  for the first-layer call; and a trivial ``torch.library.custom_op`` returning
   ``torch.empty_like(x)`` called under ``torch.no_grad()`` (the no-grad forward's).
 - ``update()``: one step (T=1) at the size of the NOTES.md table (64 x 1024 neurons),
   ``check_finite=False``, no grad, the state carried over.
@@ -38,8 +42,8 @@ Each figure is the median over ``--rounds`` rounds of ``--calls`` calls (per-cal
 round) after one warm-up round, the cases interleaved within each round; one thread
 (``torch.set_num_threads(1)``), ``time.perf_counter`` (``--cpu-time``: ``time.process_time``,
 this process's CPU time, for a machine that other jobs load). Then the ratios against the targets
-(training <= 2x the baseline, ``init_state`` <= 30 us, no-grad forward <= 1.5x the bare custom
-op) with PASS/FAIL for both ``check_finite`` settings.
+(each training call <= 2x its baseline, ``init_state`` <= 30 us, no-grad forward <= 1.5x the
+bare custom op) with PASS/FAIL for both ``check_finite`` settings.
 
     python benchmarks/host_overhead.py [--rounds 7] [--calls 300] [--batch 4] [--neurons 16]
         [--steps 8] [--update-batch 64] [--update-neurons 1024] [--json PATH] [--cpu-time]
@@ -141,6 +145,13 @@ def build_cases(args) -> dict[str, tuple[Callable[[], object], bool]]:
                 layer(x_grad).sum().backward()
 
             cases[f"train_{kind}_cf{cf}"] = (train, True)
+            if kind == "learnable":  # a first layer on data: parameter gradients only
+
+                def train_data(layer=layer):
+                    layer.init_state(B)
+                    layer(x).sum().backward()
+
+                cases[f"train_data_cf{cf}"] = (train_data, True)
             if kind == "learnable":  # as after an optimizer step: the versions moved
 
                 def stepped(layer=layer, train=train):
@@ -152,7 +163,8 @@ def build_cases(args) -> dict[str, tuple[Callable[[], object], bool]]:
                 cases[f"train_stepped_cf{cf}"] = (stepped, True)
 
     lin = nn.Linear(N, N)
-    cases["baseline_linear_sigmoid"] = (lambda: torch.sigmoid(lin(x)).sum().backward(), True)
+    cases["baseline_linear_sigmoid"] = (lambda: torch.sigmoid(lin(x_grad)).sum().backward(), True)
+    cases["baseline_linear_sigmoid_data"] = (lambda: torch.sigmoid(lin(x)).sum().backward(), True)
     op = bare_custom_op()
     cases["baseline_custom_op"] = (lambda: op(x), False)
 
@@ -219,12 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     us["assigned_fwd_nograd_cfTrue"] = us["setters_fwd_nograd_cfTrue"] - us["setters_cfTrue"]
     launches["assigned_fwd_nograd_cfTrue"] = launches["setters_fwd_nograd_cfTrue"]
 
-    base_train, base_op = us["baseline_linear_sigmoid"], us["baseline_custom_op"]
+    base_op = us["baseline_custom_op"]
     ratios, checks = {}, {}
     for cf in CF:
-        for kind in ("fixed", "learnable"):
+        for kind, base in (("fixed", "baseline_linear_sigmoid"),
+                           ("learnable", "baseline_linear_sigmoid"),
+                           ("data", "baseline_linear_sigmoid_data")):  # fmt: skip
             key = f"train_{kind}_cf{cf}_over_baseline"
-            ratios[key] = us[f"train_{kind}_cf{cf}"] / base_train
+            ratios[key] = us[f"train_{kind}_cf{cf}"] / us[base]
             checks[key] = ratios[key] <= TARGETS["train_ratio"]
         key = f"fwd_nograd_cf{cf}_over_custom_op"
         ratios[key] = us[f"fwd_nograd_cf{cf}"] / base_op
@@ -260,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         ("training call, fixed", "train_fixed_cfFalse", "train_fixed_cfTrue"),
         ("training call, learnable (tau, b)", "train_learnable_cfFalse", "train_learnable_cfTrue"),
         ("  after an in-place step", "train_stepped_cfFalse", "train_stepped_cfTrue"),
+        ("  input without grad (first layer)", "train_data_cfFalse", "train_data_cfTrue"),
         ("baseline: Linear + sigmoid fwd+bwd", "baseline_linear_sigmoid", None),
+        ("  input without grad", "baseline_linear_sigmoid_data", None),
         ("baseline: bare custom_op, no grad", "baseline_custom_op", None),
         (f"update(), T=1, {args.update_batch} x {args.update_neurons}", "update_T1", None),
     ]
@@ -282,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, stem, limit in (
         ("training fixed / baseline", "train_fixed", TARGETS["train_ratio"]),
         ("training learnable / baseline", "train_learnable", TARGETS["train_ratio"]),
+        ("  first layer / its baseline", "train_data", TARGETS["train_ratio"]),
     ):
         label = f"{label} (<= {limit:g}x)"
         cells = [f"{stem}_cf{cf}_over_baseline" for cf in CF]
