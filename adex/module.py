@@ -9,10 +9,11 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from adex.functional import ExtraCheckError, check_lengths, run_scan, stack_state, state_dtype
 from adex.init import Constant, make_state, resolve_initializer
+from adex.learnable_param import LearnableParameter
 from adex.param_attrs import ParamAttributes
 from adex.params import (
     PACKED_ROWS,
@@ -247,7 +248,7 @@ class SpikingNeuron(ParamAttributes):
         for key, value in params.items():
             if key in learnable:
                 tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
-                self.register_parameter(key, nn.Parameter(tensor.detach().clone()))
+                self.register_parameter(key, LearnableParameter(tensor.detach().clone()))
             elif isinstance(value, Tensor):
                 self.register_buffer(key, value)
             else:
@@ -390,10 +391,16 @@ class SpikingNeuron(ParamAttributes):
             return PackedParams(values, self._learn_rows, learnable, rt.learn_slots), None
         # the parameters' addresses and versions: what an assignment or in-place op moves
         key = (*map(Tensor.data_ptr, learnable), *map(_VERSION, learnable))
-        checked = rt.checked  # (parameters, key, PackedParams or None) last checked and held
+        # (parameters, key, PackedParams or None, LearnableParameter.data_uses or None) of
+        # the parameters last checked and held
+        checked = rt.checked
+        uses = LearnableParameter.data_uses
         fresh = checked is not None and key == checked[1] and _same(learnable, checked[0])
         if fresh and checked[2] is not None:  # views of the base, unchanged: the same call
-            violations = learnable_violations(base, rt.checks) if check_finite else None
+            violations = None
+            if check_finite and checked[3] != uses:  # .data was used: a write moves no version
+                violations = learnable_violations(base, rt.checks)
+                rt.pending = (*checked[:3], None if checked[3] is None else uses)
             return checked[2], violations
         shared, k = rt.shared, len(learnable)
         if shared is not None and key[:k] == shared[1] and _same(learnable, shared[0]):
@@ -407,8 +414,10 @@ class SpikingNeuron(ParamAttributes):
         violations = None
         if check_finite or not fresh:  # (values records no graph: the base, or under no_grad)
             violations = learnable_violations(values, rt.checks)
-            # a copy is made again per call (a .data write moves no version)
-            rt.pending = (learnable, key, packed if values is base else None)
+            # a copy is made again per call; the .data uses count for LearnableParameters only
+            ours = all(type(p) is LearnableParameter for p in learnable)
+            rt.pending = (learnable, key, packed if values is base else None,
+                          uses if ours else None)  # fmt: skip
         return packed, violations
 
     def _params_checked(self) -> None:
