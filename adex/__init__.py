@@ -10,6 +10,7 @@ registry ``u``, surrogate spike functions (``adex.surrogate``), state initialize
 
 from adex import init, presets, surrogate
 from adex.functional import RefScanResult, ScanResult, SynScanResult, adex_scan
+from adex.learnable_param import LearnableParameter
 from adex.models import LI, LIF, AdExIF, AdExIFRef, AdLIF, AdLIFRef, ExpIF, ExpIFRef
 from adex.module import SpikingNeuron, StateSequence, SynStateSequence
 from adex.params import RUNAWAY_CEILING, AdExParams
@@ -37,6 +38,7 @@ __all__ = [
     "AdLIFRef",
     "ExpIF",
     "ExpIFRef",
+    "LearnableParameter",
     "Recurrent",
     "RefScanResult",
     "ScanResult",

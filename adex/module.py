@@ -366,9 +366,11 @@ class SpikingNeuron(ParamAttributes):
     def _packed_for_call(self, check_finite: bool) -> tuple[Tensor | PackedParams, Tensor | None]:
         """The packed parameters of this call and, with learnable parameters, their
         constraint check (see :func:`adex.params.learnable_violations`), or None: while
-        compiling, without learnable parameters, or with ``check_finite=False`` when the
-        learnable parameters are the ones last checked, at the same versions and addresses
-        (no optimizer step, in-place op or assignment since). Without learnable parameters
+        compiling, without learnable parameters, or when the learnable parameters are the
+        ones last checked, at the same versions and addresses (no optimizer step, in-place
+        op or assignment since) and, with ``check_finite``, LearnableParameters without a
+        ``.data`` use since (a plain ``nn.Parameter`` is checked on every call then); views
+        of the base are then the last call's ``PackedParams``. Without learnable parameters
         the cached ``[11, N]`` base; with them a :class:`PackedParams` whose values hold the
         current learnable rows (the base itself where they are views of it), not
         differentiably: the fused backward hands each its gradient. A caller whose check
