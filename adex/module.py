@@ -749,10 +749,13 @@ class SpikingNeuron(ParamAttributes):
         spec = self._spec if not return_states else self._spec_states
         if spec is None:
             spec = self._spec.with_return_states(True)  # raises: checkpoint mode
-        # learnable parameters: an optimizer step may have broken a constraint (violations)
-        packed, violations = self._packed_for_call(spec.check_finite)
-        params = self._live_params if self.learnable else self._params_cache
         rt = self._rt
+        if self.learnable or self._param_buffers:
+            # learnable parameters: an optimizer step may have broken a constraint (violations)
+            packed, violations = self._packed_for_call(spec.check_finite)
+        else:  # scalars only: the cached base
+            packed, violations = rt.packed, None
+        params = self._live_params if self.learnable else self._params_cache
         if rt.packed_device != device:  # state and layer on different devices: packed
             packed = None  # from the parameters per call
         try:
