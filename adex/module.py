@@ -664,13 +664,8 @@ class SpikingNeuron(ParamAttributes):
     def _state_for_call(self, x_dtype: torch.dtype) -> tuple[Tensor, bool]:
         """The state block of a call and whether it is trusted (:meth:`_state_trusted`,
         read before :meth:`_require_state` stacks assigned rows)."""
-        state = self._rt.state
-        if state is None or torch.compiler.is_compiling():
-            trusted = self._state_trusted()
-            return self._require_state(x_dtype), trusted
-        versions = self._rt.trusted  # (as _state_trusted, for a state block adex holds)
-        trusted = versions is not None and not state.is_inference()
-        return state, trusted and versions == (state._version,)
+        trusted = self._state_trusted()
+        return self._require_state(x_dtype), trusted
 
     def _require_state(self, x_dtype: torch.dtype) -> Tensor:
         """The state block, stacked from assigned rows where needed."""
@@ -750,11 +745,8 @@ class SpikingNeuron(ParamAttributes):
         if spec is None:
             spec = self._spec.with_return_states(True)  # raises: checkpoint mode
         rt = self._rt
-        if self.learnable or self._param_buffers:
-            # learnable parameters: an optimizer step may have broken a constraint (violations)
-            packed, violations = self._packed_for_call(spec.check_finite)
-        else:  # scalars only: the cached base
-            packed, violations = rt.packed, None
+        # learnable parameters: an optimizer step may have broken a constraint (violations)
+        packed, violations = self._packed_for_call(spec.check_finite)
         params = self._live_params if self.learnable else self._params_cache
         if rt.packed_device != device:  # state and layer on different devices: packed
             packed = None  # from the parameters per call
@@ -847,8 +839,7 @@ class SpikingNeuron(ParamAttributes):
             )
         if batch_first:
             x_seq = x_seq.transpose(0, 1)
-        if x_seq.shape[1:] != state_shape or x_seq.dtype not in FLOAT_DTYPES:  # else as is
-            x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
+        x_seq = self._input(x_seq, state_shape, state.device, (x_seq.shape[0],))
         if lengths is not None:
             lengths = check_lengths(lengths, x_seq.shape[0], state_shape, x_seq.device)
         out = self._run(x_seq, state, return_states, trusted, lengths)

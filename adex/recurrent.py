@@ -202,8 +202,8 @@ class Recurrent(nn.Module):
         spec = nrn._spec
         if return_states:  # the neuron's cached spec (None in checkpoint mode: raises)
             spec = nrn._spec_states or spec.with_return_states(True)
-        trusted = nrn._state_trusted()
-        state = nrn._require_state(x_seq.dtype if isinstance(x_seq, Tensor) else torch.float32)
+        state, trusted = nrn._state_for_call(x_seq.dtype if isinstance(x_seq, Tensor)
+                                             else torch.float32)  # fmt: skip
         shape = tuple(state.shape[1:])
         if not isinstance(x_seq, Tensor):
             x_seq = torch.as_tensor(to_canonical(x_seq, "current", "x_seq"), device=state.device)
