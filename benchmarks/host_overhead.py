@@ -43,9 +43,11 @@ round) after one warm-up round, the cases interleaved within each round; one thr
 (``torch.set_num_threads(1)``), ``time.perf_counter`` (``--cpu-time``: ``time.process_time``,
 this process's CPU time, for a machine that other jobs load). Then the ratios against the targets
 (each training call <= 2x its baseline, ``init_state`` <= 30 us, no-grad forward <= 1.5x the
-bare custom op) with PASS/FAIL for both ``check_finite`` settings.
+bare custom op) with PASS/FAIL for both ``check_finite`` settings. Each ratio is paired: the
+median over rounds of the case's time over its baseline's in the same round (a few hundred
+ms apart at most), so a machine whose speed drifts between rounds moves both alike.
 
-    python benchmarks/host_overhead.py [--rounds 7] [--calls 300] [--batch 4] [--neurons 16]
+    python benchmarks/host_overhead.py [--rounds 21] [--calls 100] [--batch 4] [--neurons 16]
         [--steps 8] [--update-batch 64] [--update-neurons 1024] [--json PATH] [--cpu-time]
 """
 
@@ -177,9 +179,9 @@ def build_cases(args) -> dict[str, tuple[Callable[[], object], bool]]:
 
 def time_cases(cases, rounds: int, calls: int,
                clock: Callable[[], float] = time.perf_counter,
-               ) -> tuple[dict[str, float], dict[str, int]]:  # fmt: skip
-    """Median us per call of each case (timed by ``clock``), and the Triton launches one call
-    makes."""
+               ) -> tuple[dict[str, list[float]], dict[str, int]]:  # fmt: skip
+    """The us per call of each case in every timed round (timed by ``clock``), and the
+    Triton launches one call makes."""
     import torch
 
     launches = {}
@@ -198,13 +200,19 @@ def time_cases(cases, rounds: int, calls: int,
                 elapsed = clock() - start
             if r:
                 samples[key].append(elapsed / calls * 1e6)
-    return {key: statistics.median(v) for key, v in samples.items()}, launches
+    return samples, launches
+
+
+def paired_ratio(samples: dict[str, list[float]], case: str, baseline: str) -> float:
+    """The median over rounds of ``case``'s time over ``baseline``'s in the same round: a
+    machine whose speed drifts (other jobs, frequency) moves both alike within a round."""
+    return statistics.median(a / b for a, b in zip(samples[case], samples[baseline], strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=7, help="timed rounds (median); + 1 warm-up")
-    ap.add_argument("--calls", type=int, default=300, help="calls per round")
+    ap.add_argument("--rounds", type=int, default=21, help="timed rounds (median); + 1 warm-up")
+    ap.add_argument("--calls", type=int, default=100, help="calls per round")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--neurons", type=int, default=16, help="AdExIF in_size")
     ap.add_argument("--steps", type=int, default=8, help="T of the forward and training calls")
@@ -224,24 +232,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cases = build_cases(args)
     clock = time.process_time if args.cpu_time else time.perf_counter
-    us, launches = time_cases(cases, args.rounds, args.calls, clock)
+    samples, launches = time_cases(cases, args.rounds, args.calls, clock)
+    # the forward on an assigned state: setters + forward, less the setters (per round)
+    both, setters = samples["setters_fwd_nograd_cfTrue"], samples["setters_cfTrue"]
+    samples["assigned_fwd_nograd_cfTrue"] = [a - b for a, b in zip(both, setters, strict=True)]
+    us = {key: statistics.median(v) for key, v in samples.items()}
     if launches["update_T1"] < 1 or launches["train_fixed_cfFalse"] < 2:
         raise RuntimeError(f"the stub saw no Triton launches ({launches}): is adex on Triton?")
-    # the forward on an assigned state: setters + forward, less the setters
-    us["assigned_fwd_nograd_cfTrue"] = us["setters_fwd_nograd_cfTrue"] - us["setters_cfTrue"]
     launches["assigned_fwd_nograd_cfTrue"] = launches["setters_fwd_nograd_cfTrue"]
 
-    base_op = us["baseline_custom_op"]
     ratios, checks = {}, {}
     for cf in CF:
         for kind, base in (("fixed", "baseline_linear_sigmoid"),
                            ("learnable", "baseline_linear_sigmoid"),
                            ("data", "baseline_linear_sigmoid_data")):  # fmt: skip
             key = f"train_{kind}_cf{cf}_over_baseline"
-            ratios[key] = us[f"train_{kind}_cf{cf}"] / us[base]
+            ratios[key] = paired_ratio(samples, f"train_{kind}_cf{cf}", base)
             checks[key] = ratios[key] <= TARGETS["train_ratio"]
         key = f"fwd_nograd_cf{cf}_over_custom_op"
-        ratios[key] = us[f"fwd_nograd_cf{cf}"] / base_op
+        ratios[key] = paired_ratio(samples, f"fwd_nograd_cf{cf}", "baseline_custom_op")
         checks[key] = ratios[key] <= TARGETS["fwd_nograd_ratio"]
     checks["init_state_us"] = us["init_state"] <= TARGETS["init_state_us"]
 

@@ -288,36 +288,39 @@ def _adex_scan_bwd_kernel(
     vseq_ptr,  # [T, M] fp32 stored V of every step (forward output); RECOMPUTE: [K, M] scratch
     state0_ptr,  # [C, M] fp32 state before the scan (V0; w0 read for parameter gradients)
     par_ptr,  # [N_PARAMS, N] fp32 packed parameters
-    gspk_ptr,  # [T, M] grad of spikes ([M] with GSPK_ROW), or None
-    gvseq_ptr,  # [T, M] grad of the V sequence, or None
-    gwseq_ptr,  # [T, M] grad of the w sequence, or None
-    gstate_ptr,  # [C, M] grad of the final state (rows V, w), or None
-    ref_ptr,  # [cdiv(T, 8), M] uint8 refractory bits of the forward (HAS_REF); RECOMPUTE:
-    # [cdiv(K, 8), M] scratch
-    wseq_ptr,  # [T, M] fp32 stored w of every step (READ_W); RECOMPUTE: [K, M]
-    gpar_ptr,  # [popcount(PARAM_MASK), M] out: fp32 per-element parameter gradients, or None
-    gx_ptr,  # [T, M] out: grad of x, x's dtype, or None (not wanted)
-    gstate0_ptr,  # [C, M] out: fp32 grad of the initial state (zero last-spike-time row),
-    # or None (not wanted)
-    x_ptr,  # [T, M] input current (RECOMPUTE), or None
-    ckpt_ptr,  # [cdiv(T, K), C, M] fp32 forward checkpoints (RECOMPUTE), or None
     T, M, N,  # steps (runtime), flattened state size, neurons per sample
     dt, ceiling,  # ms; adex.params.RUNAWAY_CEILING
-    sg0, sg1, sg2, sg3,  # surrogate hyper-parameters
     K,  # steps per segment: the checkpoint interval (RECOMPUTE), else T
-    k0, tau_ref,  # global step index of step 0; refractory period, ms (RECOMPUTE, HAS_REF)
-    SURROGATE: tl.constexpr, HARD_RESET: tl.constexpr, HAS_W: tl.constexpr,  # the model
-    HAS_EXP: tl.constexpr, HAS_REF: tl.constexpr, DETACH_RESET: tl.constexpr,
-    PARAM_GRAD: tl.constexpr, RECOMPUTE: tl.constexpr,  # the plan
-    PARAM_MASK: tl.constexpr,  # bit k: write the gradient of packed parameter row k
-    READ_W: tl.constexpr,  # read the stored w (the tau_w gradient)
-    HAS_GSPK: tl.constexpr, HAS_GVSEQ: tl.constexpr, HAS_GWSEQ: tl.constexpr,  # incoming
-    HAS_GSTATE: tl.constexpr,  # gradients present
-    WRITE_GX: tl.constexpr, WRITE_GSTATE0: tl.constexpr,  # outgoing gradients wanted
-    NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
+    SURROGATE: tl.constexpr,
     BLOCK: tl.constexpr,
+    # optional from here on: the launcher passes only what differs from these defaults
+    gspk_ptr=None,  # [T, M] grad of spikes ([M] with GSPK_ROW)
+    gvseq_ptr=None,  # [T, M] grad of the V sequence
+    gwseq_ptr=None,  # [T, M] grad of the w sequence
+    gstate_ptr=None,  # [C, M] grad of the final state (rows V, w)
+    ref_ptr=None,  # [cdiv(T, 8), M] uint8 refractory bits of the forward (HAS_REF);
+    # RECOMPUTE: [cdiv(K, 8), M] scratch
+    wseq_ptr=None,  # [T, M] fp32 stored w of every step (READ_W); RECOMPUTE: [K, M]
+    gpar_ptr=None,  # [popcount(PARAM_MASK), M] out: fp32 per-element parameter gradients
+    gx_ptr=None,  # [T, M] out: grad of x, x's dtype (WRITE_GX)
+    gstate0_ptr=None,  # [C, M] out: fp32 grad of the initial state (zero last-spike-time
+    # row; WRITE_GSTATE0)
+    x_ptr=None,  # [T, M] input current (RECOMPUTE, READ_I)
+    ckpt_ptr=None,  # [cdiv(T, K), C, M] fp32 forward checkpoints (RECOMPUTE)
+    sg0=0.0, sg1=0.0, sg2=0.0, sg3=0.0,  # surrogate hyper-parameters
+    k0=0, tau_ref=0.0,  # global step index of step 0; refractory period, ms (RECOMPUTE, HAS_REF)
+    HARD_RESET: tl.constexpr = False, HAS_W: tl.constexpr = False,  # the model
+    HAS_EXP: tl.constexpr = False, HAS_REF: tl.constexpr = False,
+    DETACH_RESET: tl.constexpr = False,
+    PARAM_GRAD: tl.constexpr = False, RECOMPUTE: tl.constexpr = False,  # the plan
+    PARAM_MASK: tl.constexpr = 0,  # bit k: write the gradient of packed parameter row k
+    READ_W: tl.constexpr = False,  # read the stored w (the tau_w gradient)
+    HAS_GSPK: tl.constexpr = False, HAS_GVSEQ: tl.constexpr = False,  # incoming gradients
+    HAS_GWSEQ: tl.constexpr = False, HAS_GSTATE: tl.constexpr = False,  # present
+    WRITE_GX: tl.constexpr = False, WRITE_GSTATE0: tl.constexpr = False,  # outgoing wanted
+    NUM_STAGES: tl.constexpr = None,  # loop pipelining depth (kernels/launch.py)
     isq_ptr=None,  # [T, M] fp32 stored synaptic current (READ_I); RECOMPUTE: [K, M] scratch
-    gisq_ptr=None,  # [T, M] grad of the synaptic-current sequence, or None
+    gisq_ptr=None,  # [T, M] grad of the synaptic-current sequence
     HAS_SYN: tl.constexpr = False,  # the synaptic current I (state row 1 + HAS_W + HAS_REF)
     READ_I: tl.constexpr = False,  # read the stored I and x (the tau_syn gradient)
     HAS_GISEQ: tl.constexpr = False,
@@ -491,28 +494,45 @@ def adex_scan_bwd(
         rows = len(grad_rows(spec.param_mask))
         grad_par = torch.empty((rows, *S), dtype=torch.float32, device=device)
     block, num_warps, programs = block_config(M, device)
-    extra = {}  # the optional arguments, where not the kernel's defaults
-    if i_seq is not None:
-        extra["isq_ptr"] = i_seq
+    args = dict(vseq_ptr=v_seq, state0_ptr=state0, par_ptr=packed_params, T=T, M=M,
+                N=packed_params.shape[1], K=K if K else T, BLOCK=block,
+                num_warps=num_warps)  # fmt: skip
+    # the optional tensors and flags of this call, where not the kernel's defaults (None,
+    # False; k0 = 0, NUM_STAGES = None)
+    if grad_spikes is not None:
+        args.update(gspk_ptr=grad_spikes, HAS_GSPK=True)
+        if grad_spikes.shape[0] != T:  # one row for every step
+            args["GSPK_ROW"] = True
+    if grad_v_seq is not None:
+        args.update(gvseq_ptr=grad_v_seq, HAS_GVSEQ=True)
+    if grad_w_seq is not None:
+        args.update(gwseq_ptr=grad_w_seq, HAS_GWSEQ=True)
+    if grad_state is not None:
+        args.update(gstate_ptr=grad_state, HAS_GSTATE=True)
     if grad_i_seq is not None:
-        extra.update(gisq_ptr=grad_i_seq, HAS_GISEQ=True)
+        args.update(gisq_ptr=grad_i_seq, HAS_GISEQ=True)
+    for name, tensor in (("ref_ptr", ref_bits), ("wseq_ptr", w_seq), ("isq_ptr", i_seq)):
+        if tensor is not None:
+            args[name] = tensor
+    if grad_x is not None:
+        args.update(gx_ptr=grad_x, WRITE_GX=True)
+    if grad_state0 is not None:
+        args.update(gstate0_ptr=grad_state0, WRITE_GSTATE0=True)
+    if grad_par is not None:
+        args["gpar_ptr"] = grad_par
+    if K or plan.read_i:
+        args["x_ptr"] = saved.x
+    if K:
+        args["ckpt_ptr"] = saved.checkpoints
+    if t0_step:
+        args["k0"] = t0_step
+    stages = pipeline_stages(device)
+    if stages is not None:
+        args["NUM_STAGES"] = stages
     if lengths is not None:
-        extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
-    if grad_spikes is not None and grad_spikes.shape[0] != T:  # one row for every step
-        extra["GSPK_ROW"] = True
+        args.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
     # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
-    _adex_scan_bwd_kernel.run(
-        grid=(programs,), warmup=False, vseq_ptr=v_seq, state0_ptr=state0,
-        par_ptr=packed_params, gspk_ptr=grad_spikes, gvseq_ptr=grad_v_seq,
-        gwseq_ptr=grad_w_seq, gstate_ptr=grad_state, ref_ptr=ref_bits, wseq_ptr=w_seq,
-        gpar_ptr=grad_par, gx_ptr=grad_x, gstate0_ptr=grad_state0,
-        x_ptr=saved.x if K or plan.read_i else None, ckpt_ptr=saved.checkpoints if K else None,
-        T=T, M=M, N=packed_params.shape[1], K=K if K else T, k0=t0_step,
-        HAS_GSPK=grad_spikes is not None, HAS_GVSEQ=grad_v_seq is not None,
-        HAS_GWSEQ=grad_w_seq is not None, HAS_GSTATE=grad_state is not None,
-        WRITE_GX=want_x, WRITE_GSTATE0=want_state0, NUM_STAGES=pipeline_stages(device),
-        BLOCK=block, num_warps=num_warps, **extra, **_plan_args(plan),
-    )  # fmt: skip
+    _adex_scan_bwd_kernel.run(grid=(programs,), warmup=False, **args, **_plan_args(plan))
     return BackwardOutputs(grad_x, grad_state0, grad_par)
 
 

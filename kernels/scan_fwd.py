@@ -29,30 +29,31 @@ def _adex_scan_fwd_kernel(
     par_ptr,  # [11, N] fp32 packed parameters (adex.params.AdExParams.packed)
     spk_ptr,  # [T, M] out: spikes (float, uint8 or bool)
     state_ptr,  # [C, M] out: fp32 state after the last step
-    vseq_ptr,  # [T, M] out: fp32 V after each step (STORE_V), else None
-    wseq_ptr,  # [T, M] out: fp32 w after each step (STORE_W), else None
-    ref_ptr,  # [cdiv(T, 8), M] out: uint8, bit i % 8 of row i // 8 set where step i was
-    # refractory (STORE_REF), else None
-    ckpt_ptr,  # [cdiv(T, K), C, M] out: fp32 state before steps 0, K, 2K, ... (CHECKPOINT)
     T,  # number of steps (runtime: no recompile per T)
     M,  # neurons x batch (flattened state size)
     N,  # neurons per sample (parameter row length)
     dt,  # ms
     ceiling,  # adex.params.RUNAWAY_CEILING
-    k0,  # global step index of x[0]: step k runs at t = float(k) * dt (HAS_REF)
-    tau_ref,  # refractory period, ms (HAS_REF)
-    K,  # checkpoint interval in steps (CHECKPOINT)
-    HARD_RESET: tl.constexpr,
-    HAS_W: tl.constexpr,
-    HAS_EXP: tl.constexpr,
-    HAS_REF: tl.constexpr,
-    STORE_V: tl.constexpr,
-    STORE_W: tl.constexpr,
-    STORE_REF: tl.constexpr,
-    CHECKPOINT: tl.constexpr,
-    NUM_STAGES: tl.constexpr,  # loop pipelining depth, or None (kernels/launch.py)
     BLOCK: tl.constexpr,
-    isq_ptr=None,  # [T, M] out: fp32 synaptic current after each step (STORE_I), else None
+    # optional from here on: the launcher passes only what differs from these defaults
+    vseq_ptr=None,  # [T, M] out: fp32 V after each step (STORE_V)
+    wseq_ptr=None,  # [T, M] out: fp32 w after each step (STORE_W)
+    ref_ptr=None,  # [cdiv(T, 8), M] out: uint8, bit i % 8 of row i // 8 set where step i
+    # was refractory (STORE_REF)
+    ckpt_ptr=None,  # [cdiv(T, K), C, M] out: fp32 state before steps 0, K, 2K, ... (CHECKPOINT)
+    k0=0,  # global step index of x[0]: step k runs at t = float(k) * dt (HAS_REF)
+    tau_ref=0.0,  # refractory period, ms (HAS_REF)
+    K=1,  # checkpoint interval in steps (CHECKPOINT)
+    HARD_RESET: tl.constexpr = False,
+    HAS_W: tl.constexpr = False,
+    HAS_EXP: tl.constexpr = False,
+    HAS_REF: tl.constexpr = False,
+    STORE_V: tl.constexpr = False,
+    STORE_W: tl.constexpr = False,
+    STORE_REF: tl.constexpr = False,
+    CHECKPOINT: tl.constexpr = False,
+    NUM_STAGES: tl.constexpr = None,  # loop pipelining depth (kernels/launch.py)
+    isq_ptr=None,  # [T, M] out: fp32 synaptic current after each step (STORE_I)
     HAS_SYN: tl.constexpr = False,  # the synaptic current I (filters x before each step)
     STORE_I: tl.constexpr = False,
     len_ptr=None,  # [batch] int32 steps each sample runs (HAS_LEN); later steps hold its state
@@ -208,30 +209,37 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     spike_dtype = spec.spike_dtype  # (None: x's; empty_like without a dtype costs less)
     spikes = torch.empty_like(x) if spike_dtype is None else torch.empty_like(x, dtype=spike_dtype)
     state = torch.empty_like(state0)  # fp32 [C, *S], contiguous
+    block, num_warps, programs = block_config(M, device)
+    args = dict(x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes,
+                state_ptr=state, T=T, M=M, N=packed_params.shape[1], BLOCK=block,
+                num_warps=num_warps)  # fmt: skip
+    # the optional outputs the plan writes; an absent one is left to the kernel's default
+    # (None), as are k0 = 0 and NUM_STAGES = None
     # fp32 [T, *S] sequences, contiguous like x (empty_like costs the host less than empty)
     seq_dtype = None if x.dtype == torch.float32 else torch.float32
-    v_seq = torch.empty_like(x, dtype=seq_dtype) if plan.store_v else None
-    w_seq = torch.empty_like(x, dtype=seq_dtype) if plan.store_w else None
-    i_seq = torch.empty_like(x, dtype=seq_dtype) if plan.store_i else None
-    ref_bits = None
+    v_seq = w_seq = i_seq = ref_bits = checkpoints = None
+    if plan.store_v:
+        v_seq = args["vseq_ptr"] = torch.empty_like(x, dtype=seq_dtype)
+    if plan.store_w:
+        w_seq = args["wseq_ptr"] = torch.empty_like(x, dtype=seq_dtype)
+    if plan.store_i:
+        i_seq = args["isq_ptr"] = torch.empty_like(x, dtype=seq_dtype)
     if plan.store_ref:  # 1 bit per neuron-step
-        ref_bits = torch.empty(((T + 7) // 8, *S), dtype=torch.uint8, device=device)
+        ref_bits = args["ref_ptr"] = torch.empty(((T + 7) // 8, *S), dtype=torch.uint8,
+                                                 device=device)  # fmt: skip
     K = plan.checkpoint_every
-    checkpoints = None
     if K:
-        checkpoints = torch.empty((-(-T // K), C, *S), dtype=torch.float32, device=device)
-    block, num_warps, programs = block_config(M, device)
-    extra = {} if i_seq is None else {"isq_ptr": i_seq}  # optional: the kernel's defaults
+        checkpoints = args["ckpt_ptr"] = torch.empty((-(-T // K), C, *S), dtype=torch.float32,
+                                                     device=device)  # fmt: skip
+    if t0_step:
+        args["k0"] = t0_step
+    stages = pipeline_stages(device)
+    if stages is not None:
+        args["NUM_STAGES"] = stages
     if lengths is not None:
-        extra.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+        args.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
     # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
-    _adex_scan_fwd_kernel.run(
-        grid=(programs,), warmup=False, x_ptr=x, state0_ptr=state0, par_ptr=packed_params,
-        spk_ptr=spikes, state_ptr=state, vseq_ptr=v_seq, wseq_ptr=w_seq, ref_ptr=ref_bits,
-        ckpt_ptr=checkpoints, T=T, M=M, N=packed_params.shape[1], k0=t0_step,
-        NUM_STAGES=pipeline_stages(device), BLOCK=block, num_warps=num_warps, **extra,
-        **_plan_args(spec, plan),
-    )  # fmt: skip
+    _adex_scan_fwd_kernel.run(grid=(programs,), warmup=False, **args, **_plan_args(spec, plan))
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)
 
 
