@@ -5,6 +5,7 @@ finiteness check, the backend's scan)."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -17,9 +18,9 @@ from adex.spec import BACKENDS, FLOAT_DTYPES, KERNEL_DTYPES, ScanOutput, ScanSpe
 from adex.surrogate import ReluGrad, Surrogate
 
 try:
-    from adex.fused import fused_scan
+    from adex.fused import FiniteCheck, fused_scan
 except ImportError:  # no Triton on this platform (resolve_backend says so when asked)
-    fused_scan = None
+    FiniteCheck = fused_scan = None
 try:
     from adex.cpu.autograd import cpu_scan
 except ImportError:  # no numba on this platform: 'auto' falls back to the reference
@@ -150,24 +151,59 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
             inf where it failed (e.g. a learnable-parameter constraint), read in the same
             host sync as the finiteness check; :class:`ExtraCheckError` reports its failure,
             which the caller explains.
+
+    The finiteness checks cost one host sync: on the fused backend the forward kernel runs
+    them on the values it reads anyway (no extra pass over x) and sets a flag read after
+    the launch; the other backends sum each checked tensor first. A failure raises the same
+    ``ValueError`` naming the tensor either way, and nothing the call computed is kept.
         lengths: ``[S[0]]`` int32 steps per sample from :func:`check_lengths`, or None.
     """
     backend = _backend_for(spec.backend, x)
+    check = None  # the checks the fused forward runs itself (in the same pass over x)
     if not torch.compiler.is_compiling() and (spec.check_finite or extra_check is not None):
-        _check_finite(x, state0, spec, check_state and spec.check_finite, extra_check)
+        check_state = check_state and spec.check_finite
+        if backend == "triton":
+            if extra_check is not None and extra_check.device != x.device:
+                extra_check = extra_check.to(x.device)
+            check = FiniteCheck(finite_flag(x.device), spec.check_finite, check_state,
+                                extra_check)  # fmt: skip
+        else:
+            _check_finite(x, state0, spec, check_state, extra_check)
     if spec.spike_dtype is not None and not spec.spike_dtype.is_floating_point:
         _refuse_gradient(x, state0, params, packed, spec.spike_dtype)
     if callable(params) and (backend == "reference" or packed is None):
         params = params()
-    if backend == "triton" and state0.dtype != torch.float32:
-        state0 = state0.to(torch.float32)
-    if lengths is None:
+    if backend == "triton":
+        if state0.dtype != torch.float32:
+            state0 = state0.to(torch.float32)
+        out = fused_scan(x, state0, params, spec, t0_step=t0_step, packed=packed,
+                         lengths=lengths, check=check)  # fmt: skip
+        if check is not None and check.flag.item():
+            check.flag.zero_()
+            _name_non_finite(x, state0, spec, check.state, check.extra)
+            raise ValueError("x or the state contains NaN or inf")  # (changed since)
+    elif lengths is None:
         return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed)
-    out = SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
-                                 lengths=lengths)  # fmt: skip
-    if spec.has_ref:
+    else:
+        out = SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed,
+                                     lengths=lengths)  # fmt: skip
+    if lengths is not None and spec.has_ref:
         out = out._replace(state=shift_held_clock(out.state, lengths, x.shape[0], spec))
     return out
+
+
+def finite_flag(device: torch.device) -> Tensor:
+    """The ``[1]`` int32 flag of the fused forward's finiteness check on ``device`` for this
+    thread: 0 between calls (a failed check clears it before raising)."""
+    key = (device, threading.get_ident())
+    flag = _FINITE_FLAGS.get(key)
+    if flag is None:
+        with torch.inference_mode(False):  # (cleared in place by any later call)
+            flag = _FINITE_FLAGS[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return flag
+
+
+_FINITE_FLAGS: dict[tuple[torch.device, int], Tensor] = {}
 
 
 def shift_held_clock(state: Tensor, lengths: Tensor, T: int, spec: ScanSpec) -> Tensor:
@@ -264,8 +300,15 @@ def _check_finite(x: Tensor, state0: Tensor, spec: ScanSpec, check_state: bool,
             total = total + state0.sum(dtype=torch.float32)
     if extra is not None:  # finite, or NaN or inf where the extra check failed
         total = extra if total is None else total + extra
-    if math.isfinite(total.item()):
-        return
+    if not math.isfinite(total.item()):
+        _name_non_finite(x, state0, spec, check_state, extra)
+
+
+def _name_non_finite(x: Tensor, state0: Tensor, spec: ScanSpec, check_state: bool,
+                     extra: Tensor | None) -> None:  # fmt: skip
+    """After a failed quick check: the exact test of each checked tensor, raising
+    ``ValueError`` that names the first one with a NaN or inf (:class:`ExtraCheckError`
+    where only ``extra`` failed); returns where none has (a sum that overflowed)."""
     if spec.check_finite:
         names = [("x", x)]
         if check_state:

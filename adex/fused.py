@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from adex.kernels.scan_bwd import SavedForBackward, adex_scan_bwd
-from adex.kernels.scan_fwd import adex_scan_fwd
+from adex.kernels.scan_fwd import FiniteCheck, adex_scan_fwd
 from adex.params import AdExParams, PackedParams, per_neuron_grads
 from adex.spec import Plan, ScanOutput, ScanSpec
 from adex.step_rows import per_step_or_row
@@ -33,6 +33,7 @@ def fused_scan(
     t0_step: int = 0,
     packed: Tensor | PackedParams | None = None,
     lengths: Tensor | None = None,
+    check: FiniteCheck | None = None,
 ) -> ScanOutput:
     """Run the scan on the fused kernels.
 
@@ -45,6 +46,8 @@ def fused_scan(
         packed: ``params.packed(...)`` on x's device, precomputed (differentiable where
             parameters are), or a layer's :class:`PackedParams`.
         lengths: ``[S[0]]`` int32 steps each sample runs (validated by the caller), or None.
+        check: finiteness checks for the forward kernel to run (eager calls only; the
+            caller reads the flag), or None.
 
     Returns:
         :class:`ScanOutput`.
@@ -60,11 +63,11 @@ def fused_scan(
     grad_on = torch.is_grad_enabled()
     if not grad_on and not through_ops:
         # no gradient: the launcher itself (autograd's bookkeeping costs more than a short scan)
-        if lengths is None:
+        if lengths is None and check is None:
             out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step)
         else:
             out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step,
-                                lengths=lengths)  # fmt: skip
+                                lengths=lengths, check=check)  # fmt: skip
         if not spec.return_states:
             return ScanOutput(out.spikes, out.state, None, None, None)
         return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
@@ -79,6 +82,8 @@ def fused_scan(
     needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
     plan = spec.plan(needs_grad, param_grad)
     if through_ops:
+        if check is not None:  # (eager calls routed through the ops: their kernels do not check)
+            _check_on_host(check, x, state0)
         values = layer_packed.differentiable() if learnable else packed
         out = torch.ops.adex.scan_fwd(x, state0, values, spec.key, needs_grad, param_grad,
                                       t0_step, lengths)  # fmt: skip
@@ -87,18 +92,26 @@ def fused_scan(
                           out[3] if states and spec.has_w else None,
                           out[6] if states and spec.has_syn else None)  # fmt: skip
     if needs_grad:
-        call = _Call(spec, plan, lengths, t0_step, layer_packed, x.dtype, x.shape[0])
+        call = _Call(spec, plan, lengths, t0_step, layer_packed, x.dtype, x.shape[0], check)
         out = eager_apply(FusedScan, x, state0, packed, call, *learnable)
         if not spec.return_states:
             return ScanOutput(out[0], out[1], None, None, None)
         return ScanOutput(*out)
-    out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, lengths=lengths)
+    out = adex_scan_fwd(x, state0, packed, spec, plan, t0_step, lengths=lengths, check=check)
     if not spec.return_states:
         return ScanOutput(out.spikes, out.state, None, None, None)
     return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
 
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
+
+
+def _check_on_host(check: FiniteCheck, x: Tensor, state0: Tensor) -> None:
+    """``check`` run on the host: its flag set where the forward kernel would set it."""
+    finite = not check.x or bool(torch.isfinite(x.detach()).all())
+    finite = finite and (not check.state or bool(torch.isfinite(state0.detach()).all()))
+    if not finite or (check.extra is not None and not bool(torch.isfinite(check.extra))):
+        check.flag.fill_(1)
 
 
 def _direct_apply(function: type[torch.autograd.Function]) -> Callable | None:
@@ -144,6 +157,7 @@ class _Call(NamedTuple):
     layer_packed: PackedParams | None
     x_dtype: torch.dtype
     T: int
+    check: FiniteCheck | None  # the forward kernel's finiteness checks
 
 
 class FusedScan(torch.autograd.Function):
@@ -158,7 +172,7 @@ class FusedScan(torch.autograd.Function):
     def forward(ctx, x, state0, packed, call: _Call, *learnable):
         spec, plan = call.spec, call.plan
         out = adex_scan_fwd(x, state0, packed, spec, plan, call.t0_step,
-                            lengths=call.lengths)  # fmt: skip
+                            lengths=call.lengths, check=call.check)  # fmt: skip
         ctx.set_materialize_grads(False)
         ctx.call = call
         # the learnable tensors too, unread: autograd's version check then refuses a backward

@@ -29,8 +29,9 @@ _COMMON_DOC = """
         backend: 'auto' (fused Triton kernels on CUDA, fused CPU kernels on CPU float32/float64),
             'triton', 'cpu', 'reference'.
         name: optional name.
-        check_finite: reject NaN/inf inputs and states with a ``ValueError`` (one reduction
-            and a host sync per call; set False in tight GPU loops).
+        check_finite: reject NaN/inf inputs and states with a ``ValueError`` (one host sync
+            per call; the fused forward checks in the same pass; set False in tight GPU
+            loops).
         detach_reset: stop the gradient through the reset spike (default False: BrainPy's
             gradient flows through it).
         learnable: names of parameters to train (e.g. ``('tau', 'a', 'b')``): each becomes

@@ -125,8 +125,9 @@ class Config:
             uint8 only without grad). stages: ``num_stages`` of the time loops
             (``kernels/launch.py`` GPU_STAGES; None: unannotated). gspk_row: the backward's
             spike gradient is one row for every step (``GSPK_ROW``: a sum, mean or rate
-            readout). Models other than AdExIF, no-grad, checkpoint, uint8 spikes, stages and
-            gspk_row need today's kernel generation.
+            readout). check: the forward's own finiteness check of x (``check_finite=True``,
+            a module's default). Models other than AdExIF, no-grad, checkpoint, uint8 spikes,
+            stages, gspk_row and check need today's kernel generation.
     """
 
     name: str
@@ -140,6 +141,7 @@ class Config:
     spike_dtype: torch.dtype | None = None
     stages: int | None = None
     gspk_row: bool = False
+    check: bool = False
 
 
 CONFIGS = (
@@ -199,6 +201,8 @@ def launch_args(kernel: Any, cfg: Config) -> tuple[tuple, dict]:
         read_w = cfg.param_grad and bool(cfg.param_mask & (1 << 2))
         kwargs["READ_W"] = read_w = read_w and MODELS[cfg.model]["HAS_W"]
         kwargs["wseq_ptr"] = kwargs["wseq_ptr"] if read_w else None
+    if cfg.check:  # the forward's finiteness check of every x it reads
+        kwargs.update(flag_ptr=_empty(1, dtype=torch.int32), CHECK_X=True)
     if cfg.gspk_row:  # one [M] row of spike gradient for every step
         kwargs.update(gspk_ptr=_empty(1, M, dtype=cfg.x_dtype), GSPK_ROW=True)
     kwargs.update(NUM_STAGES=cfg.stages, BLOCK=BLOCK, num_warps=NUM_WARPS)

@@ -59,6 +59,11 @@ def _adex_scan_fwd_kernel(
     len_ptr=None,  # [batch] int32 steps each sample runs (HAS_LEN); later steps hold its state
     SPS=1,  # elements per sample, M // batch (HAS_LEN)
     HAS_LEN: tl.constexpr = False,
+    flag_ptr=None,  # [1] int32: set to 1 where a checked value is NaN or inf (never cleared)
+    extra_ptr=None,  # [] fp32 verdict of another check, finite where it passed (HAS_EXTRA)
+    CHECK_X: tl.constexpr = False,  # check every x read
+    CHECK_STATE: tl.constexpr = False,  # check the state block read
+    HAS_EXTRA: tl.constexpr = False,
 ):
     C = 1 + HAS_W + HAS_REF + HAS_SYN  # rows of the state block
     o_m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -88,6 +93,15 @@ def _adex_scan_fwd_kernel(
         p_i = isq_ptr + o_m
     if HAS_LEN:  # this element's sample's length
         b_len = tl.load(len_ptr + o_m // SPS, mask=m_m, other=0)
+    # the finiteness checks: v * 0 is 0 for a finite v and NaN for NaN or inf, so b_chk
+    # stays 0 exactly while every checked value is finite (one FMA per checked value)
+    b_chk = tl.zeros([BLOCK], dtype=tl.float32)
+    if CHECK_STATE:
+        b_chk += b_v * 0.0 + b_w * 0.0 + b_tlast * 0.0
+        if HAS_SYN:
+            b_chk += b_i * 0.0
+    if HAS_EXTRA:
+        b_chk += tl.load(extra_ptr) * 0.0
     p_x = x_ptr + o_m
     p_s = spk_ptr + o_m
     if STORE_V:
@@ -110,6 +124,8 @@ def _adex_scan_fwd_kernel(
                 if HAS_SYN:
                     tl.store(p_c + (1 + HAS_W + HAS_REF) * M, b_i, mask=m_m)
         b_x = to_fp32(tl.load(p_x, mask=m_m, other=0.0))
+        if CHECK_X:
+            b_chk += b_x * 0.0
         if HAS_SYN:  # the membrane reads the filtered current I_t
             b_ih = b_i
             b_i = synapse_step(b_i, b_x, b_cs)
@@ -154,6 +170,8 @@ def _adex_scan_fwd_kernel(
         tl.store(state_ptr + (1 + HAS_W) * M + o_m, b_tlast, mask=m_m)
     if HAS_SYN:
         tl.store(state_ptr + (1 + HAS_W + HAS_REF) * M + o_m, b_i, mask=m_m)
+    if CHECK_X or CHECK_STATE or HAS_EXTRA:  # every failing lane writes the same 1
+        tl.store(flag_ptr + tl.zeros([BLOCK], dtype=tl.int32), 1, mask=m_m & (b_chk != b_chk))
 
 
 class ForwardOutputs(NamedTuple):
@@ -180,9 +198,28 @@ class ForwardOutputs(NamedTuple):
     i_seq: torch.Tensor | None = None
 
 
+class FiniteCheck(NamedTuple):
+    """The finiteness checks a forward launch runs on the values it reads.
+
+    Attributes:
+        flag: ``[1]`` int32 on x's device, 0 before the launch; the kernel sets it to 1
+            where a checked value is NaN or inf (the caller reads it, and clears it after
+            a failure).
+        x: check every element of x.
+        state: check the state block.
+        extra: a 0-dim fp32 tensor, finite where some other check passed (e.g. a
+            learnable parameter's constraint), checked too; or None.
+    """
+
+    flag: torch.Tensor
+    x: bool
+    state: bool
+    extra: torch.Tensor | None
+
+
 def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Tensor, spec,
-                  plan, t0_step: int = 0,
-                  lengths: torch.Tensor | None = None) -> ForwardOutputs:  # fmt: skip
+                  plan, t0_step: int = 0, lengths: torch.Tensor | None = None,
+                  check: FiniteCheck | None = None) -> ForwardOutputs:  # fmt: skip
     """Launch the forward scan.
 
     Args:
@@ -197,6 +234,7 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
         lengths: ``[S[0]]`` int32 steps each sample runs (1..T), or None (all T): from step
             ``lengths[b]`` on, sample b holds its state (V, w, I and the sequences repeat its
             last values) and writes zero spikes.
+        check: the finiteness checks to run in the same pass, or None.
 
     Returns:
         :class:`ForwardOutputs`.
@@ -238,6 +276,12 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
         args["NUM_STAGES"] = stages
     if lengths is not None:
         args.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    if check is not None:
+        args.update(flag_ptr=check.flag, CHECK_X=check.x)
+        if check.state:
+            args["CHECK_STATE"] = True
+        if check.extra is not None:
+            args.update(extra_ptr=check.extra, HAS_EXTRA=True)
     # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
     _adex_scan_fwd_kernel.run(grid=(programs,), warmup=False, **args, **_plan_args(spec, plan))
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)

@@ -750,9 +750,9 @@ def test_fuzz_comparison_can_fail(monkeypatch):
     """The comparison catches a wrong fused result: a kernel run with dt off by 1% fails."""
     real = adex.fused.adex_scan_fwd
 
-    def skewed(x, state0, packed, spec, plan, t0_step=0, lengths=None):  # the kernel at dt * 1.01
+    def skewed(x, state0, packed, spec, plan, t0_step=0, **options):  # the kernel at dt * 1.01
         skewed_spec = dataclasses.replace(spec, dt=spec.dt * 1.01)
-        return real(x, state0, packed, skewed_spec, plan, t0_step, lengths=lengths)
+        return real(x, state0, packed, skewed_spec, plan, t0_step, **options)
 
     monkeypatch.setattr(adex.fused, "adex_scan_fwd", skewed)
     with pytest.raises(AssertionError):
