@@ -163,10 +163,7 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
     if not torch.compiler.is_compiling() and (spec.check_finite or extra_check is not None):
         check_state = check_state and spec.check_finite
         if backend == "triton":
-            if extra_check is not None and extra_check.device != x.device:
-                extra_check = extra_check.to(x.device)
-            check = FiniteCheck(finite_flag(x.device), spec.check_finite, check_state,
-                                extra_check)  # fmt: skip
+            check = finite_check(x.device, spec.check_finite, check_state, extra_check)
         else:
             _check_finite(x, state0, spec, check_state, extra_check)
     if spec.spike_dtype is not None and not spec.spike_dtype.is_floating_point:
@@ -192,6 +189,20 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
     return out
 
 
+def finite_check(device: torch.device, x: bool, state: bool, extra: Tensor | None) -> FiniteCheck:
+    """The fused forward's finiteness checks on ``device`` (see ``FiniteCheck``), with this
+    thread's flag (:func:`finite_flag`); cached where there is no ``extra`` tensor."""
+    if extra is not None:
+        if extra.device != device:
+            extra = extra.to(device)
+        return FiniteCheck.of(finite_flag(device), x, state, extra)
+    key = (device, threading.get_ident(), x, state)
+    check = _FINITE_CHECKS.get(key)
+    if check is None:
+        check = _FINITE_CHECKS[key] = FiniteCheck.of(finite_flag(device), x, state, None)
+    return check
+
+
 def finite_flag(device: torch.device) -> Tensor:
     """The ``[1]`` int32 flag of the fused forward's finiteness check on ``device`` for this
     thread: 0 between calls (a failed check clears it before raising)."""
@@ -204,6 +215,7 @@ def finite_flag(device: torch.device) -> Tensor:
 
 
 _FINITE_FLAGS: dict[tuple[torch.device, int], Tensor] = {}
+_FINITE_CHECKS: dict[tuple[torch.device, int, bool, bool], FiniteCheck] = {}
 
 
 def shift_held_clock(state: Tensor, lengths: Tensor, T: int, spec: ScanSpec) -> Tensor:

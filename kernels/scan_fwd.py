@@ -199,7 +199,8 @@ class ForwardOutputs(NamedTuple):
 
 
 class FiniteCheck(NamedTuple):
-    """The finiteness checks a forward launch runs on the values it reads.
+    """The finiteness checks a forward launch runs on the values it reads (build with
+    :meth:`of`).
 
     Attributes:
         flag: ``[1]`` int32 on x's device, 0 before the launch; the kernel sets it to 1
@@ -209,12 +210,24 @@ class FiniteCheck(NamedTuple):
         state: check the state block.
         extra: a 0-dim fp32 tensor, finite where some other check passed (e.g. a
             learnable parameter's constraint), checked too; or None.
+        kernel_args: the launch's keyword arguments for these checks.
     """
 
     flag: torch.Tensor
     x: bool
     state: bool
     extra: torch.Tensor | None
+    kernel_args: dict
+
+    @staticmethod
+    def of(flag: torch.Tensor, x: bool, state: bool, extra: torch.Tensor | None) -> FiniteCheck:
+        """The checks, with their kernel arguments (those that differ from the defaults)."""
+        args = {"flag_ptr": flag, "CHECK_X": x}
+        if state:
+            args["CHECK_STATE"] = True
+        if extra is not None:
+            args.update(extra_ptr=extra, HAS_EXTRA=True)
+        return FiniteCheck(flag, x, state, extra, args)
 
 
 def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Tensor, spec,
@@ -277,11 +290,7 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
     if lengths is not None:
         args.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
     if check is not None:
-        args.update(flag_ptr=check.flag, CHECK_X=check.x)
-        if check.state:
-            args["CHECK_STATE"] = True
-        if check.extra is not None:
-            args.update(extra_ptr=check.extra, HAS_EXTRA=True)
+        args.update(check.kernel_args)
     # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
     _adex_scan_fwd_kernel.run(grid=(programs,), warmup=False, **args, **_plan_args(spec, plan))
     return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import adex
+from adex import functional
 from adex.functional import finite_flag
 
 pytestmark = pytest.mark.skipif(not adex.HAS_TRITON, reason="needs triton")
@@ -142,7 +143,8 @@ def test_inference_mode_then_normal_mode():
     """The flag made inside inference mode is an ordinary tensor: cleared in place after a
     failure outside it."""
     x, V0, w0 = inputs()
-    finite_flag.__globals__["_FINITE_FLAGS"].clear()
+    functional._FINITE_FLAGS.clear()  # (the flag, and the checks that hold it, made anew)
+    functional._FINITE_CHECKS.clear()
     with torch.inference_mode():
         adex.adex_scan(x, V0, w0, backend="triton")
     x[0, 0, 0] = math.nan
