@@ -151,12 +151,12 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
             inf where it failed (e.g. a learnable-parameter constraint), read in the same
             host sync as the finiteness check; :class:`ExtraCheckError` reports its failure,
             which the caller explains.
+        lengths: ``[S[0]]`` int32 steps per sample from :func:`check_lengths`, or None.
 
     The finiteness checks cost one host sync: on the fused backend the forward kernel runs
     them on the values it reads anyway (no extra pass over x) and sets a flag read after
     the launch; the other backends sum each checked tensor first. A failure raises the same
     ``ValueError`` naming the tensor either way, and nothing the call computed is kept.
-        lengths: ``[S[0]]`` int32 steps per sample from :func:`check_lengths`, or None.
     """
     backend = _backend_for(spec.backend, x)
     check = None  # the checks the fused forward runs itself (in the same pass over x)
@@ -178,7 +178,9 @@ def run_scan(x: Tensor, state0: Tensor, params: AdExParams | Callable[[], AdExPa
         if check is not None and check.flag.item():
             check.flag.zero_()
             _name_non_finite(x, state0, spec, check.state, check.extra)
-            raise ValueError("x or the state contains NaN or inf")  # (changed since)
+            # the kernel saw a NaN or inf that the exact tests no longer find: x or the
+            # state was written between the launch and the tests (another stream, thread)
+            raise ValueError("x or the state contains NaN or inf")
     elif lengths is None:
         return SCAN_BACKENDS[backend](x, state0, params, spec, t0_step=t0_step, packed=packed)
     else:
