@@ -7,7 +7,8 @@ parameters) with the PyTorch reference run in float64 on the same input values. 
 line per case and exits non-zero on any mismatch. Then, per model, the memory options and
 loop pipelining against the default fused run on the same GPU: ``checkpoint_every``
 (recomputed backward), ``spike_dtype`` uint8 and bool, and ``adex.kernels.launch.GPU_STAGES``
-(alone and with checkpoints). Needs a CUDA device.
+(alone and with checkpoints). Last, the forward's own finiteness check (NaN/inf in x and
+V0 rejected and named; a finite x equal to an unchecked run). Needs a CUDA device.
 
     python benchmarks/cuda_check.py [--quick] [--stages 3]
 """
@@ -15,6 +16,7 @@ loop pipelining against the default fused run on the same GPU: ``checkpoint_ever
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -161,6 +163,45 @@ def run_mode_case(model, spk_reset, stages, T, batch, n, seed, device):
     return bool(ok), f"{int(spikes.sum())} spikes; {msg}"
 
 
+def run_finite_case(dtype, T, batch, n, device):
+    """Returns (ok, message): the compiled forward's own finiteness check (``check_finite``)
+    rejects a NaN, an inf and a -inf in x (first, middle and last element), a NaN in V0,
+    each naming the tensor, and then passes a finite x with outputs equal to an unchecked
+    run."""
+    import adex
+
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(T, batch, n, generator=gen) * 15 + 60).to(device, dtype)
+    V0 = (torch.rand(batch, n, generator=gen) * 10 - 65).to(device)
+    w0 = torch.zeros(batch, n, device=device)
+    places = {"first": (0, 0, 0), "middle": (T // 2, batch // 2, n // 2),
+              "last": (T - 1, batch - 1, n - 1)}  # fmt: skip
+    for label, where in places.items():
+        for value in (math.nan, math.inf, -math.inf):
+            bad = x.clone()
+            bad[where] = value
+            try:
+                adex.adex_scan(bad, V0, w0, backend="triton")
+            except ValueError as err:
+                if "x contains NaN or inf" not in str(err):
+                    return False, f"{value} at the {label} element: {err}"
+            else:
+                return False, f"{value} at the {label} element of x passed"
+    bad_v = V0.clone()
+    bad_v[batch - 1, n - 1] = math.nan
+    try:
+        adex.adex_scan(x, bad_v, w0, backend="triton")
+        return False, "a NaN in V0 passed"
+    except ValueError as err:
+        if "V0 contains NaN or inf" not in str(err):
+            return False, f"NaN in V0: {err}"
+    checked = adex.adex_scan(x, V0, w0, backend="triton")
+    plain = adex.adex_scan(x, V0, w0, backend="triton", check_finite=False)
+    if not (torch.equal(checked.spikes, plain.spikes) and torch.equal(checked.V, plain.V)):
+        return False, "the checked run differs from the unchecked one"
+    return True, "10 rejections named, then equal to the unchecked run"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
@@ -190,6 +231,12 @@ def main(argv=None) -> int:
                                 device="cuda")  # fmt: skip
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} T40-B3-N1000 {model} {spk_reset} modes: {msg}")
+    print("the forward's own finiteness check (check_finite=True):")
+    for dtype in (torch.float32, torch.bfloat16):
+        ok, msg = run_finite_case(dtype, 33, 3, 2000, device="cuda")
+        failures += not ok
+        tag = f"T33-B3-N2000 AdExIF {str(dtype)[6:]}"
+        print(f"{'ok  ' if ok else 'FAIL'} {tag} finite check: {msg}")
     print(f"{failures} failed, {time.time() - start:.1f} s")
     return 1 if failures else 0
 
