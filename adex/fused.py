@@ -60,30 +60,25 @@ def fused_scan(
     x = x.contiguous()
     state0 = state0.contiguous()
     through_ops = _through_ops()
-    grad_on = torch.is_grad_enabled()
-    if not grad_on and not through_ops:
-        # no gradient: the launcher itself (autograd's bookkeeping costs more than a short scan)
-        if lengths is None and check is None:
-            out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step)
+    needs_grad = param_grad = False
+    if torch.is_grad_enabled():  # (without: the launcher itself, no autograd bookkeeping)
+        if learnable:
+            # (the C getter where torch.compile does not trace: it cannot trace attrgetter)
+            needs = (
+                (p.requires_grad for p in learnable)
+                if through_ops
+                else map(_REQUIRES_GRAD, learnable)
+            )
+            param_grad = any(needs)
         else:
-            out = adex_scan_fwd(x, state0, packed, spec, spec.plan(False, False), t0_step,
-                                lengths=lengths, check=check)  # fmt: skip
-        if not spec.return_states:
-            return ScanOutput(out.spikes, out.state, None, None, None)
-        return ScanOutput(out.spikes, out.state, out.v_seq, out.w_seq, out.i_seq)
-    if learnable:
-        # (the C getter where torch.compile does not trace: it cannot trace attrgetter)
-        needs = (
-            (p.requires_grad for p in learnable) if through_ops else map(_REQUIRES_GRAD, learnable)
-        )
-        param_grad = grad_on and any(needs)
-    else:
-        param_grad = grad_on and packed.requires_grad
-    needs_grad = param_grad or (grad_on and (x.requires_grad or state0.requires_grad))
+            param_grad = packed.requires_grad
+        needs_grad = param_grad or x.requires_grad or state0.requires_grad
     plan = spec.plan(needs_grad, param_grad)
     if through_ops:
         if check is not None:  # (eager calls routed through the ops: their kernels do not check)
-            _check_on_host(check, x, state0)
+            from adex.functional import _check_finite  # (functional imports this module)
+
+            _check_finite(x, state0, spec, check.state, check.extra)
         values = layer_packed.differentiable() if learnable else packed
         out = torch.ops.adex.scan_fwd(x, state0, values, spec.key, needs_grad, param_grad,
                                       t0_step, lengths)  # fmt: skip
@@ -104,14 +99,6 @@ def fused_scan(
 
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
-
-
-def _check_on_host(check: FiniteCheck, x: Tensor, state0: Tensor) -> None:
-    """``check`` run on the host: its flag set where the forward kernel would set it."""
-    finite = not check.x or bool(torch.isfinite(x.detach()).all())
-    finite = finite and (not check.state or bool(torch.isfinite(state0.detach()).all()))
-    if not finite or (check.extra is not None and not bool(torch.isfinite(check.extra))):
-        check.flag.fill_(1)
 
 
 def _direct_apply(function: type[torch.autograd.Function]) -> Callable | None:

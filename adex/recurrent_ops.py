@@ -139,7 +139,7 @@ def _backward(ctx, g_spikes, g_state, g_v_seq, g_w_seq, _g_ref, g_i_seq, _g_u):
     grad_packed = None
     if want_packed and ctx.param_grad:
         grad_packed = per_neuron_grads(grad_elements, packed.shape[1],
-                                 ScanSpec.from_key(ctx.spec).param_mask)  # fmt: skip
+                                       ScanSpec.from_key(ctx.spec).param_mask)  # fmt: skip
     return (grad_x if want_x else None, grad_s0 if want_s0 else None,
             grad_weight if want_weight else None, grad_state0 if want_state0 else None,
             grad_packed, None, None, None, None)  # fmt: skip

@@ -151,3 +151,14 @@ def test_inference_mode_then_normal_mode():
     with pytest.raises(ValueError, match=r"\bx contains NaN or inf"):
         adex.adex_scan(x, V0, w0, backend="triton")
     assert flag_is_clear()
+
+
+def test_routed_through_the_ops(monkeypatch):
+    """Eager calls routed through the custom ops (as tests/test_dispatch.py does) are
+    checked on the host instead: the ops' kernels do not check."""
+    monkeypatch.setattr(adex.fused, "_through_ops", lambda: True)
+    x, V0, w0 = inputs()
+    x[2, 1, 3] = math.nan
+    with pytest.raises(ValueError, match=r"\bx contains NaN or inf"):
+        adex.adex_scan(x, V0, w0, backend="triton")
+    assert flag_is_clear()
