@@ -63,6 +63,9 @@ class Plan(NamedTuple):
     incoming gradients (which are present only per call)."""
     store_i: bool = False
     read_i: bool = False
+    stores_more: bool = False
+    """Anything besides the spikes and the final state is written (a stored sequence, the
+    refractory flags or checkpoints)."""
     launch: dict | None = None
     """The launchers' own cache of the kernel arguments that this plan fixes (filled at the
     first launch; see ``adex.kernels.launch.without_defaults``)."""
@@ -220,8 +223,9 @@ class ScanSpec:
                         PARAM_MASK=self.param_mask, READ_W=read_w, RECOMPUTE=ckpt > 0)  # fmt: skip
         fwd_flags["STORE_I"] = store_i
         bwd_args["READ_I"] = read_i
+        stores_more = store_v or store_w or store_ref or store_i or ckpt > 0
         return Plan(needs_grad, param_grad, store_v, store_w, read_w, store_ref, ckpt,
-                    fwd_flags, bwd_args, store_i, read_i, {})  # fmt: skip
+                    fwd_flags, bwd_args, store_i, read_i, stores_more, {})  # fmt: skip
 
     def _validate(self) -> None:
         if self.spk_reset not in RESETS:

@@ -3,8 +3,9 @@
 The launchers call ``kernel.run(grid=grid, warmup=False, **kwargs)``, which is what
 ``kernel[grid](**kwargs)`` does: ``KernelInterface.__getitem__`` returns a lambda that calls
 it (Triton's protocol in 3.6 and 3.9, the interpreter's too); calling ``run`` saves the
-lambda and its copy of the keyword arguments. The arguments a plan fixes are computed once
-per plan, less those equal to the kernel's defaults (:func:`without_defaults`)."""
+lambda and its copy of the keyword arguments. The arguments that a plan and the launch's
+geometry fix are computed once per plan and geometry (:func:`remember`), less those equal
+to the kernel's defaults (:func:`without_defaults`)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,25 @@ GPU_STAGES: int | None = None
 the loads of the next ``GPU_STAGES - 1`` steps are issued before the current step is
 computed). None leaves the loops unannotated, as Triton compiles a loop without a dot by
 default. A module-level setting so that benchmarks can sweep it (``roofline.py``)."""
+
+
+def launch_settings() -> tuple[int, int, int | None]:
+    """``(GPU_BLOCK, GPU_MIN_PROGRAMS_PER_SM, GPU_STAGES)`` as they are now: part of the key
+    of every cached launch geometry, so that a benchmark's sweep takes effect at once."""
+    return GPU_BLOCK, GPU_MIN_PROGRAMS_PER_SM, GPU_STAGES
+
+
+def remember(cache: dict, key: object, value: object) -> None:
+    """``cache[key] = value``, the cache emptied first once it holds ``CACHED_LAUNCHES``
+    entries (a plan's launches over many geometries: each is computed again when it
+    returns)."""
+    if len(cache) >= CACHED_LAUNCHES:
+        cache.clear()
+    cache[key] = value
+
+
+CACHED_LAUNCHES = 64
+"""The launch arguments one plan keeps (``Plan.launch``), over geometries and checks."""
 
 
 def pipeline_stages(device: torch.device) -> int | None:
@@ -99,7 +119,8 @@ def _interpreter_config(n_elements: int) -> tuple[int, int, int]:
 def without_defaults(kernel, kwargs: dict) -> dict:
     """``kwargs`` less the entries that equal the kernel's own defaults (the launch binds
     those itself, to the same values: the compiled kernel is the same); for the arguments
-    that a spec and plan fix, computed once per plan (``Plan.launch``)."""
+    that a spec, plan and geometry fix, computed once per plan and geometry
+    (``Plan.launch``, :func:`remember`)."""
     defaults = _DEFAULTS.get(id(kernel))
     if defaults is None:  # the kernels are module-level objects: their ids stay theirs
         params = inspect.signature(kernel.fn).parameters.values()

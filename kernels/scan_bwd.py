@@ -17,7 +17,14 @@ from adex.kernels.bwd_tile import (
     synapse_factors,
 )
 from adex.kernels.device_math import surrogate_grad, to_fp32
-from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages, without_defaults
+from adex.kernels.launch import (
+    FP_FUSION,
+    block_config,
+    launch_settings,
+    pipeline_stages,
+    remember,
+    without_defaults,
+)
 from adex.kernels.step import (
     integrate_step,
     load_flag_bit,
@@ -493,12 +500,11 @@ def adex_scan_bwd(
     if plan.param_grad:  # one row per parameter of the spec's param_mask, each written
         rows = len(grad_rows(spec.param_mask))
         grad_par = torch.empty((rows, *S), dtype=torch.float32, device=device)
-    block, num_warps, programs = block_config(M, device)
-    args = dict(vseq_ptr=v_seq, state0_ptr=state0, par_ptr=packed_params, T=T, M=M,
-                N=packed_params.shape[1], K=K if K else T, BLOCK=block,
-                num_warps=num_warps)  # fmt: skip
+    grid, fixed = _fixed_args(plan, M, packed_params.shape[1], device)
+    args = dict(fixed, vseq_ptr=v_seq, state0_ptr=state0, par_ptr=packed_params, T=T,
+                K=K if K else T)  # fmt: skip
     # the optional tensors and flags of this call, where not the kernel's defaults (None,
-    # False; k0 = 0, NUM_STAGES = None)
+    # False; k0 = 0)
     if grad_spikes is not None:
         args.update(gspk_ptr=grad_spikes, HAS_GSPK=True)
         if grad_spikes.shape[0] != T:  # one row for every step
@@ -526,25 +532,27 @@ def adex_scan_bwd(
         args["ckpt_ptr"] = saved.checkpoints
     if t0_step:
         args["k0"] = t0_step
-    stages = pipeline_stages(device)
-    if stages is not None:
-        args["NUM_STAGES"] = stages
     if lengths is not None:
         args.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
     # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
-    _adex_scan_bwd_kernel.run(grid=(programs,), warmup=False, **args, **_plan_args(plan))
+    _adex_scan_bwd_kernel.run(grid=grid, warmup=False, **args)
     return BackwardOutputs(grad_x, grad_state0, grad_par)
 
 
-def _plan_args(plan) -> dict:
-    """The backward kernel's arguments that the plan fixes (scalars, constexpr flags, launch
-    options), less the kernel's defaults; computed once per plan (again for other
-    arguments)."""
+def _fixed_args(plan, M: int, N: int, device: torch.device) -> tuple[tuple[int], dict]:
+    """The grid of a backward launch over ``M`` neurons x batch with ``N``-wide parameter
+    rows, and its keyword arguments that the plan and geometry fix (scalars, constexpr
+    flags, launch options), less the kernel's defaults; computed once per plan and key."""
+    key = ("scan_bwd", M, N, device, *launch_settings())
     cache = plan.launch
-    cached = None if cache is None else cache.get("scan_bwd")
-    if cached is not None and cached[0] is plan.bwd_args:
-        return cached[1]
-    args = without_defaults(_adex_scan_bwd_kernel, dict(plan.bwd_args, enable_fp_fusion=FP_FUSION))
+    cached = None if cache is None else cache.get(key)
+    if cached is not None:
+        return cached
+    block, num_warps, programs = block_config(M, device)
+    args = without_defaults(_adex_scan_bwd_kernel, dict(
+        plan.bwd_args, M=M, N=N, BLOCK=block, num_warps=num_warps,
+        NUM_STAGES=pipeline_stages(device), enable_fp_fusion=FP_FUSION,
+    ))  # fmt: skip
     if cache is not None:
-        cache["scan_bwd"] = (plan.bwd_args, args)
-    return args
+        remember(cache, key, ((programs,), args))
+    return (programs,), args

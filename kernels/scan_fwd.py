@@ -9,7 +9,14 @@ import triton
 import triton.language as tl
 
 from adex.kernels.device_math import exprel, load_params, spike, to_fp32
-from adex.kernels.launch import FP_FUSION, block_config, pipeline_stages, without_defaults
+from adex.kernels.launch import (
+    FP_FUSION,
+    block_config,
+    launch_settings,
+    pipeline_stages,
+    remember,
+    without_defaults,
+)
 from adex.kernels.step import integrate_spiked, store_flag_bit, synapse_step
 
 # Bytes per neuron-step (fp32 input): read x (4), write spike (4), write V (4) when a
@@ -198,6 +205,10 @@ class ForwardOutputs(NamedTuple):
     i_seq: torch.Tensor | None = None
 
 
+CHECK_FLAGS = ("CHECK_X", "CHECK_STATE", "HAS_EXTRA")
+"""The forward kernel's constexprs of the finiteness checks, in ``FiniteCheck.flags`` order."""
+
+
 class FiniteCheck(NamedTuple):
     """The finiteness checks a forward launch runs on the values it reads (build with
     :meth:`of`).
@@ -210,24 +221,20 @@ class FiniteCheck(NamedTuple):
         state: check the state block.
         extra: a 0-dim fp32 tensor, finite where some other check passed (e.g. a
             learnable parameter's constraint), checked too; or None.
-        kernel_args: the launch's keyword arguments for these checks.
+        flags: the kernel's constexprs for these checks, ``(CHECK_X, CHECK_STATE,
+            HAS_EXTRA)`` (part of the launch's cache key).
     """
 
     flag: torch.Tensor
     x: bool
     state: bool
     extra: torch.Tensor | None
-    kernel_args: dict
+    flags: tuple[bool, bool, bool]
 
     @staticmethod
     def of(flag: torch.Tensor, x: bool, state: bool, extra: torch.Tensor | None) -> FiniteCheck:
-        """The checks, with their kernel arguments (those that differ from the defaults)."""
-        args = {"flag_ptr": flag, "CHECK_X": x}
-        if state:
-            args["CHECK_STATE"] = True
-        if extra is not None:
-            args.update(extra_ptr=extra, HAS_EXTRA=True)
-        return FiniteCheck(flag, x, state, extra, args)
+        """The checks, with their constexprs."""
+        return FiniteCheck(flag, x, state, extra, (x, state, extra is not None))
 
 
 def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Tensor, spec,
@@ -253,19 +260,35 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
         :class:`ForwardOutputs`.
     """
     T = x.shape[0]
-    S = x.shape[1:]
     M = x.numel() // T if T else 0
-    device = x.device
-    C = state0.shape[0]
+    grid, fixed = _fixed_args(spec, plan, M, packed_params.shape[1], x.device,
+                              None if check is None else check.flags)  # fmt: skip
     spike_dtype = spec.spike_dtype  # (None: x's; empty_like without a dtype costs less)
     spikes = torch.empty_like(x) if spike_dtype is None else torch.empty_like(x, dtype=spike_dtype)
     state = torch.empty_like(state0)  # fp32 [C, *S], contiguous
-    block, num_warps, programs = block_config(M, device)
-    args = dict(x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes,
-                state_ptr=state, T=T, M=M, N=packed_params.shape[1], BLOCK=block,
-                num_warps=num_warps)  # fmt: skip
-    # the optional outputs the plan writes; an absent one is left to the kernel's default
-    # (None), as are k0 = 0 and NUM_STAGES = None
+    args = dict(fixed, x_ptr=x, state0_ptr=state0, par_ptr=packed_params, spk_ptr=spikes,
+                state_ptr=state, T=T)  # fmt: skip
+    v_seq = w_seq = i_seq = ref_bits = checkpoints = None
+    if plan.stores_more:  # the optional outputs; an absent one is the kernel's default (None)
+        v_seq, w_seq, i_seq, ref_bits, checkpoints = _optional_outputs(x, state0.shape[0], plan,
+                                                                       args)  # fmt: skip
+    if t0_step:
+        args["k0"] = t0_step
+    if lengths is not None:
+        args.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
+    if check is not None:
+        args["flag_ptr"] = check.flag
+        if check.extra is not None:
+            args["extra_ptr"] = check.extra
+    # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
+    _adex_scan_fwd_kernel.run(grid=grid, warmup=False, **args)
+    return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)
+
+
+def _optional_outputs(x: torch.Tensor, C: int, plan, args: dict) -> tuple:
+    """The per-step V, w and I, the refractory flags and the checkpoints that ``plan``
+    writes (None where it writes none), each also entered in ``args``."""
+    T, S = x.shape[0], x.shape[1:]
     # fp32 [T, *S] sequences, contiguous like x (empty_like costs the host less than empty)
     seq_dtype = None if x.dtype == torch.float32 else torch.float32
     v_seq = w_seq = i_seq = ref_bits = checkpoints = None
@@ -277,38 +300,33 @@ def adex_scan_fwd(x: torch.Tensor, state0: torch.Tensor, packed_params: torch.Te
         i_seq = args["isq_ptr"] = torch.empty_like(x, dtype=seq_dtype)
     if plan.store_ref:  # 1 bit per neuron-step
         ref_bits = args["ref_ptr"] = torch.empty(((T + 7) // 8, *S), dtype=torch.uint8,
-                                                 device=device)  # fmt: skip
+                                                 device=x.device)  # fmt: skip
     K = plan.checkpoint_every
     if K:
         checkpoints = args["ckpt_ptr"] = torch.empty((-(-T // K), C, *S), dtype=torch.float32,
-                                                     device=device)  # fmt: skip
-    if t0_step:
-        args["k0"] = t0_step
-    stages = pipeline_stages(device)
-    if stages is not None:
-        args["NUM_STAGES"] = stages
-    if lengths is not None:
-        args.update(len_ptr=lengths, SPS=M // lengths.shape[0], HAS_LEN=True)
-    if check is not None:
-        args.update(check.kernel_args)
-    # kernel[grid](...) without its proxy lambda (see adex.kernels.launch)
-    _adex_scan_fwd_kernel.run(grid=(programs,), warmup=False, **args, **_plan_args(spec, plan))
-    return ForwardOutputs(spikes, state, v_seq, w_seq, ref_bits, checkpoints, i_seq)
+                                                     device=x.device)  # fmt: skip
+    return v_seq, w_seq, i_seq, ref_bits, checkpoints
 
 
-def _plan_args(spec, plan) -> dict:
-    """The forward kernel's arguments that the spec and plan fix (scalars, constexpr flags,
-    launch options), less the kernel's defaults; computed once per plan (again for a plan
-    that comes with another spec than its own, or with other flags)."""
+def _fixed_args(spec, plan, M: int, N: int, device: torch.device,
+                check_flags: tuple[bool, bool, bool] | None) -> tuple[tuple[int], dict]:  # fmt: skip
+    """The grid of a launch over ``M`` neurons x batch with ``N``-wide parameter rows, and
+    its keyword arguments that the spec, plan, geometry and checks fix (scalars, constexpr
+    flags, launch options), less the kernel's defaults; computed once per plan and key
+    (again for a plan that comes with another spec than its own)."""
+    key = ("scan_fwd", M, N, device, check_flags, *launch_settings())
     cache = plan.launch
-    cached = None if cache is None else cache.get("scan_fwd")
-    if cached is not None and cached[0] is spec and cached[1] is plan.fwd_flags:
-        return cached[2]
+    cached = None if cache is None else cache.get(key)
+    if cached is not None and cached[0] is spec:
+        return cached[1], cached[2]
+    block, num_warps, programs = block_config(M, device)
     scalars = spec.kernel_scalars
+    check = {} if check_flags is None else dict(zip(CHECK_FLAGS, check_flags, strict=True))
     args = without_defaults(_adex_scan_fwd_kernel, dict(
+        M=M, N=N, BLOCK=block, num_warps=num_warps, NUM_STAGES=pipeline_stages(device),
         dt=scalars["dt"], ceiling=scalars["ceiling"], tau_ref=scalars["tau_ref"],
-        K=max(plan.checkpoint_every, 1), **plan.fwd_flags, enable_fp_fusion=FP_FUSION,
+        K=max(plan.checkpoint_every, 1), **plan.fwd_flags, **check, enable_fp_fusion=FP_FUSION,
     ))  # fmt: skip
     if cache is not None:  # (K follows the flags: CHECKPOINT is one of them)
-        cache["scan_fwd"] = (spec, plan.fwd_flags, args)
-    return args
+        remember(cache, key, (spec, (programs,), args))
+    return (programs,), args
