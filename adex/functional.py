@@ -354,14 +354,9 @@ def stack_state(V: Tensor, w: Tensor | None, last_spike_time: Tensor | None,
                 dtype: torch.dtype, I: Tensor | None = None) -> Tensor:  # fmt: skip
     """The state block ``[C, *S]`` in ``dtype``: V, then w, the last-spike time (not
     differentiable) and the synaptic current I where given."""
-    rows = [V.to(dtype)]
-    if w is not None:
-        rows.append(w.to(dtype))
-    if last_spike_time is not None:
-        rows.append(last_spike_time.detach().to(dtype))
-    if I is not None:
-        rows.append(I.to(dtype))
-    return torch.stack(rows)
+    rows = [V, w, None if last_spike_time is None else last_spike_time.detach(), I]
+    # (a row already in dtype is stacked as it is: ``.to`` costs the host even as a no-op)
+    return torch.stack([r if r.dtype == dtype else r.to(dtype) for r in rows if r is not None])
 
 
 def state_dtype(x_dtype: torch.dtype, V_dtype: torch.dtype) -> torch.dtype:

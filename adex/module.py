@@ -590,7 +590,8 @@ class SpikingNeuron(ParamAttributes):
         """Replace one row; the block is restacked at the next call (rows may change shape
         one at a time, as separate V and w assignments do)."""
         if self._rt.loose is None:
-            rows = [None] * self._spec.n_state if self._rt.state is None else list(self._rt.state)
+            state = self._rt.state
+            rows = [None] * self._spec.n_state if state is None else list(state.unbind(0))
         else:
             rows = self._rt.loose
         rows[i] = value
@@ -674,15 +675,17 @@ class SpikingNeuron(ParamAttributes):
         rows = self._rt.loose
         if rows is None or any(r is None for r in rows):
             raise RuntimeError(f"{type(self).__name__}: call init_state(batch_size) first")
-        names = (
-            ["V"] + (["w"] if self.has_w else []) + (["last_spike_time"] if self.has_ref else [])
-            + (["I"] if self.has_syn else [])
-        )  # fmt: skip
-        for name, r in zip(names[1:], rows[1:], strict=True):
-            if r.shape != rows[0].shape:
-                raise ValueError(f"V {tuple(rows[0].shape)} and {name} {tuple(r.shape)} differ")
-        if any(r.device != rows[0].device for r in rows):
-            raise ValueError("V, w (and last_spike_time, I) are on different devices")
+        shape, device = rows[0].shape, rows[0].device
+        for i, r in enumerate(rows):
+            if r.shape != shape:
+                names = (
+                    ["V"] + (["w"] if self.has_w else [])
+                    + (["last_spike_time"] if self.has_ref else [])
+                    + (["I"] if self.has_syn else [])
+                )  # fmt: skip
+                raise ValueError(f"V {tuple(shape)} and {names[i]} {tuple(r.shape)} differ")
+            if r.device != device:
+                raise ValueError("V, w (and last_spike_time, I) are on different devices")
         t_last = rows[self._spec.t_row] if self.has_ref else None
         w = rows[1] if self.has_w else None
         I = rows[self._spec.i_row] if self.has_syn else None

@@ -334,6 +334,20 @@ def test_state_shapes_disagree():
         layer(x)
 
 
+def test_ref_state_rows_disagree():
+    """Each row is named (here the third), and rows on two devices are refused."""
+    layer = adex.AdExIFRef(N, backend="reference")
+    layer.init_state(BATCH)
+    layer.last_spike_time = torch.zeros(BATCH + 1, N)
+    x, _, _ = good_inputs()
+    with pytest.raises(ValueError, match=r"V \(2, 4\) and last_spike_time \(3, 4\)"):
+        layer(x)
+    layer.init_state(BATCH)
+    layer.w = torch.zeros(BATCH, N, device="meta")
+    with pytest.raises(ValueError, match="different devices"):
+        layer(x)
+
+
 @pytest.mark.parametrize(
     "shape",
     [(T, BATCH, N + 1), (T, BATCH + 1, N), (T, N, BATCH), (T, 1, BATCH, N), (T, 3)],
